@@ -1,0 +1,29 @@
+# wgrouter: developer entry points. See README.md.
+PYTHON ?= python3
+PYTEST ?= $(PYTHON) -m pytest
+
+.PHONY: all test test-unit test-lab test-qemu demo bench ipk clean
+
+all: test
+
+test:
+	$(PYTEST) -q tests
+
+test-unit:
+	$(PYTEST) -q -m "not lab and not qemu and not mqtt" tests
+
+test-lab:
+	$(PYTEST) -q -m lab tests
+
+demo:
+	$(PYTHON) -m tests.lab.demo
+
+bench:
+	$(PYTHON) -m bench.run
+
+ipk:
+	$(PYTHON) openwrt-feed/mkipk.py --out dist
+
+clean:
+	rm -rf dist .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,12 @@
+"""wgrouter: keeps WireGuard tunnels up across a router's two WAN uplinks."""
+
+__version__ = "0.1.0"
+
+
+class Error(Exception):
+    """wgrouter error"""
+
+    def __str__(self):
+        if self.args:
+            return str(self.args[0])
+        return self.__doc__ or self.__class__.__name__

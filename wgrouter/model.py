@@ -1,0 +1,266 @@
+"""The shared vocabulary of wgrouter: configuration, observations and actions.
+
+Everything here is plain frozen data. The decision core (``wgrouter.core``)
+takes ``Config``, ``Observation`` and ``now`` and returns ``Action`` objects;
+the shell (``wgrouter.shell``) turns observations of the kernel into these
+types and executes the actions.  Nothing in this module does I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+# ---------------------------------------------------------------- config
+
+
+@dataclasses.dataclass(frozen=True)
+class Endpoint:
+    """One way to reach a peer: a host name or IP literal, and a UDP port."""
+
+    host: str
+    port: int = 51820
+
+    def __str__(self):
+        if ":" in self.host:
+            return "[%s]:%d" % (self.host, self.port)
+        return "%s:%d" % (self.host, self.port)
+
+
+@dataclasses.dataclass(frozen=True)
+class Peer:
+    """A managed WireGuard peer.
+
+    ``endpoints[0]`` is netifd's own endpoint_host/endpoint_port; the rest are
+    the extra candidates from /etc/config/wgrouter, in order.
+    """
+
+    tunnel: str  # netifd interface name of the tunnel (also its device)
+    section: str  # UCI section of the peer in /etc/config/network
+    public_key: str
+    endpoints: typing.Tuple[Endpoint, ...]
+    allowed_ips: typing.Tuple[str, ...] = ()
+    keepalive: int = 0  # netifd persistent_keepalive, 0 = off
+    probe: typing.Optional[str] = None  # in-tunnel probe target (IP)
+
+    @property
+    def key(self) -> typing.Tuple[str, str]:
+        return (self.tunnel, self.public_key)
+
+    @property
+    def label(self) -> str:
+        """Short name for logs: the UCI section, else the key's start."""
+        return self.section or self.public_key[:8]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tunnel:
+    name: str  # netifd interface name == device name
+    peers: typing.Tuple[Peer, ...]
+    addresses: typing.Tuple[str, ...] = ()  # tunnel addresses, CIDR
+    listen_port: typing.Optional[int] = None
+    probe_source: typing.Optional[str] = None  # tunnel address used for probes
+
+
+@dataclasses.dataclass(frozen=True)
+class Wan:
+    """A WAN uplink, in order of preference (first = primary)."""
+
+    name: str  # netifd interface name, e.g. "wan"
+    device: str  # kernel device, e.g. "eth1", "pppoe-wan", "wwan0"
+    keepalive: typing.Optional[int] = None  # overrides the peer's keepalive
+    track_ips: typing.Tuple[str, ...] = ()  # WAN health probe targets
+    dns_servers: typing.Tuple[str, ...] = ()  # resolvers asked through this WAN
+    table: typing.Optional[int] = None  # mwan3 routing table of this WAN
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    # Named defaults: the init script's validation spec must agree with these
+    # (tests/test_openwrt_files.py checks it).
+    enabled: bool = True
+    check_interval: float = 10.0  # s between monitor checks
+    handshake_timeout: float = 150.0  # s: older handshake + no rx = suspect
+    probe_timeout: float = 2.0  # s for one in-tunnel or WAN probe
+    failback_holddown: float = 60.0  # s the preferred WAN must be healthy
+    backoff_base: float = 2.0  # s, first recovery retry delay
+    backoff_max: float = 300.0  # s, ceiling of recovery backoff
+    dns_ttl_min: float = 30.0  # s, floor on re-resolution interval
+    dns_ttl_max: float = 3600.0  # s, ceiling on re-resolution interval
+    mwan3: bool = False  # mwan3 owns WAN selection
+    conntrack_flush: bool = True
+    events: int = 64  # size of the in-memory ring of recent events
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    settings: Settings
+    wans: typing.Tuple[Wan, ...]
+    tunnels: typing.Tuple[Tunnel, ...]
+
+    def peers(self) -> typing.Iterator[Peer]:
+        for tunnel in self.tunnels:
+            yield from tunnel.peers
+
+    def wan(self, name: str) -> Wan:
+        for wan in self.wans:
+            if wan.name == name:
+                return wan
+        raise KeyError(name)
+
+
+# ---------------------------------------------------------- observations
+
+
+@dataclasses.dataclass(frozen=True)
+class WanState:
+    """What the kernel says about a WAN right now."""
+
+    name: str
+    device: str
+    up: bool  # link up, has an address and a default route
+    gateway: typing.Optional[str] = None  # next hop of its default route
+    address: typing.Optional[str] = None  # its IPv4 address
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerStats:
+    """One row of `wg show IF dump` for a peer."""
+
+    endpoint: typing.Optional[str]  # "ip:port" as wg reports it, None = (none)
+    latest_handshake: int  # unix time, 0 = never
+    rx: int
+    tx: int
+    keepalive: int  # 0 = off
+
+
+@dataclasses.dataclass(frozen=True)
+class Event:
+    """Something that happened outside the core.
+
+    kind is one of:
+      "hotplug"      data: {"action": "ifup"|"ifdown"|..., "interface": str}
+      "link"         kernel link/route/address notification, data: {}
+      "probe"        data: {"tunnel", "peer" (public key), "ok": bool}
+      "wan_probe"    data: {"wan", "ok": bool}
+      "resolved"     data: {"host", "wan", "addresses": [str], "ttl": int}
+      "resolve_failed" data: {"host", "wan", "error": str}
+      "applied"      data: {"action": Action, "ok": bool, "error": str}
+      "switch"       manual switch request, data: {"wan": str|None} (None = auto)
+      "reapply"      re-apply everything, data: {}
+    """
+
+    kind: str
+    data: typing.Mapping[str, typing.Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Observation:
+    wans: typing.Mapping[str, WanState]
+    peers: typing.Mapping[typing.Tuple[str, str], PeerStats]  # (tunnel, key)
+    tunnels: typing.FrozenSet[str] = frozenset()  # tunnel devices present
+    events: typing.Tuple[Event, ...] = ()
+
+
+# --------------------------------------------------------------- actions
+
+
+@dataclasses.dataclass(frozen=True)
+class ApplyPath:
+    """Put a peer on a WAN: host route, endpoint, keepalive, conntrack.
+
+    The shell, in this order: `ip route replace ENDPOINT/32 via GATEWAY dev
+    DEVICE` (in ``table`` when set), `wg set TUNNEL peer KEY endpoint
+    ENDPOINT:PORT persistent-keepalive N` (re-setting the endpoint clears the
+    cached source address), deletes conntrack entries of the UDP flow to
+    ENDPOINT:PORT that are not on DEVICE, deletes the host route to
+    ``old_address`` when it differs, then sends one packet through the tunnel
+    so that a handshake starts.
+    """
+
+    tunnel: str
+    peer: str  # public key
+    wan: str
+    device: str
+    gateway: typing.Optional[str]
+    address: str  # endpoint IP
+    port: int
+    keepalive: int
+    old_address: typing.Optional[str] = None
+    table: typing.Optional[int] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class RemovePath:
+    """Remove the host route wgrouter added for a peer (on stop)."""
+
+    tunnel: str
+    peer: str
+    address: str
+    table: typing.Optional[int] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """Ping ``target`` through the tunnel; answer with an Event("probe")."""
+
+    tunnel: str
+    peer: str
+    target: str
+    source: typing.Optional[str]
+    timeout: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeWan:
+    """Ping the WAN's track IPs bound to its device; Event("wan_probe")."""
+
+    wan: str
+    device: str
+    targets: typing.Tuple[str, ...]
+    timeout: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolve:
+    """Resolve ``host`` (A records) through ``wan``; Event("resolved"/"resolve_failed")."""
+
+    host: str
+    wan: str
+    device: str
+    servers: typing.Tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class RestartTunnel:
+    """Last resort: restart the tunnel interface through netifd."""
+
+    tunnel: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Transition:
+    """A state change to log on one line and publish (ubus event, MQTT).
+
+    Rendered as "TUNNEL peer PEER: was WAS, now NOW, because BECAUSE".
+    """
+
+    tunnel: str
+    peer: typing.Optional[str]  # peer label, None for tunnel/WAN-wide
+    was: str
+    now: str
+    because: str
+    kind: str = "state"  # "failover", "failback", "recovery", "resolve", "wan", "state"
+
+    def __str__(self):
+        who = self.tunnel if self.peer is None else "%s peer %s" % (self.tunnel, self.peer)
+        return "%s: was %s, now %s, because %s" % (who, self.was, self.now, self.because)
+
+
+Action = typing.Union[ApplyPath, RemovePath, Probe, ProbeWan, Resolve, RestartTunnel, Transition]
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    actions: typing.Tuple[Action, ...]
+    deadline: typing.Optional[float]  # when to call step() again, None = only on events
