@@ -93,10 +93,34 @@ class Settings:
 
 
 @dataclasses.dataclass(frozen=True)
+class MqttSettings:
+    """The optional `config mqtt 'mqtt'` section of /etc/config/wgrouter."""
+
+    enabled: bool = False
+    host: str = "localhost"
+    port: int = 1883
+    protocol: str = "3.1.1"  # or "5"
+    username: typing.Optional[str] = None
+    password: typing.Optional[str] = None
+    tls: bool = False
+    ca_file: typing.Optional[str] = None
+    cert_file: typing.Optional[str] = None
+    key_file: typing.Optional[str] = None
+    prefix: str = "wgrouter"
+    identity: typing.Optional[str] = None  # default: the router's hostname
+    heartbeat: float = 300.0  # s between heartbeats
+    qos: int = 1
+    ha_discovery: bool = False
+    ha_prefix: str = "homeassistant"
+    queue_max: int = 100  # bounded outgoing queue
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     settings: Settings
     wans: typing.Tuple[Wan, ...]
     tunnels: typing.Tuple[Tunnel, ...]
+    mqtt: MqttSettings = MqttSettings()
 
     def peers(self) -> typing.Iterator[Peer]:
         for tunnel in self.tunnels:
