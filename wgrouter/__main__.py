@@ -1,0 +1,5 @@
+import sys
+
+from wgrouter import cli
+
+sys.exit(cli.main())

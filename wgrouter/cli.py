@@ -1,0 +1,161 @@
+"""Command line: run, status, apply, switch, check-config, diagnose."""
+
+import argparse
+import json
+import os
+import sys
+
+import wgrouter
+
+USAGE_EXIT = 2
+
+
+def _root(args):
+    return getattr(args, "root", None) or os.environ.get("WGROUTER_ROOT") or "/"
+
+
+def cmd_run(args):
+    from wgrouter import daemon
+    restart = tuple(args.restart_cmd.split()) if args.restart_cmd else ("ifup",)
+    d = daemon.Daemon(_root(args), restart_cmd=restart, use_ubus=not args.no_ubus)
+    d.run()
+    return 0
+
+
+def cmd_check_config(args):
+    from wgrouter import config
+    root = _root(args)
+    try:
+        cfg = config.load(root)
+    except wgrouter.Error as e:
+        print("wgrouter: %s" % e, file=sys.stderr)
+        return 1
+    for warning in config.check(root):
+        print("warning: %s" % warning, file=sys.stderr)
+    peers = sum(len(t.peers) for t in cfg.tunnels)
+    print("configuration ok: %d WAN(s) (%s), %d tunnel(s), %d peer(s)" % (
+        len(cfg.wans), ", ".join(w.name for w in cfg.wans), len(cfg.tunnels), peers))
+    return 0
+
+
+def _ask(args, request):
+    from wgrouter import control
+    try:
+        reply = control.request(_root(args), request)
+    except wgrouter.Error as e:
+        print("wgrouter: %s" % e, file=sys.stderr)
+        return None
+    if "error" in reply:
+        print("wgrouter: %s" % reply["error"], file=sys.stderr)
+        return None
+    return reply
+
+
+def _age(seconds):
+    if seconds is None:
+        return "never"
+    seconds = int(seconds)
+    if seconds < 120:
+        return "%ds" % seconds
+    if seconds < 7200:
+        return "%dm%02ds" % divmod(seconds, 60)
+    return "%dh%02dm" % (seconds // 3600, seconds % 3600 // 60)
+
+
+def format_status(st):
+    lines = ["wgrouter %s, pid %s, up %ss" % (st.get("version"), st.get("pid"), st.get("uptime"))]
+    wans = st.get("wans") or {}
+    if wans:
+        parts = []
+        for name, w in wans.items():
+            flags = "up" if w.get("up") else "down"
+            if w.get("up") and not w.get("healthy", True):
+                flags = "up, unhealthy"
+            if w.get("active"):
+                flags += ", active"
+            parts.append("%s (%s)" % (name, flags))
+        lines.append("WANs: " + "; ".join(parts))
+    for tname, t in (st.get("tunnels") or {}).items():
+        lines.append("tunnel %s" % tname)
+        for pname, p in (t.get("peers") or {}).items():
+            lines.append(
+                "  peer %-12s %-10s wan %-6s endpoint %s (%s) keepalive %ss handshake %s ago rx %s tx %s%s" % (
+                    pname, p.get("state"), p.get("wan") or "-", p.get("endpoint") or "-",
+                    p.get("endpoint_source") or "-", p.get("keepalive"), _age(p.get("handshake_age")),
+                    p.get("rx"), p.get("tx"),
+                    ", last step: %s" % p["last_step"] if p.get("last_step") else ""))
+    events = st.get("events") or []
+    if events:
+        lines.append("recent events:")
+        import time
+        for e in events[-10:]:
+            lines.append("  %s %s" % (time.strftime("%H:%M:%S", time.localtime(e.get("time", 0))), e.get("text")))
+    return "\n".join(lines)
+
+
+def cmd_status(args):
+    reply = _ask(args, {"method": "status"})
+    if reply is None:
+        return 1
+    if args.json:
+        print(json.dumps(reply, indent=2, sort_keys=True))
+    else:
+        print(format_status(reply))
+    return 0
+
+
+def cmd_apply(args):
+    reply = _ask(args, {"method": "reapply"})
+    if reply is None:
+        return 1
+    print("re-applying every managed peer")
+    return 0
+
+
+def cmd_switch(args):
+    reply = _ask(args, {"method": "switch", "wan": args.wan})
+    if reply is None:
+        return 1
+    print("WAN selection: %s" % reply.get("wan"))
+    return 0
+
+
+def cmd_diagnose(args):
+    try:
+        from wgrouter import diagnose
+    except ImportError:
+        print("wgrouter: diagnose is not available in this version", file=sys.stderr)
+        return 1
+    return diagnose.main(_root(args), as_json=args.json)
+
+
+def build_parser():
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--root", default=argparse.SUPPRESS,
+                        help="filesystem root holding etc/config and var/run (default /)")
+    p = argparse.ArgumentParser(prog="wgrouter", parents=[common],
+                                description="Keeps WireGuard tunnels up across two WANs.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=argparse.ArgumentParser)
+    r = sub.add_parser("run", parents=[common], help="run the daemon in the foreground (procd starts it)")
+    r.add_argument("--no-ubus", action="store_true", help="do not register the ubus object")
+    r.add_argument("--restart-cmd", help="command used to restart a tunnel interface (default: ifup)")
+    r.set_defaults(func=cmd_run)
+    s = sub.add_parser("status", parents=[common], help="show tunnels, peers, WANs and recent events")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=cmd_status)
+    a = sub.add_parser("apply", parents=[common], help="re-apply every managed peer now")
+    a.set_defaults(func=cmd_apply)
+    w = sub.add_parser("switch", parents=[common], help="pin a WAN, or 'auto' to let wgrouter choose")
+    w.add_argument("wan")
+    w.set_defaults(func=cmd_switch)
+    c = sub.add_parser("check-config", parents=[common], help="validate /etc/config/wgrouter and the WireGuard interfaces")
+    c.set_defaults(func=cmd_check_config)
+    d = sub.add_parser("diagnose", parents=[common], help="run the WireGuard troubleshooting checklist")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_diagnose)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    return args.func(args)

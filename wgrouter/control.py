@@ -1,0 +1,46 @@
+"""The daemon's run files and its control socket, shared by daemon and CLI."""
+
+import json
+import os
+import socket
+
+import wgrouter
+
+# The hotplug script appends "ACTION INTERFACE [DEVICE]" lines to SPOOL and
+# then sends SIGUSR1 to the pid in PIDFILE (files/etc/hotplug.d/iface/).
+SPOOL = "var/run/wgrouter/events"
+PIDFILE = "var/run/wgrouter.pid"
+CONTROL = "var/run/wgrouter/control.sock"
+STATE = "var/run/wgrouter/applied.json"
+
+
+class ControlError(wgrouter.Error):
+    """wgrouter daemon unreachable"""
+
+
+def path(root, rel):
+    return os.path.join(root, rel)
+
+
+def request(root, req, timeout=5.0):
+    """Send one JSON request line to the running daemon, return its reply."""
+    where = path(root, CONTROL)
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        try:
+            s.connect(where)
+        except OSError:
+            raise ControlError("wgrouter is not running (no control socket at %s)" % where)
+        s.sendall(json.dumps(req).encode() + b"\n")
+        buf = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+        return json.loads(buf.decode())
+    except (OSError, ValueError) as e:
+        raise ControlError("no answer from wgrouter: %s" % e)
+    finally:
+        s.close()

@@ -1,0 +1,398 @@
+"""The resident process: one selectors loop around the decision core.
+
+Wake-ups come only from: kernel link/address/route notifications (netlink),
+hotplug events (a spool file plus SIGUSR1), SIGHUP (reload), SIGTERM/SIGINT
+(stop), the control socket used by the CLI, children the shell started
+(probes, resolvers) and the core's own deadline.  Nothing polls at a fixed
+rate except the core's monitor interval.
+"""
+
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+
+import wgrouter
+from wgrouter import config as wconfig
+from wgrouter import control
+from wgrouter import core
+from wgrouter import model
+from wgrouter import netlink
+from wgrouter import shell as wshell
+
+# A burst of netlink messages (one ifdown = a link, an address and several
+# route messages) is folded into one observation: wait this long for the
+# burst to end.  Short enough not to matter for a 1 s failover budget.
+NETLINK_SETTLE = 0.02
+
+# Control-socket clients get this long to send their one request line.
+CONTROL_TIMEOUT = 2.0
+
+
+class DaemonError(wgrouter.Error):
+    """wgrouter daemon error"""
+
+
+class AlreadyRunning(DaemonError):
+    """another wgrouter daemon is running"""
+
+
+def log(msg):
+    """One line to stderr: procd passes it to the system log."""
+    try:
+        sys.stderr.write("wgrouter: %s\n" % msg)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
+SPOOL, PIDFILE, CONTROL, STATE = control.SPOOL, control.PIDFILE, control.CONTROL, control.STATE
+_path = control.path
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_pid(root):
+    try:
+        with open(_path(root, PIDFILE)) as f:
+            return int(f.read().strip() or 0)
+    except (OSError, ValueError):
+        return 0
+
+
+def read_spool(root):
+    """Take every pending hotplug line; return Event("hotplug") objects."""
+    spool = _path(root, SPOOL)
+    taken = "%s.%d" % (spool, os.getpid())
+    try:
+        os.rename(spool, taken)
+    except FileNotFoundError:
+        return []
+    events = []
+    try:
+        with open(taken) as f:
+            for line in f:
+                words = line.split()
+                if len(words) < 2:
+                    continue
+                data = {"action": words[0], "interface": words[1]}
+                if len(words) > 2:
+                    data["device"] = words[2]
+                events.append(model.Event("hotplug", data))
+    finally:
+        try:
+            os.unlink(taken)
+        except OSError:
+            pass
+    return events
+
+
+class Daemon:
+    def __init__(self, root="/", cfg=None, restart_cmd=("ifup",), use_ubus=True):
+        self.root = root
+        self.config = cfg if cfg is not None else wconfig.load(root)
+        self.restart_cmd = tuple(restart_cmd)
+        self.use_ubus = use_ubus
+        self.sel = selectors.DefaultSelector()
+        self.pending = []  # events not yet given to the core
+        self.kernel_changed = True
+        self.running = False
+        self.reload_requested = False
+        self.started = time.time()
+        self.snapshot = {}
+        self.ubus = None
+        self.mqtt = None
+        self.engine = None
+        self.shell = None
+        self.monitor = None
+        self.control = None
+        self.wake_r = self.wake_w = None
+        self.last_deadline = None
+
+    # ------------------------------------------------------------ setup
+
+    def _setup(self):
+        os.makedirs(os.path.dirname(_path(self.root, SPOOL)), exist_ok=True)
+        pid = read_pid(self.root)
+        if pid and pid != os.getpid() and pid_alive(pid):
+            raise AlreadyRunning("another wgrouter daemon is running (pid %d)" % pid)
+        tmp = _path(self.root, PIDFILE) + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("%d\n" % os.getpid())
+        os.rename(tmp, _path(self.root, PIDFILE))
+
+        # Signals arrive through a socketpair so the select() wakes up.
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        signal.set_wakeup_fd(self.wake_w.fileno(), warn_on_full_buffer=False)
+        for sig in (signal.SIGUSR1, signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
+
+        self.monitor = netlink.Monitor()
+        self.sel.register(self.monitor.fileno(), selectors.EVENT_READ, self._on_netlink)
+
+        ctl = _path(self.root, CONTROL)
+        try:
+            os.unlink(ctl)
+        except FileNotFoundError:
+            pass
+        self.control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.control.bind(ctl)
+        os.chmod(ctl, 0o600)
+        self.control.listen(4)
+        self.control.setblocking(False)
+        self.sel.register(self.control, selectors.EVENT_READ, self._on_control)
+
+        self.shell = wshell.Shell(
+            self.config, root=self.root, restart_cmd=self.restart_cmd,
+            state_path=_path(self.root, STATE))
+        now = time.time()
+        self.engine = core.Engine(self.config, now)
+        self.pending.extend(read_spool(self.root))
+        if self.use_ubus:
+            self._start_ubus()
+        self._start_mqtt()
+
+    def _start_ubus(self):
+        try:
+            from wgrouter import ubusobj
+        except ImportError:
+            return
+        try:
+            service = ubusobj.UbusService(Handlers(self))
+            if service.start():
+                service.serve_forever_in_thread()
+                self.ubus = service
+                log("ubus object 'wgrouter' registered")
+        except Exception as e:  # no binding or no ubusd: run without ubus
+            log("ubus unavailable (%s); status only through the CLI" % e)
+
+    def _start_mqtt(self):
+        if not self.config.mqtt.enabled:
+            return
+        try:
+            from wgrouter import mqtt
+        except ImportError as e:
+            log("mqtt: enabled in /etc/config/wgrouter but not installed (%s)" % e)
+            return
+        identity = self.config.mqtt.identity or socket.gethostname()
+        self.mqtt = mqtt.Telemetry(self.config.mqtt, identity, log=log)
+        self.mqtt.start()
+
+    # ---------------------------------------------------------- sources
+
+    def _on_signal(self, signum, frame):
+        if signum == signal.SIGUSR1:
+            pass  # the spool is read in _on_wake
+        elif signum == signal.SIGHUP:
+            self.reload_requested = True
+        else:
+            self.running = False
+
+    def _on_wake(self):
+        try:
+            while self.wake_r.recv(512):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        return read_spool(self.root)
+
+    def _on_netlink(self):
+        if self.monitor.drain():
+            self.kernel_changed = True
+            # let the rest of the burst arrive, then observe once
+            time.sleep(NETLINK_SETTLE)
+            self.monitor.drain()
+            return [model.Event("link", {})]
+        return []
+
+    def _on_control(self):
+        try:
+            conn, _ = self.control.accept()
+        except (BlockingIOError, InterruptedError):
+            return []
+        events = []
+        with conn:
+            conn.settimeout(CONTROL_TIMEOUT)
+            try:
+                buf = b""
+                while not buf.endswith(b"\n") and len(buf) < 4096:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        break
+                    buf += chunk
+                request = json.loads(buf.decode() or "{}")
+                reply, events = self.handle_request(request)
+            except (OSError, ValueError) as e:
+                reply = {"error": "bad request: %s" % e}
+            try:
+                conn.sendall(json.dumps(reply).encode() + b"\n")
+            except OSError:
+                pass
+        return events
+
+    def handle_request(self, request):
+        """Answer one CLI/ubus request; returns (reply, events for the core)."""
+        method = request.get("method")
+        if method == "status":
+            return self.status(), []
+        if method == "reapply":
+            return {"ok": True}, [model.Event("reapply", {})]
+        if method == "switch":
+            wan = request.get("wan")
+            if wan in (None, "", "auto"):
+                return {"ok": True, "wan": "auto"}, [model.Event("switch", {"wan": None})]
+            if wan not in [w.name for w in self.config.wans]:
+                return {"error": "unknown WAN %r (configured: %s)" % (
+                    wan, ", ".join(w.name for w in self.config.wans))}, []
+            return {"ok": True, "wan": wan}, [model.Event("switch", {"wan": wan})]
+        if method == "diagnose":
+            try:
+                from wgrouter import diagnose
+            except ImportError:
+                return {"error": "diagnose is not available in this version"}, []
+            return diagnose.run(self.root, self.config), []
+        return {"error": "unknown method %r" % (method,)}, []
+
+    def status(self):
+        snap = dict(self.snapshot)
+        snap["version"] = wgrouter.__version__
+        snap["pid"] = os.getpid()
+        snap["uptime"] = round(time.time() - self.started, 1)
+        return snap
+
+    # -------------------------------------------------------------- loop
+
+    def _reload(self):
+        self.reload_requested = False
+        try:
+            cfg = wconfig.load(self.root)
+        except wgrouter.Error as e:
+            log("reload refused, keeping the running configuration: %s" % e)
+            return
+        self.config = cfg
+        self.engine.reconfigure(cfg, time.time())
+        self.shell.reconfigure(cfg)
+        self.kernel_changed = True
+        self.pending.append(model.Event("reapply", {}))
+        log("configuration reloaded")
+
+    def _step(self, now):
+        wans, peers, tunnels = self.shell.observe(self.kernel_changed)
+        self.kernel_changed = False
+        events, self.pending = tuple(self.pending), []
+        obs = model.Observation(wans=wans, peers=peers, tunnels=tunnels, events=events)
+        decision = self.engine.step(obs, now)
+        for action in decision.actions:
+            if isinstance(action, model.Transition):
+                self._transition(action, now)
+            else:
+                self.pending.extend(self.shell.execute(action, self.sel))
+        self.snapshot = self.engine.snapshot(now)
+        if self.mqtt is not None:
+            self.mqtt.publish_state(self.snapshot)
+        return decision.deadline
+
+    def _transition(self, t, now):
+        log(str(t))
+        data = {"time": now, "tunnel": t.tunnel, "peer": t.peer, "was": t.was,
+                "now": t.now, "because": t.because, "kind": t.kind}
+        if self.ubus is not None:
+            try:
+                self.ubus.send_event("transition", data)
+            except Exception as e:
+                log("ubus: event not sent: %s" % e)
+        if self.mqtt is not None:
+            self.mqtt.publish_event(data)
+
+    def _timeout(self, deadline, now):
+        candidates = [d for d in (deadline, self.shell.deadline()) if d is not None]
+        if self.mqtt is not None:
+            candidates.append(self.mqtt.heartbeat_due(now))
+        if not candidates:
+            return None
+        return max(0.0, min(candidates) - now)
+
+    def run(self):
+        self._setup()
+        self.running = True
+        log("started (pid %d, %d tunnel(s), WANs: %s)" % (
+            os.getpid(), len(self.config.tunnels),
+            ", ".join(w.name for w in self.config.wans) or "none"))
+        deadline = self._step(time.time())
+        try:
+            while self.running:
+                now = time.time()
+                timeout = 0.0 if self.pending else self._timeout(deadline, now)
+                for key, _ in self.sel.select(timeout):
+                    self.pending.extend(key.data() or ())
+                if not self.running:
+                    break
+                if self.reload_requested:
+                    self._reload()
+                now = time.time()
+                self.pending.extend(self.shell.expire(now))
+                if self.mqtt is not None and now >= self.mqtt.heartbeat_due(now):
+                    self.mqtt.heartbeat(now, self.snapshot)
+                if self.pending or (deadline is not None and now >= deadline):
+                    deadline = self._step(now)
+        finally:
+            self._shutdown()
+
+    def _shutdown(self):
+        log("stopping")
+        try:
+            if self.engine is not None:
+                for action in self.engine.stop():
+                    self.shell.execute(action, self.sel)
+            if self.shell is not None:
+                self.shell.cleanup()
+                self.shell.stop()
+        finally:
+            if self.mqtt is not None:
+                self.mqtt.stop()
+            if self.ubus is not None:
+                self.ubus.stop()
+            for rel in (PIDFILE, CONTROL):
+                try:
+                    os.unlink(_path(self.root, rel))
+                except OSError:
+                    pass
+            log("stopped")
+
+
+class Handlers:
+    """ubus method handlers.  They run in the ubus thread, so they only read
+    the last snapshot or hand work to the main loop through the control
+    socket, which wakes the selector."""
+
+    def __init__(self, daemon):
+        self.daemon = daemon
+
+    def _ask(self, request):
+        return control.request(self.daemon.root, request)
+
+    def status(self):
+        return self.daemon.status()
+
+    def reapply(self):
+        return self._ask({"method": "reapply"})
+
+    def switch(self, wan):
+        return self._ask({"method": "switch", "wan": wan})
+
+    def diagnose(self):
+        return self._ask({"method": "diagnose"})
