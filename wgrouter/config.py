@@ -1,0 +1,769 @@
+"""Load /etc/config/network and /etc/config/wgrouter into a ``model.Config``.
+
+netifd's own WireGuard configuration (``config interface`` with ``proto
+'wireguard'`` and its ``config wireguard_<iface>`` peers) stays the single
+source of keys, endpoints and allowed IPs; /etc/config/wgrouter only says
+which tunnels to manage, which WANs to use in which order, and adds extras
+(endpoint candidates, probe targets, keepalive per WAN).
+
+Everything is validated before anything is returned: on any problem
+``load`` raises one ``ConfigError`` that lists every problem found, one per
+line, each naming the file, the section and the option, so that the caller
+applies nothing.  ``check`` returns the warnings: things that work but are
+probably not what the user wants.  Secrets (private and preshared keys, the
+MQTT password) never appear in a message.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import ipaddress
+import math
+import os
+import re
+import typing
+
+import wgrouter
+from wgrouter import model
+from wgrouter import uci
+
+NETWORK = "etc/config/network"
+WGROUTER = "etc/config/wgrouter"
+
+# Options whose values must never be shown in a message.
+SECRET = frozenset(["private_key", "preshared_key", "password"])
+
+# uci's boolean words, as /lib/functions.sh config_get_bool reads them.
+_TRUE = frozenset(["1", "yes", "on", "true", "enabled"])
+_FALSE = frozenset(["0", "no", "off", "false", "disabled"])
+
+# netifd names the device of a PPP-based interface "<proto>-<interface>".
+_PPP_PROTOS = frozenset(["ppp", "pppoe", "pppoa", "pptp", "l2tp", "3g"])
+
+_INT = re.compile(r"[+-]?[0-9]+\Z")
+_FLOAT = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\Z")
+_LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)\Z")
+
+
+class ConfigError(wgrouter.Error):
+    """invalid configuration"""
+
+    def __init__(self, message: str, file: typing.Optional[str] = None,
+                 section: typing.Optional[str] = None, option: typing.Optional[str] = None,
+                 errors: typing.Sequence["ConfigError"] = ()):
+        super().__init__(message)
+        self.file = file
+        self.section = section
+        self.option = option
+        # every problem found; this error itself when there was only one
+        self.errors = list(errors) or [self]
+
+
+# ------------------------------------------------------------ values
+
+
+def is_key(text: str) -> bool:
+    """A WireGuard key: 32 bytes in base64, 44 characters ending in '='."""
+    if len(text) != 44 or not text.endswith("="):
+        return False
+    try:
+        return len(base64.b64decode(text, validate=True)) == 32
+    except ValueError:
+        return False
+
+
+def is_ip(text: str, version: typing.Optional[int] = None) -> bool:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return version is None or address.version == version
+
+
+def is_hostname(text: str) -> bool:
+    """A DNS name; dotted numbers that are no IPv4 address are refused,
+    because getaddrinfo would read "10.1" as 10.0.0.1."""
+    if re.fullmatch(r"[0-9.]+", text):
+        return False
+    name = text[:-1] if text.endswith(".") else text
+    return 0 < len(name) <= 253 and all(_LABEL.match(label) for label in name.split("."))
+
+
+def parse_endpoint(text: str, default_port: int = 51820) -> model.Endpoint:
+    """Parse "host", "host:port", "1.2.3.4:port", "[v6]" or "[v6]:port".
+
+    Raises ValueError whose message says what is wrong.
+    """
+    port_text = None
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep:
+            raise ValueError("is missing the closing ']'")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError("has text after ']' that is not ':port'")
+            port_text = rest[1:]
+        if not is_ip(host, 6):
+            raise ValueError("has no IPv6 address inside '[...]'")
+    elif text.count(":") > 1:
+        if is_ip(text, 6):
+            raise ValueError("is an IPv6 address without a port: write it as [address]:port")
+        raise ValueError("is not host:port")
+    else:
+        host, sep, port_text = text.partition(":")
+        if not sep:
+            port_text = None
+        if not (is_ip(host, 4) or is_hostname(host)):
+            raise ValueError("is not a host name or IP address with an optional :port")
+    port = default_port
+    if port_text is not None:
+        if not _INT.match(port_text) or not 1 <= int(port_text) <= 65535:
+            raise ValueError("has a port that is not between 1 and 65535")
+        port = int(port_text)
+    return model.Endpoint(host, port)
+
+
+def _number(value: float) -> str:
+    return "%d" % value if float(value).is_integer() else repr(value)
+
+
+# ------------------------------------------------------------ settings spec
+
+# (option) -> (minimum, minimum allowed?, maximum); absent options are >= 0.
+_SETTING_RANGES = {
+    # zero would make the monitor spin
+    "check_interval": (0, False, None),
+    "handshake_timeout": (0, False, None),
+    "probe_timeout": (0, False, None),
+    "failback_holddown": (0, True, None),
+    "backoff_base": (0, False, None),
+    "backoff_max": (0, False, None),
+    "dns_ttl_min": (0, True, None),
+    "dns_ttl_max": (0, False, None),
+    # the event ring lives in RAM on a small router
+    "events": (1, True, 1024),
+}
+
+
+def _setting_kind(field: dataclasses.Field) -> type:
+    return type(field.default)
+
+
+def _spec_type(field: dataclasses.Field) -> str:
+    kind = _setting_kind(field)
+    if kind is bool:
+        return "bool"
+    # the init script's check is coarse (procd has no "greater than 0");
+    # load() applies the exact bounds of _SETTING_RANGES
+    if kind is int:
+        return "uinteger"
+    return "ufloat"
+
+
+def _spec_default(field: dataclasses.Field) -> str:
+    if _setting_kind(field) is bool:
+        return "1" if field.default else "0"
+    return _number(field.default)
+
+
+# The `config wgrouter 'main'` options as (section type, option, uci type,
+# default); the init script's validation spec must say the same.
+SPEC: typing.List[typing.Tuple[str, str, str, str]] = [
+    ("wgrouter", f.name, _spec_type(f), _spec_default(f)) for f in dataclasses.fields(model.Settings)
+]
+
+
+def validate_spec() -> typing.List[str]:
+    """SPEC in uci_load_validate's 'name:type:default' form."""
+    return ["%s:%s:%s" % (option, kind, default) for _, option, kind, default in SPEC]
+
+
+# ------------------------------------------------------------ reading sections
+
+
+class _Report:
+    """Collects errors and warnings, each naming file, section and option."""
+
+    def __init__(self):
+        self.errors: typing.List[ConfigError] = []
+        self.warnings: typing.List[str] = []
+
+    @staticmethod
+    def message(file, section, option, text) -> str:
+        where = []
+        if section is not None:
+            where.append("section '%s' (%s)" % (section.ref, section.type))
+        if option is not None:
+            where.append("option '%s'" % option)
+        if where:
+            return "%s: %s: %s" % (file, ", ".join(where), text)
+        return "%s: %s" % (file, text)
+
+    def error(self, file, section, option, text) -> None:
+        ref = section.ref if section is not None else None
+        self.errors.append(ConfigError(self.message(file, section, option, text), file, ref, option))
+
+    def warn(self, file, section, option, text) -> None:
+        self.warnings.append(self.message(file, section, option, text))
+
+    def raise_errors(self) -> None:
+        if len(self.errors) == 1:
+            raise self.errors[0]
+        if self.errors:
+            first = self.errors[0]
+            raise ConfigError("\n".join(str(e) for e in self.errors), first.file, first.section,
+                              first.option, self.errors)
+
+
+def _show(option: str, value: str) -> str:
+    if option in SECRET:
+        return "the value (not shown)"
+    return "'%s'" % value
+
+
+class _Options:
+    """Typed access to one section's options; problems go to the report."""
+
+    def __init__(self, report: _Report, file: str, section: uci.Section):
+        self.report = report
+        self.file = file
+        self.section = section
+
+    def error(self, option, text) -> None:
+        self.report.error(self.file, self.section, option, text)
+
+    def warn(self, option, text) -> None:
+        self.report.warn(self.file, self.section, option, text)
+
+    def known(self, names: typing.Iterable[str]) -> None:
+        names = list(names)
+        for option in self.section.options:
+            if option not in names:
+                self.error(option, "unknown option (known: %s)" % ", ".join(names))
+
+    def has(self, option: str) -> bool:
+        return option in self.section.options
+
+    def text(self, option: str, default=None):
+        value = self.section.options.get(option)
+        if value is None:
+            return default
+        if isinstance(value, list):
+            self.error(option, "is a list; give it once, with 'option'")
+            return default
+        return value
+
+    def words(self, option: str) -> typing.List[str]:
+        """A list option; an 'option' with blanks counts as a list, as
+        config_get and netifd's list handling read it."""
+        value = self.section.options.get(option)
+        if value is None:
+            return []
+        items = value if isinstance(value, list) else [value]
+        return [word for item in items for word in item.split()]
+
+    def boolean(self, option: str, default: bool) -> bool:
+        value = self.text(option)
+        if value is None:
+            return default
+        if value.lower() in _TRUE:
+            return True
+        if value.lower() in _FALSE:
+            return False
+        self.error(option, "%s is not a boolean (1/0, yes/no, on/off, true/false)" % _show(option, value))
+        return default
+
+    def integer(self, option: str, default, low: int, high: int):
+        value = self.text(option)
+        if value is None:
+            return default
+        if _INT.match(value.strip()) and low <= int(value) <= high:
+            return int(value)
+        self.error(option, "%s is not an integer between %d and %d" % (_show(option, value), low, high))
+        return default
+
+    def number(self, option: str, default, low: float, low_ok: bool, high=None):
+        value = self.text(option)
+        if value is None:
+            return default
+        number = float(value) if _FLOAT.match(value.strip()) else math.nan
+        ok = math.isfinite(number) and (number >= low if low_ok else number > low)
+        if ok and high is not None:
+            ok = number <= high
+        if ok:
+            return number
+        bound = "%s %s" % ("at least" if low_ok else "greater than", _number(low))
+        if high is not None:
+            bound += " and at most %s" % _number(high)
+        self.error(option, "%s is not a number %s" % (_show(option, value), bound))
+        return default
+
+    def ip(self, option: str, value: str, version: typing.Optional[int] = None) -> bool:
+        if is_ip(value, version):
+            return True
+        what = {None: "an IP address", 4: "an IPv4 address", 6: "an IPv6 address"}[version]
+        self.error(option, "%s is not %s" % (_show(option, value), what))
+        return False
+
+
+# ------------------------------------------------------------ the loader
+
+
+class _Builder:
+    def __init__(self, network, wgrouter_sections, network_file, wgrouter_file, usb_net):
+        self.report = _Report()
+        self.network = network
+        self.sections = wgrouter_sections
+        self.nfile = network_file
+        self.wfile = wgrouter_file
+        self.usb_net = usb_net
+        self.interfaces = {s.name: s for s in network if s.type == "interface" and s.name}
+
+    def opts(self, section: uci.Section) -> _Options:
+        return _Options(self.report, self.wfile, section)
+
+    def netopts(self, section: uci.Section) -> _Options:
+        return _Options(self.report, self.nfile, section)
+
+    # -------------------------------------------------------- main, mqtt
+
+    def settings(self) -> model.Settings:
+        found = [s for s in self.sections if s.type == "wgrouter"]
+        for extra in found[1:]:
+            self.report.error(self.wfile, extra, None, "only one 'config wgrouter' section is allowed, "
+                              "the first is '%s'" % found[0].ref)
+        if not found:
+            return model.Settings()
+        o = self.opts(found[0])
+        fields = dataclasses.fields(model.Settings)
+        o.known(f.name for f in fields)
+        values = {}
+        for f in fields:
+            kind = _setting_kind(f)
+            low, low_ok, high = _SETTING_RANGES.get(f.name, (0, True, None))
+            if kind is bool:
+                values[f.name] = o.boolean(f.name, f.default)
+            elif kind is int:
+                values[f.name] = o.integer(f.name, f.default, low, high if high is not None else 2 ** 31 - 1)
+            else:
+                values[f.name] = o.number(f.name, f.default, low, low_ok, high)
+        if values["backoff_max"] < values["backoff_base"]:
+            o.error("backoff_max", "'%s' is less than backoff_base (%s)"
+                    % (_number(values["backoff_max"]), _number(values["backoff_base"])))
+        if values["dns_ttl_max"] < values["dns_ttl_min"]:
+            o.error("dns_ttl_max", "'%s' is less than dns_ttl_min (%s)"
+                    % (_number(values["dns_ttl_max"]), _number(values["dns_ttl_min"])))
+        return model.Settings(**values)
+
+    def topic(self, o: _Options, option: str, default: str) -> str:
+        value = o.text(option, default)
+        if not value or any(c in value for c in "+#\0") or value.startswith("/") or value.endswith("/"):
+            o.error(option, "'%s' is not an MQTT topic prefix (no '+', '#', leading or trailing '/')"
+                    % value)
+            return default
+        return value
+
+    def mqtt(self) -> model.MqttSettings:
+        found = [s for s in self.sections if s.type == "mqtt"]
+        for extra in found[1:]:
+            self.report.error(self.wfile, extra, None, "only one 'config mqtt' section is allowed, "
+                              "the first is '%s'" % found[0].ref)
+        if not found:
+            return model.MqttSettings()
+        o = self.opts(found[0])
+        d = model.MqttSettings()
+        o.known(f.name for f in dataclasses.fields(model.MqttSettings))
+        protocol = o.text("protocol", d.protocol)
+        if protocol not in ("3.1.1", "5"):
+            o.error("protocol", "'%s' is not one of '3.1.1', '5'" % protocol)
+            protocol = d.protocol
+        host = o.text("host", d.host)
+        if not (is_ip(host) or is_hostname(host)):
+            o.error("host", "'%s' is not a host name or IP address" % host)
+        identity = o.text("identity", d.identity)
+        if identity is not None and any(c in identity for c in "+#/\0"):
+            o.error("identity", "'%s' cannot be an MQTT topic level (no '+', '#', '/')" % identity)
+        return model.MqttSettings(
+            enabled=o.boolean("enabled", d.enabled),
+            host=host,
+            port=o.integer("port", d.port, 1, 65535),
+            protocol=protocol,
+            username=o.text("username", d.username),
+            password=o.text("password", d.password),
+            tls=o.boolean("tls", d.tls),
+            ca_file=o.text("ca_file", d.ca_file),
+            cert_file=o.text("cert_file", d.cert_file),
+            key_file=o.text("key_file", d.key_file),
+            prefix=self.topic(o, "prefix", d.prefix),
+            identity=identity,
+            heartbeat=o.number("heartbeat", d.heartbeat, 0, False),
+            qos=o.integer("qos", d.qos, 0, 2),
+            ha_discovery=o.boolean("ha_discovery", d.ha_discovery),
+            ha_prefix=self.topic(o, "ha_prefix", d.ha_prefix),
+            queue_max=o.integer("queue_max", d.queue_max, 1, 100000),
+        )
+
+    # -------------------------------------------------------- WANs
+
+    def device_of(self, name: str, depth: int = 0) -> typing.Tuple[typing.Optional[str], str]:
+        """netifd's kernel device of an interface, or (None, why not)."""
+        section = self.interfaces.get(name)
+        if section is None:
+            return None, "interface '%s' is not in %s" % (name, self.nfile)
+        proto = section.options.get("proto")
+        proto = proto if isinstance(proto, str) else ""
+        if proto in _PPP_PROTOS:
+            return "%s-%s" % (proto, name), ""
+        if section.options.get("type") == "bridge":
+            return "br-%s" % name, ""
+        words = []
+        for option in ("device", "ifname"):
+            value = section.options.get(option)
+            if value:
+                words = (value if isinstance(value, list) else [value])[0].split()
+                break
+        if not words:
+            return None, "interface '%s' in %s has no option device (or ifname)" % (name, self.nfile)
+        device = words[0]
+        if device.startswith("@"):
+            # an alias interface runs on its parent's device
+            if depth > 8:
+                return None, "interface '%s' in %s is an alias loop" % (name, self.nfile)
+            return self.device_of(device[1:], depth + 1)
+        if device.startswith("/dev/"):
+            # qmi, mbim, ncm: the option names the modem's control device,
+            # the data device is the network device of the same USB function
+            found = self.usb_net(device) if self.usb_net else None
+            if found:
+                return found, ""
+            return None, ("interface '%s' in %s (proto %s) names the modem '%s', "
+                          "not a network device" % (name, self.nfile, proto or "none", device))
+        return device, ""
+
+    def wans(self) -> typing.Tuple[model.Wan, ...]:
+        wans: typing.List[model.Wan] = []
+        seen: typing.Dict[str, uci.Section] = {}
+        for section in self.sections:
+            if section.type != "wan":
+                continue
+            o = self.opts(section)
+            o.known(["interface", "device", "keepalive", "track_ip", "dns_server", "table"])
+            name = o.text("interface", section.name)
+            if not name:
+                o.error(None, "needs a section name or option interface")
+                continue
+            if name in seen:
+                o.error("interface" if o.has("interface") else None,
+                        "WAN '%s' is already given in section '%s'" % (name, seen[name].ref))
+                continue
+            seen[name] = section
+            if name not in self.interfaces:
+                o.warn("interface" if o.has("interface") else None,
+                       "interface '%s' is not in %s" % (name, self.nfile))
+            device = o.text("device")
+            if device is None:
+                device, why = self.device_of(name)
+                if device is None:
+                    o.error(None, "%s; set option device" % why)
+            track = [ip for ip in o.words("track_ip") if o.ip("track_ip", ip, 4)]
+            dns = [ip for ip in o.words("dns_server") if o.ip("dns_server", ip)]
+            wans.append(model.Wan(
+                name=name,
+                device=device or "",
+                keepalive=o.integer("keepalive", None, 0, 65535),
+                track_ips=tuple(track),
+                dns_servers=tuple(dns),
+                table=o.integer("table", None, 1, 2 ** 32 - 1),
+            ))
+        if not wans:
+            self.report.error(self.wfile, None, None, "no WAN: add a 'config wan' section for each uplink, "
+                              "primary first")
+        elif len(wans) == 1:
+            self.report.warn(self.wfile, seen[wans[0].name], None,
+                             "only one WAN: there is nothing to fail over to")
+        return tuple(wans)
+
+    # -------------------------------------------------------- tunnels
+
+    def netifd_peer(self, tunnel: str, section: uci.Section, probe, extras) -> typing.Optional[model.Peer]:
+        o = self.netopts(section)
+        key = o.text("public_key")
+        if key is None:
+            o.error(None, "has no option public_key")
+            return None
+        if not is_key(key):
+            o.error("public_key", "'%s' is not a WireGuard key (44 characters of base64 ending in '=')" % key)
+            return None
+        psk = section.options.get("preshared_key")
+        if psk is not None and (not isinstance(psk, str) or not is_key(psk)):
+            o.warn("preshared_key", "the value (not shown) is not a WireGuard key")
+        port = o.integer("endpoint_port", 51820, 1, 65535)
+        endpoints = []
+        host = o.text("endpoint_host")
+        if host:
+            if host.startswith("[") and host.endswith("]"):
+                host = host[1:-1]
+            if is_ip(host) or is_hostname(host):
+                endpoints.append(model.Endpoint(host, port))
+            else:
+                o.error("endpoint_host", "'%s' is not a host name or IP address" % host)
+        for item in extras:
+            endpoints.append(item)
+        allowed = []
+        for net in o.words("allowed_ips"):
+            try:
+                ipaddress.ip_network(net, strict=False)
+                allowed.append(net)
+            except ValueError:
+                o.error("allowed_ips", "'%s' is not an IP network (address/prefix)" % net)
+        keepalive = o.integer("persistent_keepalive", 0, 0, 65535)
+        return model.Peer(
+            tunnel=tunnel,
+            section=section.ref,
+            public_key=key,
+            endpoints=tuple(endpoints),
+            allowed_ips=tuple(allowed),
+            keepalive=keepalive,
+            probe=probe,
+        )
+
+    def extras(self, managed: typing.Dict[str, uci.Section]):
+        """wgrouter's `config peer` sections: {(tunnel, netifd section): (endpoints, probe)}."""
+        result = {}
+        owner: typing.Dict[typing.Tuple[str, str], uci.Section] = {}
+        for section in self.sections:
+            if section.type != "peer":
+                continue
+            o = self.opts(section)
+            o.known(["tunnel", "public_key", "section", "endpoint", "probe"])
+            tunnel = o.text("tunnel")
+            key = o.text("public_key")
+            ref = o.text("section")
+            endpoints = []
+            for item in o.words("endpoint"):
+                try:
+                    endpoints.append(parse_endpoint(item))
+                except ValueError as e:
+                    o.error("endpoint", "'%s' %s" % (item, e))
+            probe = o.text("probe")
+            if probe is not None and not o.ip("probe", probe):
+                probe = None
+            if tunnel is None:
+                o.error(None, "has no option tunnel")
+                continue
+            if tunnel not in managed:
+                o.error("tunnel", "'%s' has no 'config tunnel' section in %s" % (tunnel, self.wfile))
+                continue
+            if managed[tunnel] is None:
+                continue  # tunnel disabled in wgrouter
+            if (key is None) == (ref is None):
+                o.error(None, "needs exactly one of option public_key and option section")
+                continue
+            if key is not None and not is_key(key):
+                o.error("public_key", "'%s' is not a WireGuard key (44 characters of base64 ending in '=')"
+                        % key)
+                continue
+            kind = "wireguard_%s" % tunnel
+            match = [s for s in self.network if s.type == kind
+                     and (s.options.get("public_key") == key if key is not None else s.ref == ref)]
+            if not match:
+                if key is not None:
+                    o.error("public_key", "'%s' is not a peer of interface '%s' in %s" % (key, tunnel, self.nfile))
+                else:
+                    o.error("section", "'%s' is not a %s section in %s" % (ref, kind, self.nfile))
+                continue
+            target = (tunnel, match[0].ref)
+            if target in owner:
+                o.error(None, "peer '%s' of '%s' already has extras in section '%s'"
+                        % (match[0].ref, tunnel, owner[target].ref))
+                continue
+            owner[target] = section
+            if _Options(_Report(), self.nfile, match[0]).boolean("disabled", False):
+                o.warn(None, "peer '%s' of '%s' is disabled in %s" % (match[0].ref, tunnel, self.nfile))
+            result[target] = (endpoints, probe)
+        return result
+
+    def tunnel_interface(self, section: uci.Section, name: str) -> typing.Optional[uci.Section]:
+        o = self.opts(section)
+        option = "interface" if o.has("interface") else None
+        iface = self.interfaces.get(name)
+        if iface is None:
+            o.error(option, "interface '%s' is not in %s" % (name, self.nfile))
+            return None
+        proto = iface.options.get("proto")
+        if proto != "wireguard":
+            o.error(option, "interface '%s' in %s has proto '%s', not 'wireguard'"
+                    % (name, self.nfile, proto if isinstance(proto, str) else ""))
+            return None
+        return iface
+
+    def tunnels(self, wans: typing.Tuple[model.Wan, ...]) -> typing.Tuple[model.Tunnel, ...]:
+        managed: typing.Dict[str, typing.Optional[uci.Section]] = {}
+        order = []
+        for section in self.sections:
+            if section.type != "tunnel":
+                continue
+            o = self.opts(section)
+            o.known(["interface", "enabled", "probe"])
+            name = o.text("interface", section.name)
+            if not name:
+                o.error(None, "needs a section name or option interface")
+                continue
+            if name in managed:
+                o.error(None, "tunnel '%s' is already given" % name)
+                continue
+            enabled = o.boolean("enabled", True)
+            probe = o.text("probe")
+            if probe is not None and not o.ip("probe", probe):
+                probe = None
+            managed[name] = section if enabled else None
+            if not enabled:
+                continue
+            iface = self.tunnel_interface(section, name)
+            if iface is not None:
+                order.append((name, iface, probe))
+        extras = self.extras(managed)
+        tunnels = []
+        for name, iface, probe in order:
+            n = self.netopts(iface)
+            addresses = []
+            for address in n.words("addresses"):
+                try:
+                    ipaddress.ip_interface(address)
+                    addresses.append(address)
+                except ValueError:
+                    n.error("addresses", "'%s' is not an IP address with an optional /prefix" % address)
+            listen_port = n.integer("listen_port", None, 0, 65535)
+            if not n.boolean("nohostroute", False):
+                n.warn("nohostroute", "is not '1': netifd pins the endpoint route to one WAN and tears "
+                       "'%s' down when that WAN goes down; set option nohostroute '1'" % name)
+            # netifd's business, not ours: only warn, and never show it
+            private = iface.options.get("private_key")
+            if private is None:
+                n.warn("private_key", "is missing: netifd cannot bring '%s' up" % name)
+            elif not isinstance(private, str) or not is_key(private):
+                n.warn("private_key", "the value (not shown) is not a WireGuard key")
+            peers = []
+            keys: typing.Dict[str, uci.Section] = {}
+            for section in self.network:
+                if section.type != "wireguard_%s" % name:
+                    continue
+                if self.netopts(section).boolean("disabled", False):
+                    continue
+                endpoints, peer_probe = extras.get((name, section.ref), ([], None))
+                peer = self.netifd_peer(name, section, peer_probe or probe, endpoints)
+                if peer is None:
+                    continue
+                if peer.public_key in keys:
+                    self.report.error(self.nfile, section, "public_key", "'%s' is also the key of peer '%s'"
+                                      % (peer.public_key, keys[peer.public_key].ref))
+                    continue
+                keys[peer.public_key] = section
+                if not peer.endpoints:
+                    self.report.warn(self.nfile, section, "endpoint_host",
+                                     "is not set: the peer connects to us, wgrouter leaves it alone")
+                    continue
+                if peer.keepalive == 0:
+                    without = [w.name for w in wans if not w.keepalive]
+                    if without:
+                        self.report.warn(self.nfile, section, "persistent_keepalive",
+                                         "is not set: behind NAT (LTE, CGNAT) the tunnel goes quiet and "
+                                         "the return path is lost on %s" % ", ".join(without))
+                peers.append(peer)
+            v4 = [a.split("/")[0] for a in addresses if is_ip(a.split("/")[0], 4)]
+            tunnels.append(model.Tunnel(
+                name=name,
+                peers=tuple(peers),
+                addresses=tuple(addresses),
+                listen_port=listen_port,
+                probe_source=v4[0] if v4 else None,
+            ))
+        return tuple(tunnels)
+
+    # -------------------------------------------------------- all
+
+    KNOWN = ("wgrouter", "wan", "tunnel", "peer", "mqtt")
+
+    def build(self) -> model.Config:
+        for section in self.sections:
+            if section.type not in self.KNOWN:
+                self.report.error(self.wfile, section, None, "unknown section type '%s' (known: %s)"
+                                  % (section.type, ", ".join(self.KNOWN)))
+        settings = self.settings()
+        wans = self.wans()
+        tunnels = self.tunnels(wans)
+        mqtt = self.mqtt()
+        if settings.mwan3:
+            for wan in wans:
+                if wan.table is None:
+                    self.report.warn(self.wfile, None, None, "mwan3 is on but WAN '%s' has no option table; "
+                                     "host routes go to the main table" % wan.name)
+        self.report.raise_errors()
+        return model.Config(settings=settings, wans=wans, tunnels=tunnels, mqtt=mqtt)
+
+
+def from_sections(network: typing.Sequence[uci.Section], wgrouter_sections: typing.Sequence[uci.Section],
+                  network_file: str = "/" + NETWORK, wgrouter_file: str = "/" + WGROUTER,
+                  usb_net: typing.Optional[typing.Callable[[str], typing.Optional[str]]] = None,
+                  ) -> typing.Tuple[model.Config, typing.List[str]]:
+    """Build the Config from parsed sections: (config, warnings).
+
+    ``usb_net(control_device)`` names the network device of a modem's
+    control device such as /dev/cdc-wdm0 (None when unknown).
+    Raises ConfigError listing every problem.
+    """
+    builder = _Builder(list(network), list(wgrouter_sections), network_file, wgrouter_file, usb_net)
+    config = builder.build()
+    return config, builder.report.warnings
+
+
+def _usb_net(root: str) -> typing.Callable[[str], typing.Optional[str]]:
+    def find(control: str) -> typing.Optional[str]:
+        name = os.path.basename(control)
+        for cls in ("usbmisc", "usb", "tty"):
+            path = os.path.join(root, "sys/class", cls, name, "device/net")
+            try:
+                names = sorted(os.listdir(path))
+            except OSError:
+                continue
+            if names:
+                return names[0]
+        return None
+    return find
+
+
+def _read(path: str) -> typing.List[uci.Section]:
+    try:
+        return uci.load(path)
+    except OSError as e:
+        raise ConfigError("%s: cannot read: %s" % (path, e.strerror or e), path) from None
+    except uci.UciError as e:
+        raise ConfigError(str(e), path) from None
+
+
+def _load(root: str) -> typing.Tuple[model.Config, typing.List[str]]:
+    network_file = os.path.join(root, NETWORK)
+    wgrouter_file = os.path.join(root, WGROUTER)
+    errors = []
+    parsed = []
+    for path in (network_file, wgrouter_file):
+        try:
+            parsed.append(_read(path))
+        except ConfigError as e:
+            errors.append(e)
+    if errors:
+        report = _Report()
+        report.errors = errors
+        report.raise_errors()
+    return from_sections(parsed[0], parsed[1], network_file, wgrouter_file, _usb_net(root))
+
+
+def load(root: str = "/") -> model.Config:
+    """Read and validate <root>/etc/config/network and <root>/etc/config/wgrouter."""
+    return _load(root)[0]
+
+
+def check(root: str = "/") -> typing.List[str]:
+    """Warnings about a valid configuration; raises ConfigError like load."""
+    return _load(root)[1]
