@@ -80,7 +80,7 @@ def format_status(st):
         for pname, p in (t.get("peers") or {}).items():
             lines.append(
                 "  peer %-12s %-10s wan %-6s endpoint %s (%s) keepalive %ss handshake %s ago rx %s tx %s%s" % (
-                    pname, p.get("state"), p.get("wan") or "-", p.get("endpoint") or "-",
+                    p.get("label") or pname[:8], p.get("state"), p.get("wan") or "-", p.get("endpoint") or "-",
                     p.get("endpoint_source") or "-", p.get("keepalive"), _age(p.get("handshake_age")),
                     p.get("rx"), p.get("tx"),
                     ", last step: %s" % p["last_step"] if p.get("last_step") else ""))

@@ -9,6 +9,7 @@ rate except the core's monitor interval.
 
 import json
 import os
+import random
 import selectors
 import signal
 import socket
@@ -160,7 +161,7 @@ class Daemon:
             self.config, root=self.root, restart_cmd=self.restart_cmd,
             state_path=_path(self.root, STATE))
         now = time.time()
-        self.engine = core.Engine(self.config, now)
+        self.engine = core.Engine(self.config, now, rng=random.Random())
         self.pending.extend(read_spool(self.root))
         if self.use_ubus:
             self._start_ubus()
@@ -287,7 +288,7 @@ class Daemon:
         self.engine.reconfigure(cfg, time.time())
         self.shell.reconfigure(cfg)
         self.kernel_changed = True
-        self.pending.append(model.Event("reapply", {}))
+        self.pending.append(model.Event("link", {}))  # step now; reconfigure applies only what changed
         log("configuration reloaded")
 
     def _step(self, now):

@@ -1,0 +1,833 @@
+"""Table-driven tests of the pure decision core: no root, no sockets, no clock."""
+
+import dataclasses
+import json
+import random
+
+import pytest
+
+from wgrouter import core, model
+
+T0 = 1_700_000_000.0  # unix time: handshake ages are computed against it
+KEY = "PEER1KEYaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa="
+KEY2 = "PEER2KEYbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb="
+IP1 = "198.51.100.10"
+GW = {"wan": "192.0.2.1", "wanb": "100.64.0.1"}
+ADDR = {"wan": "192.0.2.2", "wanb": "100.64.0.2"}
+DEV = {"wan": "eth1", "wanb": "wwan0"}
+
+
+def make_config(endpoints=(model.Endpoint(IP1), model.Endpoint(IP1, 443)), probe="10.9.0.1", peers=None,
+                wans=None, **settings):
+    if peers is None:
+        peers = (model.Peer(tunnel="wg0", section="office", public_key=KEY, endpoints=tuple(endpoints),
+                            allowed_ips=("10.9.0.0/24",), keepalive=0, probe=probe),)
+    if wans is None:
+        wans = (
+            model.Wan("wan", "eth1", track_ips=("192.0.2.254", "192.0.2.253"), dns_servers=("192.0.2.53",),
+                      table=1),
+            model.Wan("wanb", "wwan0", keepalive=25, track_ips=("100.64.0.254",), dns_servers=("100.64.0.53",),
+                      table=2),
+        )
+    return model.Config(settings=model.Settings(**settings), wans=wans,
+                        tunnels=(model.Tunnel("wg0", peers=peers, probe_source="10.9.0.2"),) if peers else ())
+
+
+class Rig:
+    """Drives an Engine the way the shell does, with a hand-made kernel."""
+
+    def __init__(self, config=None, rng=None, stats=None, live=False, **kw):
+        self.live = live  # every peer handshakes and gets replies on every step
+        self.strict = True
+        self.config = config or make_config(**kw)
+        self.t = T0
+        self.up = {w.name: True for w in self.config.wans}
+        self.addr = dict(ADDR)
+        self.stats = stats if stats is not None else {
+            p.key: model.PeerStats(endpoint=None, latest_handshake=0, rx=0, tx=0, keepalive=0)
+            for p in self.config.peers()}
+        self.engine = core.Engine(self.config, self.t, rng=rng)
+
+    def obs(self, events=()):
+        wans = {w.name: model.WanState(w.name, DEV.get(w.name, w.device), self.up[w.name],
+                                       gateway=GW.get(w.name), address=self.addr.get(w.name))
+                for w in self.config.wans}
+        return model.Observation(wans=wans, peers=dict(self.stats), tunnels=frozenset(), events=tuple(events))
+
+    def step(self, *events, at=None, dt=0.0):
+        self.t = at if at is not None else self.t + dt
+        if self.live:
+            for key in self.stats:
+                self.traffic(key, rx=100, tx=100, handshake=int(self.t))
+        d = self.engine.step(self.obs(events), self.t)
+        if self.strict:  # an exception inside the engine must not hide as an ignored event
+            assert not [t for t in transitions(d) if t.now == "ignored"], d
+        return d
+
+    def traffic(self, key=("wg0", KEY), rx=0, tx=0, handshake=None):
+        st = self.stats[key]
+        self.stats[key] = dataclasses.replace(
+            st, rx=st.rx + rx, tx=st.tx + tx,
+            latest_handshake=st.latest_handshake if handshake is None else handshake)
+
+    def check(self, **traffic):
+        """Advance to the next monitor check, with some traffic first."""
+        if traffic:
+            self.traffic(**traffic)
+        return self.step(at=self.engine._next_check)
+
+
+def of(decision, kind):
+    return [a for a in decision.actions if isinstance(a, kind)]
+
+
+def transitions(decision, kind=None):
+    return [a for a in of(decision, model.Transition) if kind is None or a.kind == kind]
+
+
+def hotplug(action, iface):
+    return model.Event("hotplug", {"action": action, "interface": iface})
+
+
+def probe(ok, key=KEY):
+    return model.Event("probe", {"tunnel": "wg0", "peer": key, "ok": ok})
+
+
+def wan_probe(wan, ok):
+    return model.Event("wan_probe", {"wan": wan, "ok": ok})
+
+
+def resolved(host, addresses, ttl=300, wan="wan"):
+    return model.Event("resolved", {"host": host, "wan": wan, "addresses": list(addresses), "ttl": ttl})
+
+
+# ------------------------------------------------------------ WAN choice
+
+
+def test_start_on_primary():
+    rig = Rig()
+    d = rig.step()
+    (ap,) = of(d, model.ApplyPath)
+    assert (ap.tunnel, ap.peer, ap.wan, ap.device, ap.gateway) == ("wg0", KEY, "wan", "eth1", GW["wan"])
+    assert (ap.address, ap.port, ap.keepalive, ap.old_address, ap.table) == (IP1, 51820, 0, None, None)
+    (tr,) = transitions(d, "state")
+    assert str(tr) == "wg0: was none, now wan, because start"
+    assert not transitions(d, "failover")
+
+
+@pytest.mark.parametrize("how, evidence", [
+    ("carrier", "no link, address or default route"),
+    ("hotplug", "hotplug ifdown"),
+])
+def test_primary_loss_fails_over_in_the_same_step(how, evidence):
+    rig = Rig()
+    rig.step()
+    if how == "carrier":
+        rig.up["wan"] = False
+        d = rig.step(model.Event("link"), dt=1)
+    else:  # netifd's event arrives while the kernel still shows wan up
+        d = rig.step(hotplug("ifdown", "wan"), dt=1)
+    (ap,) = of(d, model.ApplyPath)
+    assert (ap.wan, ap.device, ap.gateway, ap.keepalive, ap.old_address) == ("wanb", "wwan0", GW["wanb"], 25, IP1)
+    (tr,) = transitions(d, "failover")
+    assert (tr.was, tr.now) == ("wan", "wanb")
+    assert "wan is down" in tr.because and evidence in tr.because
+
+
+def test_hotplug_ifdown_holds_until_ifup():
+    rig = Rig()
+    rig.step()
+    rig.step(hotplug("ifdown", "wan"), dt=1)
+    assert not of(rig.step(dt=1), model.ApplyPath)  # kernel still says up: ignored
+    assert rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["wan"] == "wanb"
+    rig.step(hotplug("ifup", "wan"), dt=1)
+    assert rig.engine.snapshot(rig.t)["wans"]["wan"]["usable"]
+
+
+def test_failback_only_after_holddown():
+    rig = Rig(failback_holddown=60.0)
+    rig.step()
+    rig.up["wan"] = False
+    rig.step(dt=1)
+    rig.up["wan"] = True
+    back = rig.t + 5
+    d = rig.step(at=back)
+    assert not of(d, model.ApplyPath)
+    assert d.deadline <= back + 60
+    for t in (back + 20, back + 59):
+        assert not of(rig.step(at=t), model.ApplyPath), t
+    d = rig.step(at=back + 60)
+    (ap,) = of(d, model.ApplyPath)
+    assert (ap.wan, ap.keepalive) == ("wan", 0)
+    (tr,) = transitions(d, "failback")
+    assert (tr.was, tr.now) == ("wanb", "wan")
+
+
+def test_flapping_primary_is_damped_and_ends_stable():
+    rig = Rig(failback_holddown=30.0, live=True)
+    rig.step()
+    applies = []
+    for i in range(40):  # wan toggles every 4 s for 160 s
+        rig.up["wan"] = i % 2 == 1
+        applies += of(rig.step(dt=4), model.ApplyPath)
+    snap = rig.engine.snapshot(rig.t)
+    assert snap["wans"]["wan"]["holddown"] > 30.0  # lengthened by the flaps
+    rig.up["wan"] = True
+    for _ in range(200):  # then stays up for 1000 s
+        applies += of(rig.step(dt=5), model.ApplyPath)
+    assert len(applies) <= 3, applies  # away once, back once (plus slack for one more)
+    assert [a.wan for a in applies][-1] == "wan"
+    last = [a.wan for a in of(rig.step(dt=5), model.ApplyPath)]
+    assert last == []  # stable: nothing more to do
+    assert rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["wan"] == "wan"
+
+
+def test_flapping_primary_while_on_backup_never_fails_back():
+    rig = Rig(failback_holddown=30.0, live=True)
+    rig.step()
+    rig.up["wan"] = False
+    rig.step(dt=1)
+    count = 0
+    for i in range(60):  # up 20 s, down 5 s: never 30 s in a row
+        rig.up["wan"] = (i % 5) != 4
+        count += len(of(rig.step(dt=5), model.ApplyPath))
+    assert count == 0
+
+
+def test_both_down_then_backup_returns():
+    rig = Rig()
+    rig.step()
+    rig.up["wan"] = False
+    rig.step(dt=1)
+    rig.up["wanb"] = False
+    d = rig.step(dt=1)
+    assert not of(d, model.ApplyPath) and not of(d, model.RemovePath)
+    (tr,) = [t for t in transitions(d) if t.tunnel == "wg0"]
+    assert tr.now == "down" and "no wan is up" in tr.because
+    assert rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["state"] == "down"
+    assert not of(rig.step(dt=1), model.ApplyPath)
+    rig.up["wanb"] = True
+    d = rig.step(dt=1)
+    (ap,) = of(d, model.ApplyPath)
+    assert ap.wan == "wanb"
+    assert [t.was for t in transitions(d) if t.tunnel == "wg0"] == ["down"]
+
+
+def test_manual_switch_pins_until_cleared():
+    rig = Rig()
+    rig.step()
+    d = rig.step(model.Event("switch", {"wan": "wanb"}), dt=100)
+    assert [a.wan for a in of(d, model.ApplyPath)] == ["wanb"]
+    assert not of(rig.step(dt=100), model.ApplyPath)
+    d = rig.step(model.Event("switch", {"wan": None}), dt=1)
+    assert [a.wan for a in of(d, model.ApplyPath)] == ["wan"]
+
+
+def test_switch_to_unknown_wan_is_ignored_and_logged():
+    rig = Rig()
+    rig.step()
+    rig.strict = False
+    d = rig.step(model.Event("switch", {"wan": "nope"}), dt=1)
+    assert not of(d, model.ApplyPath)
+    assert any("ignored" == t.now for t in transitions(d))
+
+
+def test_mwan3_uses_the_wan_table():
+    rig = Rig(mwan3=True)
+    assert [a.table for a in of(rig.step(), model.ApplyPath)] == [1]
+    rig.up["wan"] = False
+    assert [a.table for a in of(rig.step(dt=1), model.ApplyPath)] == [2]
+
+
+def test_wan_address_change_reapplies_same_path():
+    rig = Rig()
+    rig.step()
+    assert not of(rig.step(dt=1), model.ApplyPath)
+    rig.addr["wan"] = "192.0.2.77"
+    (ap,) = of(rig.step(dt=1), model.ApplyPath)
+    assert ap.wan == "wan" and ap.address == IP1
+
+
+def test_tunnel_ifup_reapplies():
+    rig = Rig()
+    rig.step()
+    assert of(rig.step(hotplug("ifup", "wg0"), dt=1), model.ApplyPath)
+    assert not of(rig.step(dt=1), model.ApplyPath)
+
+
+# ------------------------------------------------------------ apply by difference
+
+
+def test_apply_by_difference():
+    rig = Rig()
+    assert of(rig.step(), model.ApplyPath)
+    assert not of(rig.step(dt=1), model.ApplyPath)
+    assert not of(rig.step(model.Event("link"), dt=1), model.ApplyPath)
+
+
+def test_reapply_event_forces_apply():
+    rig = Rig()
+    rig.step()
+    d = rig.step(model.Event("reapply"), dt=1)
+    assert len(of(d, model.ApplyPath)) == 1
+    assert any(t.because == "reapply requested" for t in transitions(d))
+
+
+def test_restart_safety_apply_once_no_failover():
+    stats = {("wg0", KEY): model.PeerStats(endpoint=IP1 + ":51820", latest_handshake=int(T0) - 10,
+                                           rx=5000, tx=5000, keepalive=0)}
+    rig = Rig(stats=stats)
+    d = rig.step()
+    assert len(of(d, model.ApplyPath)) == 1
+    assert not transitions(d, "failover") and not transitions(d, "failback")
+    assert rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["peers"][KEY]["state"] == "up"
+
+
+def test_failed_apply_is_retried_with_backoff():
+    rig = Rig(backoff_base=4.0)
+    (ap,) = of(rig.step(), model.ApplyPath)
+    d = rig.step(model.Event("applied", {"action": ap, "ok": False, "error": "RTNETLINK busy"}), dt=1)
+    assert not of(d, model.ApplyPath)
+    assert any("RTNETLINK busy" in t.because for t in transitions(d))
+    assert d.deadline == pytest.approx(rig.t + 4.0)
+    assert not of(rig.step(dt=2), model.ApplyPath)
+    assert [a.address for a in of(rig.step(dt=2), model.ApplyPath)] == [IP1]
+
+
+def test_applied_ok_does_not_reapply():
+    rig = Rig()
+    (ap,) = of(rig.step(), model.ApplyPath)
+    assert not of(rig.step(model.Event("applied", {"action": ap, "ok": True, "error": ""}), dt=1),
+                  model.ApplyPath)
+
+
+def test_peer_missing_in_kernel_is_not_created():
+    rig = Rig(stats={("wg0", "OTHER"): model.PeerStats(None, 0, 0, 0, 0)})
+    assert not of(rig.step(), model.ApplyPath)
+
+
+# ------------------------------------------------------------ monitor
+
+
+def test_silent_failure_probes_tunnel_and_wan():
+    rig = Rig()
+    rig.step()
+    assert not of(rig.check(rx=100, tx=100), model.Probe)  # first sample
+    d = rig.check(tx=5000)
+    (p,) = of(d, model.Probe)
+    assert (p.tunnel, p.peer, p.target, p.source, p.timeout) == ("wg0", KEY, "10.9.0.1", "10.9.0.2", 2.0)
+    (pw,) = of(d, model.ProbeWan)
+    assert (pw.wan, pw.device, pw.targets, pw.timeout) == ("wan", "eth1", ("192.0.2.254", "192.0.2.253"), 2.0)
+    assert rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["peers"][KEY]["state"] == "suspect"
+
+
+@pytest.mark.parametrize("rx, tx, handshake_age, keepalive_peer, probes", [
+    (500, 500, None, 0, False),  # rx grew: healthy
+    (0, 0, None, 0, False),  # idle, no handshake ever, path fresh
+    (0, 64, 30, 25, False),  # only keepalives went out (at most two in 10 s)
+    (0, 200, 30, 25, True),  # more than keepalives explain
+    (0, 5000, 30, 0, True),  # sent a lot, nothing back
+    (0, 0, 200, 25, True),  # handshake stale while keepalive is on
+    (0, 0, 200, 0, False),  # stale handshake, keepalive off, no traffic: idle
+])
+def test_monitor_verdicts(rx, tx, handshake_age, keepalive_peer, probes):
+    peers = (model.Peer("wg0", "office", KEY, (model.Endpoint(IP1),), ("10.9.0.0/24",), keepalive_peer,
+                        "10.9.0.1"),)
+    rig = Rig(peers=peers)
+    rig.step()
+    rig.check()
+    hs = int(rig.engine._next_check - handshake_age) if handshake_age else 0
+    d = rig.check(rx=rx, tx=tx, handshake=hs)
+    assert bool(of(d, model.Probe)) is probes
+
+
+def test_no_handshake_after_apply_is_suspect():
+    rig = Rig(handshake_timeout=25.0)
+    rig.step()
+    assert not of(rig.check(), model.Probe)  # 10 s after the path was applied
+    assert not of(rig.check(), model.Probe)  # 20 s
+    d = rig.check()  # 30 s > handshake_timeout
+    assert of(d, model.Probe) and of(d, model.ProbeWan)
+
+
+def test_probe_ok_returns_to_healthy():
+    rig = Rig()
+    rig.step()
+    rig.check()
+    rig.check(tx=5000)
+    d = rig.step(probe(True), wan_probe("wan", True), dt=1)
+    assert not of(d, model.ApplyPath)
+    assert rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["peers"][KEY]["state"] == "up"
+
+
+@pytest.mark.parametrize("wan_first", [False, True])
+def test_wan_probe_failure_fails_over_at_once(wan_first):
+    rig = Rig()
+    rig.step()
+    rig.check()
+    rig.check(tx=5000)
+    if wan_first:
+        d = rig.step(wan_probe("wan", False), probe(False), dt=1)
+    else:
+        d = rig.step(probe(False), dt=1)
+        assert not of(d, model.ApplyPath)  # waits for the WAN's verdict
+        d = rig.step(wan_probe("wan", False), dt=1)
+    (ap,) = of(d, model.ApplyPath)
+    assert (ap.wan, ap.keepalive) == ("wanb", 25)
+    (tr,) = transitions(d, "failover")
+    assert "wan is unhealthy" in tr.because
+    (rec,) = transitions(d, "recovery")
+    assert rec.now == core.STEP_WAN and "wan probe of wan failed" in rec.because
+    # the dead WAN keeps being probed every check, cheaply
+    d = rig.check(rx=100, tx=100)
+    assert [p.wan for p in of(d, model.ProbeWan)] == ["wan"]
+    assert not of(d, model.Probe)
+    # it answers again: failback after the hold-down
+    rig.step(wan_probe("wan", True), dt=1)
+    ok_since = rig.t
+    assert not of(rig.step(at=ok_since + 30), model.ApplyPath)
+    d = rig.step(at=ok_since + 60)
+    assert [a.wan for a in of(d, model.ApplyPath)] == ["wan"]
+
+
+def test_recovery_ladder_steps():
+    rig = Rig(backoff_base=2.0)
+    rig.step()
+    rig.check()
+    names = []
+    actions = []
+    for _ in range(20):
+        d = rig.check(tx=5000)
+        if not of(d, model.Probe):
+            continue  # backing off, or the restarted tunnel is not re-applied yet
+        answers = [wan_probe(p.wan, True) for p in of(d, model.ProbeWan)]
+        d = rig.step(*answers, probe(False), dt=1)
+        names += [t.now for t in transitions(d, "recovery")]
+        actions.append(d)
+        if len(names) == 5:
+            break
+    assert names[0] == core.STEP_RERESOLVE
+    assert names[1].startswith(core.STEP_CANDIDATE) and "443" in names[1]
+    assert names[2] == core.STEP_WAN
+    assert names[3] == core.STEP_RESTART
+    assert names[4] == core.STEP_RERESOLVE  # restart at most once per backoff_max: the ladder starts over
+    # step 1: the same path again (the shell re-sets the endpoint)
+    assert [(a.wan, a.port) for a in of(actions[0], model.ApplyPath)] == [("wan", 51820)]
+    # step 2: the next candidate, port 443
+    assert [(a.wan, a.port) for a in of(actions[1], model.ApplyPath)] == [("wan", 443)]
+    # step 3: another WAN, back to the first candidate
+    (ap,) = of(actions[2], model.ApplyPath)
+    assert (ap.wan, ap.port) == ("wanb", 51820)
+    (fo,) = transitions(actions[2], "failover")
+    assert fo.because == "no reply through tunnel on wan"
+    # step 4: restart the tunnel
+    assert of(actions[3], model.RestartTunnel) == [model.RestartTunnel("wg0")]
+
+
+def test_no_probe_target_counts_as_failed():
+    rig = Rig(probe=None)
+    rig.step()
+    rig.check()
+    d = rig.check(tx=5000)
+    assert not of(d, model.Probe)
+    assert of(d, model.ProbeWan)
+    d = rig.step(wan_probe("wan", True), dt=1)
+    assert [t.now for t in transitions(d, "recovery")] == [core.STEP_RERESOLVE]
+
+
+def test_backoff_between_steps():
+    rig = Rig(backoff_base=30.0, check_interval=10.0)
+    rig.step()
+    rig.check()
+    rig.check(tx=5000)
+    rig.step(wan_probe("wan", True), probe(False), dt=1)
+    # backoff 30 s from T0+21: the checks at 30, 40 and 50 see the failure but take no step
+    for _ in range(3):
+        d = rig.check(tx=5000)
+        assert not of(d, model.Probe) and not transitions(d, "recovery")
+    d = rig.check(tx=5000)
+    assert of(d, model.Probe)
+    snap = rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["peers"][KEY]
+    assert snap["state"] == "recovering" and snap["last_step"] == core.STEP_RERESOLVE
+
+
+@pytest.mark.parametrize("base, cap, expected", [
+    (2.0, 300.0, [2, 4, 8, 16, 32, 64, 128, 256, 300, 300, 300]),
+    (5.0, 20.0, [5, 10, 20, 20, 20, 20, 20, 20, 20, 20, 20]),
+])
+def test_backoff_grows_and_is_capped(base, cap, expected):
+    engine = core.Engine(make_config(backoff_base=base, backoff_max=cap), T0)
+    assert [engine.backoff(n) for n in range(11)] == expected
+    jittered = core.Engine(make_config(backoff_base=base, backoff_max=cap), T0, rng=random.Random(7))
+    for n, plain in enumerate(expected):
+        value = jittered.backoff(n)
+        assert plain * (1 - core.BACKOFF_JITTER) <= value <= plain <= cap
+
+
+# ------------------------------------------------------------ DNS
+
+
+HOST = "vpn.example.net"
+
+
+def dns_rig(**kw):
+    return Rig(endpoints=(model.Endpoint(HOST), model.Endpoint(HOST, 443)), **kw)
+
+
+def test_hostname_is_resolved_before_apply():
+    rig = dns_rig()
+    d = rig.step()
+    assert not of(d, model.ApplyPath)
+    (r,) = of(d, model.Resolve)
+    assert (r.host, r.wan, r.device, r.servers) == (HOST, "wan", "eth1", ("192.0.2.53",))
+    assert not of(rig.step(dt=1), model.Resolve)  # one question at a time
+    d = rig.step(resolved(HOST, ["203.0.113.5"]), dt=1)
+    (ap,) = of(d, model.ApplyPath)
+    assert (ap.address, ap.port) == ("203.0.113.5", 51820)
+    snap = rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["peers"][KEY]
+    assert snap["endpoint"] == "203.0.113.5:51820" and snap["endpoint_source"] == "dns"
+
+
+@pytest.mark.parametrize("ttl, expected", [(5, 30.0), (300, 300.0), (86400, 3600.0)])
+def test_ttl_is_clamped(ttl, expected):
+    rig = dns_rig(check_interval=10000.0)
+    rig.step()
+    d = rig.step(resolved(HOST, ["203.0.113.5"], ttl=ttl), dt=1)
+    assert d.deadline == pytest.approx(rig.t + expected)
+    assert not of(rig.step(at=rig.t + expected - 1), model.Resolve)
+    assert [r.host for r in of(rig.step(at=d.deadline), model.Resolve)] == [HOST]
+
+
+def test_ttl_jitter_is_small_and_positive():
+    rig = dns_rig(check_interval=10000.0, rng=random.Random(3))
+    rig.step()
+    d = rig.step(resolved(HOST, ["203.0.113.5"], ttl=300), dt=1)
+    assert rig.t + 300 <= d.deadline <= rig.t + 300 * (1 + core.DNS_JITTER)
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("127.0.0.1", "loopback"),
+    ("0.0.0.0", "unspecified"),
+    ("224.0.0.5", "multicast"),
+    ("169.254.1.1", "link-local"),
+    ("10.9.0.5", "allowed_ips"),
+])
+def test_bad_addresses_are_rejected(bad, why):
+    rig = dns_rig()
+    rig.step()
+    d = rig.step(resolved(HOST, [bad]), dt=1)
+    assert not of(d, model.ApplyPath)
+    (tr,) = transitions(d, "resolve")[:1]
+    assert bad in tr.now and why in tr.because
+    d = rig.step(resolved(HOST, [bad, "203.0.113.9"]), dt=1)
+    assert [a.address for a in of(d, model.ApplyPath)] == ["203.0.113.9"]
+
+
+@pytest.mark.parametrize("address, allowed, rejected", [
+    ("203.0.113.1", ("0.0.0.0/0",), False),  # full tunnel: the host route keeps it outside
+    ("203.0.113.1", ("203.0.113.0/24",), True),
+    ("203.0.113.1", ("bogus",), False),
+    ("::1", (), True),
+    ("fe80::1", (), True),
+    ("2001:db8::1", ("10.0.0.0/8",), False),
+    ("not-an-ip", (), True),
+])
+def test_bad_address_table(address, allowed, rejected):
+    assert bool(core.bad_address(address, allowed)) is rejected
+
+
+def test_new_address_is_applied_with_old_address():
+    rig = dns_rig()
+    rig.step()
+    rig.step(resolved(HOST, ["203.0.113.5"], ttl=30), dt=1)
+    d = rig.step(at=rig.t + 30)
+    assert of(d, model.Resolve)
+    d = rig.step(resolved(HOST, ["203.0.113.5"], ttl=30), dt=1)
+    assert not of(d, model.ApplyPath)  # same address: nothing to do
+    rig.step(at=rig.t + 30)
+    d = rig.step(resolved(HOST, ["203.0.113.6"], ttl=30), dt=1)
+    (ap,) = of(d, model.ApplyPath)
+    assert (ap.address, ap.old_address) == ("203.0.113.6", "203.0.113.5")
+    assert [t.now for t in transitions(d, "resolve")] == ["203.0.113.6"]
+
+
+def test_resolve_failed_keeps_last_good_and_backs_off():
+    rig = dns_rig(backoff_base=2.0, dns_ttl_min=30.0)
+    rig.step()
+    rig.step(resolved(HOST, ["203.0.113.5"], ttl=30), dt=1)
+    rig.step(at=rig.t + 30)
+    gaps = []
+    for _ in range(6):
+        d = rig.step(model.Event("resolve_failed", {"host": HOST, "wan": "wan", "error": "SERVFAIL"}), dt=0.5)
+        assert not of(d, model.ApplyPath)
+        start = rig.t
+        t = start
+        while True:  # find when the Resolve is asked again
+            t += 0.5
+            if of(rig.step(at=t), model.Resolve):
+                break
+        gaps.append(t - start)
+    assert gaps[0] == pytest.approx(2.0) and gaps[1] == pytest.approx(4.0)
+    assert max(gaps) == pytest.approx(30.0)  # bounded
+    peer = rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["peers"][KEY]
+    assert peer["endpoint"] == "203.0.113.5:51820"
+
+
+def test_kernel_endpoint_adopted_until_resolved():
+    stats = {("wg0", KEY): model.PeerStats(endpoint="203.0.113.7:51820", latest_handshake=0, rx=0, tx=0,
+                                           keepalive=0)}
+    rig = dns_rig(stats=stats)
+    d = rig.step()
+    assert [a.address for a in of(d, model.ApplyPath)] == ["203.0.113.7"]
+    assert of(d, model.Resolve)
+    assert rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["peers"][KEY]["endpoint_source"] == "kernel"
+    d = rig.step(resolved(HOST, ["203.0.113.7"]), dt=1)
+    assert not of(d, model.ApplyPath)
+
+
+def test_recovery_step1_re_resolves():
+    rig = dns_rig()
+    rig.step()
+    rig.step(resolved(HOST, ["203.0.113.5"], ttl=3600), dt=1)
+    rig.check()
+    rig.check(tx=5000)
+    d = rig.step(wan_probe("wan", True), probe(False), dt=1)
+    assert [r.host for r in of(d, model.Resolve)] == [HOST]
+    assert [a.address for a in of(d, model.ApplyPath)] == ["203.0.113.5"]
+
+
+# ------------------------------------------------------------ lifecycle
+
+
+def test_reconfigure_keeps_healthy_peer():
+    rig = Rig()
+    rig.step()
+    rig.check()
+    rig.check(rx=100, tx=100)
+    rig.engine.reconfigure(make_config(check_interval=20.0), rig.t)
+    d = rig.step(dt=1)
+    assert not of(d, model.ApplyPath) and not of(d, model.RemovePath)
+    assert rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["peers"][KEY]["state"] == "up"
+
+
+def test_reconfigure_changed_and_removed_peers():
+    two = (model.Peer("wg0", "a", KEY, (model.Endpoint(IP1),)),
+           model.Peer("wg0", "b", KEY2, (model.Endpoint("198.51.100.20"),)))
+    rig = Rig(peers=two)
+    assert len(of(rig.step(), model.ApplyPath)) == 2
+    changed = (model.Peer("wg0", "a", KEY, (model.Endpoint(IP1),), keepalive=15),)
+    rig.engine.reconfigure(make_config(peers=changed), rig.t)
+    d = rig.step(dt=1)
+    assert [(a.peer, a.keepalive) for a in of(d, model.ApplyPath)] == [(KEY, 15)]
+    assert [(r.peer, r.address) for r in of(d, model.RemovePath)] == [(KEY2, "198.51.100.20")]
+
+
+def test_stop_removes_every_route_added():
+    rig = Rig(mwan3=True)
+    rig.step()
+    rig.up["wan"] = False
+    rig.step(dt=1)
+    removes = rig.engine.stop()
+    assert all(isinstance(a, model.RemovePath) for a in removes)
+    assert sorted((r.address, r.table) for r in removes) == [(IP1, 1), (IP1, 2)]
+    assert rig.engine.stop() == ()
+
+
+def test_deadline_none_without_peers():
+    rig = Rig(peers=())
+    d = rig.step()
+    assert d.deadline is None and d.actions == () or not of(d, model.ApplyPath)
+    assert d.deadline is None
+
+
+def test_deadline_is_next_check():
+    rig = Rig(check_interval=10.0)
+    assert rig.step().deadline == T0 + 10.0
+    assert rig.step(dt=3).deadline == T0 + 10.0
+    assert rig.step(at=T0 + 10.0).deadline == T0 + 20.0
+
+
+def test_check_jitter_is_small():
+    rig = Rig(check_interval=10.0, rng=random.Random(1), live=True)
+    deadlines = set()
+    for _ in range(20):
+        d = rig.step(at=rig.engine._next_check)
+        gap = d.deadline - rig.t
+        assert 10.0 * (1 - core.CHECK_JITTER) <= gap <= 10.0 * (1 + core.CHECK_JITTER)
+        deadlines.add(round(gap, 6))
+    assert len(deadlines) > 1
+
+
+def test_snapshot_is_json_and_complete():
+    rig = Rig(events=4)
+    rig.step()
+    for i in range(6):
+        rig.up["wan"] = i % 2 == 1
+        rig.step(dt=1)
+    snap = json.loads(json.dumps(rig.engine.snapshot(rig.t)))
+    assert set(snap["wans"]) == {"wan", "wanb"}
+    assert snap["wans"]["wan"]["preferred"] and not snap["wans"]["wanb"]["preferred"]
+    peer = snap["tunnels"]["wg0"]["peers"][KEY]
+    for field in ("state", "wan", "endpoint", "endpoint_source", "keepalive", "handshake_age", "rx", "tx",
+                  "last_step", "backoff_until"):
+        assert field in peer
+    assert isinstance(peer["keepalive"], int) and isinstance(peer["rx"], int) and isinstance(peer["tx"], int)
+    assert [w for w, v in snap["wans"].items() if v["active"]] == [snap["tunnels"]["wg0"]["wan"]]
+    assert len(snap["events"]) == 4  # the ring is bounded
+    assert all(e["text"] and e["time"] for e in snap["events"])
+
+
+def test_malformed_event_does_not_crash():
+    rig = Rig()
+    rig.step()
+    rig.strict = False
+    d = rig.step(model.Event("hotplug", {}), model.Event("nonsense"), dt=1)
+    assert len([t for t in transitions(d) if t.now == "ignored"]) == 2
+
+
+def test_wan_probe_failure_without_other_wan_climbs_ladder():
+    rig = Rig()
+    rig.step()
+    rig.up["wanb"] = False
+    rig.check()
+    rig.check(tx=5000)
+    d = rig.step(probe(False), wan_probe("wan", False), dt=1)
+    assert [t.now for t in transitions(d, "recovery")] == [core.STEP_RERESOLVE]
+    assert [a.wan for a in of(d, model.ApplyPath)] == ["wan"]  # unhealthy but the only one up: kept
+    assert not [t for t in transitions(d) if t.now == "down"]
+
+
+def test_track_ips_silent_but_tunnel_answers_keeps_wan():
+    rig = Rig()
+    rig.step()
+    rig.check()
+    rig.check(tx=5000)
+    d = rig.step(probe(True), dt=1)
+    d = rig.step(wan_probe("wan", False), dt=1)
+    assert not of(d, model.ApplyPath)
+    assert rig.engine.snapshot(rig.t)["wans"]["wan"]["healthy"]
+
+
+def test_failed_resolve_asks_through_the_next_wan():
+    rig = dns_rig()
+    (r,) = of(rig.step(), model.Resolve)
+    assert r.wan == "wan"
+    rig.step(model.Event("resolve_failed", {"host": HOST, "wan": "wan", "error": "timeout"}), dt=1)
+    (r,) = of(rig.step(dt=5), model.Resolve)
+    assert (r.wan, r.device, r.servers) == ("wanb", "wwan0", ("100.64.0.53",))
+
+
+def test_unanswered_resolve_counts_as_failed():
+    rig = dns_rig()
+    rig.step()
+    d = rig.step(dt=core.RESOLVE_ANSWER_TIMEOUT)
+    assert [t.kind for t in transitions(d)] == ["resolve"]
+    assert of(rig.step(dt=5), model.Resolve)
+
+
+def test_wan_ifupdate_does_not_reapply_but_ifup_does():
+    rig = Rig()
+    rig.step()
+    assert not of(rig.step(hotplug("ifupdate", "wan"), dt=1), model.ApplyPath)
+    assert of(rig.step(hotplug("ifup", "wan"), dt=1), model.ApplyPath)
+
+
+def test_unanswered_probe_counts_as_failed():
+    rig = Rig()
+    rig.step()
+    rig.check()
+    rig.check(tx=5000)
+    d = rig.step(wan_probe("wan", True), dt=1)
+    assert not transitions(d, "recovery")
+    d = rig.step(dt=2.0 + core.ANSWER_GRACE)
+    assert [t.now for t in transitions(d, "recovery")] == [core.STEP_RERESOLVE]
+
+
+def test_stale_probe_answer_after_failover_is_ignored():
+    rig = Rig()
+    rig.step()
+    rig.check()
+    rig.check(tx=5000)
+    rig.up["wan"] = False
+    rig.step(dt=1)
+    d = rig.step(probe(False), wan_probe("wan", False), dt=1)
+    assert not transitions(d, "recovery") and not of(d, model.ApplyPath)
+
+
+class World:
+    """A simulated kernel and network answering the engine's actions one second later."""
+
+    def __init__(self, rig):
+        self.rig = rig
+        self.dead = set()  # WANs whose upstream silently drops everything
+        self.path = {}  # peer key -> wan of the applied path
+        self.pending = []
+        self.applies = []
+
+    def run(self, seconds):
+        end = self.rig.t + seconds
+        while self.rig.t < end:
+            for key in self.rig.stats:
+                if self.path.get(key) and self.path[key] not in self.dead:
+                    self.rig.traffic(key, rx=300, tx=300, handshake=int(self.rig.t))
+                else:
+                    self.rig.traffic(key, tx=500)
+            events, self.pending = self.pending, []
+            d = self.rig.step(*events, dt=1)
+            for a in d.actions:
+                if isinstance(a, model.ApplyPath):
+                    self.path[(a.tunnel, a.peer)] = a.wan
+                    self.applies.append((self.rig.t, a.wan))
+                elif isinstance(a, model.Probe):
+                    ok = self.path.get((a.tunnel, a.peer)) not in self.dead
+                    self.pending.append(probe(ok, a.peer))
+                elif isinstance(a, model.ProbeWan):
+                    self.pending.append(wan_probe(a.wan, a.wan not in self.dead))
+
+
+def test_simulated_silent_wan_failure_recovers_within_two_checks_and_fails_back():
+    rig = Rig(check_interval=10.0, failback_holddown=60.0)
+    world = World(rig)
+    world.run(60)
+    assert world.applies == [(T0 + 1, "wan")]
+    world.dead.add("wan")
+    died = rig.t
+    world.run(40)
+    moved = [t for t, wan in world.applies if wan == "wanb"]
+    assert moved and moved[0] - died <= 2 * 10.0 + 2
+    world.dead.clear()
+    healed = rig.t
+    world.run(200)
+    back = [t for t, wan in world.applies if wan == "wan" and t > healed]
+    assert back and 60.0 <= back[0] - healed <= 60.0 + 2 * 10.0 + 2
+    assert len(world.applies) == 3
+    assert rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["peers"][KEY]["state"] == "up"
+
+
+def test_one_resolve_per_host_and_names_are_normalised():
+    peers = (model.Peer("wg0", "a", KEY, (model.Endpoint("VPN.Example.NET."),), ("10.9.0.0/24",)),
+             model.Peer("wg0", "b", KEY2, (model.Endpoint("vpn.example.net", 51821),), ("10.8.0.0/24",)))
+    rig = Rig(peers=peers)
+    assert [r.host for r in of(rig.step(), model.Resolve)] == [HOST]
+    d = rig.step(resolved(HOST, ["203.0.113.5"]), dt=1)
+    assert sorted((a.peer, a.port) for a in of(d, model.ApplyPath)) == [(KEY, 51820), (KEY2, 51821)]
+
+
+def test_restart_reapplies_when_tunnel_is_back():
+    rig = Rig(peers=(model.Peer("wg0", "a", KEY, (model.Endpoint(IP1),), probe="10.9.0.1"),),
+              wans=(model.Wan("wan", "eth1"),))
+    rig.step()
+    rig.check()
+    steps = []
+    for _ in range(10):
+        d = rig.check(tx=5000)
+        if of(d, model.Probe):
+            d = rig.step(probe(False), dt=1)
+        steps += [t.now for t in transitions(d, "recovery")]
+        if of(d, model.RestartTunnel):
+            break
+    assert steps == [core.STEP_RERESOLVE, core.STEP_RESTART]  # one WAN, one candidate
+    assert not of(rig.step(hotplug("ifdown", "wg0"), dt=1), model.ApplyPath)
+    assert not of(rig.step(dt=1), model.ApplyPath)
+    (ap,) = of(rig.step(hotplug("ifup", "wg0"), dt=1), model.ApplyPath)
+    assert ap.wan == "wan" and ap.address == IP1

@@ -1,0 +1,1054 @@
+"""The decision core: which WAN each tunnel uses, when to probe, how to recover.
+
+``Engine`` does no I/O.  The shell hands it an ``Observation`` (kernel WAN
+states, ``wg show dump`` rows, and the events since the last call) and the
+current time; it answers with a ``Decision``: model actions to execute and
+the absolute time to call ``step()`` again.  Randomness (jitter) comes only
+from the ``random.Random`` given to the constructor; without one there is no
+jitter and the engine is fully deterministic.
+
+``now`` must be unix time (``time.time()``): handshake ages are computed
+against ``PeerStats.latest_handshake``, which the kernel reports in unix time.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import ipaddress
+import math
+import random
+import typing
+
+import wgrouter
+from wgrouter import model
+
+# ------------------------------------------------------------ constants
+
+# +-share of check_interval added at random: routers restarted together drift
+# apart instead of probing in lockstep, while the cadence stays about the same.
+CHECK_JITTER = 0.05
+# Share taken off a recovery backoff at random (never added, so backoff_max
+# stays a hard ceiling): many routers behind one dead WAN do not retry at once.
+BACKOFF_JITTER = 0.2
+# Share added to a DNS refresh interval at random: peers sharing one name do
+# not all refresh in the same second.
+DNS_JITTER = 0.1
+# s after a probe's own timeout before a missing answer counts as failed: the
+# shell may run probes one after another.
+ANSWER_GRACE = 5.0
+# s before a Resolve that got no answer counts as failed (dnspython's lifetime
+# through two servers is well below this).
+RESOLVE_ANSWER_TIMEOUT = 30.0
+# Bytes of one keepalive (an empty data message).  The peer never answers a
+# keepalive, so tx growing by only this much per keepalive interval is normal.
+KEEPALIVE_BYTES = 32
+# s of history used to count a WAN's state changes for flap damping.
+FLAP_WINDOW = 600.0
+# State changes in FLAP_WINDOW that cost nothing: one down/up cycle and a
+# spare; every change beyond doubles the WAN's failback hold-down.
+FLAP_FREE_CHANGES = 3
+# Ceiling on the flap multiplier of failback_holddown, so a WAN that flapped
+# an hour ago is trusted again within a bounded time.
+FLAP_FACTOR_MAX = 16
+# s ceiling on how long a WAN stays marked bad for one tunnel after the
+# recovery ladder moved the tunnel off it (the mark doubles from backoff_max).
+SUSPECT_HOLD_MAX = 3600.0
+# s to let netifd rebuild a restarted tunnel before paths are applied again,
+# unless its ifup hotplug event arrives earlier.
+RESTART_SETTLE = 10.0
+
+# Recovery ladder step names, as logged in Transitions and the snapshot.
+STEP_RERESOLVE = "re-resolve and re-set endpoint"
+STEP_CANDIDATE = "next endpoint candidate"
+STEP_WAN = "another WAN"
+STEP_RESTART = "restart tunnel"
+
+UP, SUSPECT, RECOVERING, DOWN, STARTING = "up", "suspect", "recovering", "down", "starting"
+
+
+class BadEvent(wgrouter.Error):
+    """malformed event ignored"""
+
+
+# ------------------------------------------------------------ internal state
+
+
+@dataclasses.dataclass
+class _WanTrack:
+    up: bool = False  # obs says up and no hotplug ifdown is pending
+    forced_down: bool = False  # hotplug ifdown seen, kernel may not show it yet
+    unhealthy: bool = False  # last ProbeWan failed
+    usable: bool = False  # up and not unhealthy
+    usable_since: typing.Optional[float] = None
+    changes: typing.Deque[float] = dataclasses.field(default_factory=collections.deque)
+    label: str = "unknown"  # "up" / "down" / "unhealthy", for Transitions
+    why: str = "not seen yet"  # why it is not usable
+    probe_until: typing.Optional[float] = None  # a ProbeWan is out until then
+    probe_sent: typing.Optional[float] = None
+    proven_at: typing.Optional[float] = None  # a tunnel probe through it last answered
+
+
+@dataclasses.dataclass
+class _HostState:
+    address: typing.Optional[str] = None  # last good address
+    refresh_at: typing.Optional[float] = None  # None = resolve as soon as possible
+    pending_until: typing.Optional[float] = None  # a Resolve is out
+    failures: int = 0
+    ttl: typing.Optional[float] = None
+
+
+@dataclasses.dataclass
+class _PeerState:
+    peer: model.Peer
+    state: str = STARTING
+    candidate: int = 0  # index into peer.endpoints
+    adopted: typing.Optional[str] = None  # kernel endpoint adopted until DNS answers
+    applied: typing.Optional[model.ApplyPath] = None  # old_address None
+    applied_at: typing.Optional[float] = None
+    failed: typing.Optional[model.ApplyPath] = None  # last path the shell failed to apply
+    apply_failures: int = 0
+    apply_retry_at: float = 0.0
+    last_address: typing.Optional[str] = None
+    last_table: typing.Optional[int] = None
+    routes: typing.Set[typing.Tuple[str, typing.Optional[int]]] = dataclasses.field(default_factory=set)
+    force: typing.Optional[str] = None  # re-apply even when unchanged, and why
+    stats: typing.Optional[model.PeerStats] = None
+    sample: typing.Optional[typing.Tuple[int, int, float]] = None  # rx, tx, time at last check
+    probe_until: typing.Optional[float] = None
+    probe_wan: typing.Optional[str] = None
+    probe_failed: bool = False  # failed; waiting for the WAN probe's verdict
+    evidence: str = ""
+    steps_done: int = 0  # recovery steps since the last success: drives backoff
+    ladder: int = 0  # index of the next ladder step
+    last_step: typing.Optional[str] = None
+    backoff_until: float = 0.0
+
+
+@dataclasses.dataclass
+class _TunnelState:
+    tunnel: model.Tunnel
+    wan: typing.Optional[str] = None  # active WAN, None = none chosen yet / down
+    last_wan: typing.Optional[str] = None  # WAN of the last path, kept while down
+    down: bool = False
+    ifdown: bool = False  # hotplug ifdown of the tunnel itself
+    present: bool = True
+    wan_address: typing.Optional[str] = None  # active WAN's address when applied
+    suspect: typing.Dict[str, float] = dataclasses.field(default_factory=dict)
+    suspect_count: typing.Dict[str, int] = dataclasses.field(default_factory=dict)
+    reason: typing.Optional[str] = None  # why the ladder asks for another WAN
+    last_restart: typing.Optional[float] = None
+    reapply_at: typing.Optional[float] = None
+    reapply: typing.Optional[str] = None  # force a Transition + re-apply, and why
+
+
+# ------------------------------------------------------------ helpers
+
+
+def _ip(text: typing.Optional[str]):
+    if not text:
+        return None
+    try:
+        return ipaddress.ip_address(text.strip("[]"))
+    except ValueError:
+        return None
+
+
+def _endpoint_ip(endpoint: typing.Optional[str]) -> typing.Optional[str]:
+    """The IP of a ``wg show`` endpoint "1.2.3.4:51820" / "[::1]:51820"."""
+    if not endpoint:
+        return None
+    host, _, _ = endpoint.rpartition(":")
+    ip = _ip(host)
+    return str(ip) if ip is not None else None
+
+
+def bad_address(address: str, allowed_ips: typing.Iterable[str] = ()) -> typing.Optional[str]:
+    """Why ``address`` must not be used as an endpoint, or None when it is fine."""
+    ip = _ip(address)
+    if ip is None:
+        return "not an IP address"
+    for test, why in (
+        (ip.is_loopback, "loopback"),
+        (ip.is_unspecified, "unspecified"),
+        (ip.is_multicast, "multicast"),
+        (ip.is_link_local, "link-local"),
+    ):
+        if test:
+            return why
+    for prefix in allowed_ips:
+        try:
+            net = ipaddress.ip_network(prefix, strict=False)
+        except ValueError:
+            continue
+        # A full-tunnel peer's 0.0.0.0/0 covers every address; the host route
+        # to the endpoint is what keeps it outside, so only narrower prefixes
+        # (which would route the endpoint into its own tunnel) disqualify.
+        if net.prefixlen and net.version == ip.version and ip in net:
+            return "inside the peer's allowed_ips %s" % prefix
+    return None
+
+
+def _hostkey(host: str) -> str:
+    """A host name as the engine keys it: lower case, no trailing dot."""
+    return str(host).lower().rstrip(".")
+
+
+def _fmt(seconds: float) -> str:
+    return "%ds" % round(seconds)
+
+
+# ------------------------------------------------------------ the engine
+
+
+class Engine:
+    """Keeps every managed peer on a working path; see the module docstring."""
+
+    def __init__(self, config: model.Config, now: float, rng: typing.Optional[random.Random] = None):
+        self._rng = rng
+        self._config = config
+        self._wans: typing.Dict[str, _WanTrack] = {}
+        self._tunnels: typing.Dict[str, _TunnelState] = {}
+        self._peers: typing.Dict[typing.Tuple[str, str], _PeerState] = {}
+        self._hosts: typing.Dict[str, _HostState] = {}
+        self._ring: typing.Deque[typing.Tuple[float, model.Transition]] = collections.deque(
+            maxlen=max(1, config.settings.events)
+        )
+        self._pinned: typing.Optional[str] = None
+        self._removals: typing.List[model.RemovePath] = []
+        self._obs = model.Observation(wans={}, peers={})
+        self._out: typing.List[model.Action] = []
+        self._now = now
+        self._next_check = now + self._check_interval()
+        self._load(config)
+
+    # ------------------------------------------------ public API
+
+    def step(self, obs: model.Observation, now: float) -> model.Decision:
+        self._obs, self._now, self._out = obs, now, []
+        out = self._out
+        out.extend(self._removals)
+        self._removals = []
+        for event in obs.events:
+            try:
+                self._event(event)
+            except (BadEvent, KeyError, TypeError, ValueError) as exc:
+                self._transition("wgrouter", None, "event %s" % event.kind, "ignored",
+                                 "%s: %s" % (BadEvent.__doc__, exc), "state")
+        self._update_wans()
+        self._update_peers()
+        self._timeouts()
+        if self._managed() and now >= self._next_check:
+            self._next_check = now + self._check_interval()
+            self._check()
+        for ts in self._tunnels.values():
+            self._evaluate_tunnel(ts)
+        self._resolves()
+        return model.Decision(actions=tuple(out), deadline=self._deadline())
+
+    def reconfigure(self, config: model.Config, now: float) -> None:
+        """Take a new configuration; peers that still exist keep their state."""
+        old_interval = self._config.settings.check_interval
+        self._config = config
+        self._ring = collections.deque(self._ring, maxlen=max(1, config.settings.events))
+        self._load(config)
+        if config.settings.check_interval != old_interval:
+            self._next_check = min(self._next_check, now + self._check_interval())
+
+    def stop(self) -> typing.Tuple[model.Action, ...]:
+        """RemovePath for every host route this engine has added."""
+        out: typing.List[model.Action] = list(self._removals)
+        self._removals = []
+        for ps in self._peers.values():
+            out.extend(self._remove_paths(ps))
+        return tuple(out)
+
+    def snapshot(self, now: float) -> dict:
+        """JSON-able status for ubus, MQTT and the CLI."""
+        settings = self._config.settings
+        wans = {}
+        for i, wan in enumerate(self._config.wans):
+            wt = self._wans[wan.name]
+            wans[wan.name] = {
+                "device": self._device(wan),
+                "up": wt.up,
+                "healthy": not wt.unhealthy,
+                "usable": wt.usable,
+                "preferred": i == 0,
+                "order": i,
+                "pinned": self._pinned == wan.name,
+                "usable_for": None if wt.usable_since is None else now - wt.usable_since,
+                "holddown": self._holddown(wan.name, now),
+                "flaps": len(wt.changes),
+                "why": None if wt.usable else wt.why,
+                "active": any(ts.wan == wan.name for ts in self._tunnels.values()),
+                "active_for": sorted(ts.tunnel.name for ts in self._tunnels.values() if ts.wan == wan.name),
+            }
+        tunnels = {}
+        for name, ts in self._tunnels.items():
+            peers = {}
+            for peer in ts.tunnel.peers:
+                ps = self._peers.get(peer.key)
+                if ps is None:
+                    continue
+                address, source, endpoint = self._address(ps)
+                st = ps.stats
+                age = None
+                if st is not None and st.latest_handshake:
+                    age = max(0.0, now - st.latest_handshake)
+                peers[peer.public_key] = {
+                    "label": peer.label,
+                    "state": ps.state,
+                    "wan": ts.wan,
+                    "endpoint": str(model.Endpoint(ps.applied.address, ps.applied.port)) if ps.applied
+                    else (st.endpoint if st else None),  # ours, else what the kernel has
+                    "endpoint_wanted": None if address is None else str(model.Endpoint(address, endpoint.port)),
+                    "endpoint_source": source,
+                    "candidate": ps.candidate,
+                    "keepalive": int(ps.applied.keepalive if ps.applied else (st.keepalive if st else 0)),
+                    "handshake_age": age,
+                    "rx": int(st.rx) if st else 0,
+                    "tx": int(st.tx) if st else 0,
+                    "last_step": ps.last_step,
+                    "recovery_steps": ps.steps_done,
+                    "backoff_until": ps.backoff_until if ps.backoff_until > now else None,
+                    "evidence": ps.evidence or None,
+                }
+            tunnels[name] = {
+                "wan": ts.wan,
+                "state": DOWN if ts.down or not ts.present else self._tunnel_state(ts),
+                "suspect_wans": {w: until for w, until in ts.suspect.items() if until > now},
+                "last_restart": ts.last_restart,
+                "peers": peers,
+            }
+        return {
+            "time": now,
+            "pinned": self._pinned,
+            "next_check": self._next_check if self._managed() else None,
+            "check_interval": settings.check_interval,
+            "wans": wans,
+            "tunnels": tunnels,
+            "events": [
+                {"time": t, "kind": tr.kind, "tunnel": tr.tunnel, "peer": tr.peer,
+                 "was": tr.was, "now": tr.now, "because": tr.because, "text": str(tr)}
+                for t, tr in self._ring
+            ],
+        }
+
+    # ------------------------------------------------ configuration
+
+    def _load(self, config: model.Config) -> None:
+        self._wans = {wan.name: self._wans.get(wan.name) or _WanTrack() for wan in config.wans}
+        if self._pinned not in self._wans:
+            self._pinned = None
+        tunnels, peers = {}, {}
+        for tunnel in config.tunnels:
+            ts = self._tunnels.get(tunnel.name) or _TunnelState(tunnel=tunnel)
+            ts.tunnel = tunnel
+            if ts.wan is not None and ts.wan not in self._wans:
+                ts.wan = None
+            tunnels[tunnel.name] = ts
+            for peer in tunnel.peers:
+                if not peer.endpoints:
+                    continue  # nothing to route: a roaming client of this router
+                ps = self._peers.get(peer.key) or _PeerState(peer=peer)
+                ps.peer = peer
+                if ps.candidate >= len(peer.endpoints):
+                    ps.candidate = 0
+                peers[peer.key] = ps
+        for key, ps in self._peers.items():
+            if key not in peers:
+                self._removals.extend(self._remove_paths(ps))
+        self._tunnels, self._peers = tunnels, peers
+
+    def _managed(self) -> bool:
+        return bool(self._peers)
+
+    def _tunnel_peers(self, ts: _TunnelState) -> typing.List[_PeerState]:
+        return [self._peers[p.key] for p in ts.tunnel.peers if p.key in self._peers]
+
+    # ------------------------------------------------ small utilities
+
+    def _scale(self, value: float, low: float, high: float) -> float:
+        if self._rng is None:
+            return value
+        return value * (1.0 + self._rng.uniform(low, high))
+
+    def _check_interval(self) -> float:
+        return self._scale(self._config.settings.check_interval, -CHECK_JITTER, CHECK_JITTER)
+
+    def backoff(self, n: int) -> float:
+        """Delay after the n-th (0-based) consecutive failure."""
+        s = self._config.settings
+        delay = min(s.backoff_base * (2.0 ** min(n, 60)), s.backoff_max)
+        return self._scale(delay, -BACKOFF_JITTER, 0.0)
+
+    def _order(self, wan: typing.Optional[str]) -> int:
+        for i, w in enumerate(self._config.wans):
+            if w.name == wan:
+                return i
+        return len(self._config.wans)
+
+    def _device(self, wan: model.Wan) -> str:
+        st = self._obs.wans.get(wan.name)
+        return (st.device if st is not None and st.device else None) or wan.device
+
+    def _transition(self, tunnel, peer, was, now, because, kind="state") -> None:
+        tr = model.Transition(tunnel=tunnel, peer=peer, was=str(was), now=str(now), because=because, kind=kind)
+        self._out.append(tr)
+        self._ring.append((self._now, tr))
+
+    def _holddown(self, wan: str, now: float) -> float:
+        s = self._config.settings
+        wt = self._wans[wan]
+        while wt.changes and wt.changes[0] <= now - FLAP_WINDOW:
+            wt.changes.popleft()
+        excess = max(0, len(wt.changes) - FLAP_FREE_CHANGES)
+        return s.failback_holddown * min(2 ** min(excess, 30), FLAP_FACTOR_MAX)
+
+    # ------------------------------------------------ events
+
+    def _event(self, event: model.Event) -> None:
+        handler = getattr(self, "_on_" + event.kind, None)
+        if handler is None:
+            raise BadEvent("unknown kind %r" % event.kind)
+        handler(event.data)
+
+    def _on_link(self, data) -> None:
+        pass  # re-evaluated from the observation on every step
+
+    def _on_reapply(self, data) -> None:
+        for ts in self._tunnels.values():
+            ts.reapply = "reapply requested"
+            for ps in self._tunnel_peers(ts):
+                ps.force = "reapply requested"
+
+    def _on_switch(self, data) -> None:
+        wan = data.get("wan")
+        if wan is not None and wan not in self._wans:
+            raise BadEvent("switch to unknown wan %r" % wan)
+        if wan != self._pinned:
+            self._transition("wgrouter", None, "pinned to %s" % (self._pinned or "none"),
+                             "pinned to %s" % (wan or "none"), "manual switch", "state")
+        self._pinned = wan
+
+    def _on_hotplug(self, data) -> None:
+        action, iface = data["action"], data["interface"]
+        if iface in self._wans:
+            wt = self._wans[iface]
+            if action == "ifdown":
+                wt.forced_down = True
+                wt.why = "down (hotplug ifdown)"
+            elif action in ("ifup", "ifupdate"):
+                wt.forced_down = False
+                if action != "ifup":
+                    return  # a DHCP renewal: address and gateway are compared anyway
+                wt.unhealthy = False
+                # The kernel flushes a device's routes when it goes down; a
+                # quick bounce may have taken our host routes without us ever
+                # observing the WAN down.
+                for ts in self._tunnels.values():
+                    if ts.wan == iface:
+                        for ps in self._tunnel_peers(ts):
+                            ps.force = ps.force or "%s %s" % (iface, action)
+        elif iface in self._tunnels:
+            ts = self._tunnels[iface]
+            if action == "ifdown":
+                ts.ifdown = True
+                for ps in self._tunnel_peers(ts):
+                    ps.applied = None
+            elif action in ("ifup", "ifupdate"):
+                # netifd (re)configured the device from UCI: its endpoints are
+                # netifd's again, whatever we had set.
+                ts.ifdown = False
+                ts.reapply_at = None
+                for ps in self._tunnel_peers(ts):
+                    ps.force = "tunnel %s" % action
+
+    def _on_probe(self, data) -> None:
+        ps = self._peers.get((data["tunnel"], data["peer"]))
+        if ps is None or ps.probe_until is None:
+            return  # stale: the path changed since the probe was sent
+        ps.probe_until = None
+        ts = self._tunnels[ps.peer.tunnel]
+        if ps.probe_wan != ts.wan:
+            return
+        if data["ok"]:
+            self._wans[ts.wan].proven_at = self._now
+            self._recovered(ps, "probe to %s answered" % ps.peer.probe)
+        else:
+            ps.evidence += "; probe to %s failed" % ps.peer.probe
+            ps.probe_failed = True
+            self._verdict(ts, ps)
+
+    def _on_wan_probe(self, data) -> None:
+        wan, ok = data["wan"], bool(data["ok"])
+        wt = self._wans.get(wan)
+        if wt is None:
+            return
+        wt.probe_until = None
+        if ok:
+            if wt.unhealthy:
+                wt.unhealthy = False
+            for ts, ps in self._waiting_on(wan):
+                ps.evidence += "; wan probe ok"
+                self._verdict(ts, ps)
+            return
+        if wt.proven_at is not None and wt.probe_sent is not None and wt.proven_at >= wt.probe_sent:
+            # A tunnel answered through this WAN meanwhile: it carries traffic,
+            # only its track IPs are silent (filtered, or down themselves).
+            self._transition(wan, None, "probing", wt.label, "track ips silent but a tunnel answered", "wan")
+            for ts, ps in self._waiting_on(wan):
+                self._verdict(ts, ps)
+            return
+        if not wt.unhealthy:
+            wt.unhealthy = True
+            wt.why = "unhealthy (track ips do not answer)"
+        for ts, ps in list(self._waiting_on(wan)):
+            self._verdict(ts, ps)
+
+    def _waiting_on(self, wan: str):
+        for ts in self._tunnels.values():
+            if ts.wan != wan:
+                continue
+            for ps in self._tunnel_peers(ts):
+                if ps.probe_failed:
+                    yield ts, ps
+
+    def _on_resolved(self, data) -> None:
+        host = _hostkey(data["host"])
+        hs = self._hosts.get(host)
+        if hs is None:
+            return
+        hs.pending_until = None
+        users = [ps for ps in self._peers.values() if self._uses(ps, host)]
+        chosen = None
+        for address in data["addresses"]:
+            why = None
+            for ps in users or [None]:
+                why = bad_address(address, ps.peer.allowed_ips if ps else ())
+                if why:
+                    tunnel, label = (ps.peer.tunnel, ps.peer.label) if ps else ("wgrouter", None)
+                    self._transition(tunnel, label, "%s -> %s" % (host, hs.address or "unresolved"),
+                                     "rejected %s" % address, "address is %s" % why, "resolve")
+                    break
+            if not why:
+                chosen = str(_ip(address))
+                break
+        if chosen is None:
+            self._resolve_failed(host, hs, "no usable address in %s" % list(data["addresses"]))
+            return
+        s = self._config.settings
+        ttl = min(max(float(data.get("ttl") or 0), s.dns_ttl_min), s.dns_ttl_max)
+        hs.ttl = ttl
+        hs.refresh_at = self._now + self._scale(ttl, 0.0, DNS_JITTER)
+        hs.failures = 0
+        if chosen != hs.address:
+            for ps in users:
+                if self._current_host(ps) == host:
+                    self._transition(ps.peer.tunnel, ps.peer.label, hs.address or ps.adopted or "unresolved",
+                                     chosen, "%s resolved (ttl %s)" % (host, _fmt(ttl)), "resolve")
+            hs.address = chosen
+
+    def _on_resolve_failed(self, data) -> None:
+        host = _hostkey(data["host"])
+        hs = self._hosts.get(host)
+        if hs is None:
+            return
+        hs.pending_until = None
+        self._resolve_failed(host, hs, str(data.get("error") or "lookup failed"))
+
+    def _resolve_failed(self, host: str, hs: _HostState, error: str) -> None:
+        s = self._config.settings
+        hs.failures += 1
+        # Retried soon at first, then no slower than the shortest TTL honoured:
+        # a peer waiting for its first address must not wait minutes.
+        delay = min(s.backoff_base * (2.0 ** min(hs.failures - 1, 30)), max(s.dns_ttl_min, s.backoff_base))
+        hs.refresh_at = self._now + self._scale(delay, -BACKOFF_JITTER, 0.0)
+        if hs.failures == 1:
+            for ps in self._peers.values():
+                if self._current_host(ps) == host:
+                    self._transition(ps.peer.tunnel, ps.peer.label, hs.address or "unresolved",
+                                     "keeping %s" % (hs.address or ps.adopted or "netifd's endpoint"),
+                                     "%s: %s" % (host, error), "resolve")
+
+    def _on_applied(self, data) -> None:
+        action = data["action"]
+        if not isinstance(action, model.ApplyPath):
+            return
+        ps = self._peers.get((action.tunnel, action.peer))
+        if ps is None:
+            return
+        path = dataclasses.replace(action, old_address=None)
+        if data.get("ok"):
+            if ps.applied == path:
+                ps.apply_failures = 0
+            return
+        if ps.applied != path:
+            return  # an older path failed; a newer one is already out
+        ps.applied = None
+        ps.failed = path
+        delay = self.backoff(ps.apply_failures)
+        ps.apply_failures += 1
+        ps.apply_retry_at = self._now + delay
+        self._transition(action.tunnel, ps.peer.label,
+                         "applying %s via %s" % (model.Endpoint(path.address, path.port), path.wan), "not applied",
+                         "%s; retry in %s" % (data.get("error") or "apply failed", _fmt(delay)), "state")
+
+    # ------------------------------------------------ WAN tracking
+
+    def _update_wans(self) -> None:
+        now = self._now
+        for wan in self._config.wans:
+            wt = self._wans[wan.name]
+            st = self._obs.wans.get(wan.name)
+            obs_up = bool(st is not None and st.up)
+            if not obs_up:
+                wt.forced_down = False  # the kernel caught up with the hotplug event
+                wt.why = "down (%s)" % ("not reported" if st is None else "no link, address or default route")
+            up = obs_up and not wt.forced_down
+            if not up and wt.up:
+                # The kernel flushes a device's routes with it: our host
+                # routes through this WAN are gone and must be put back.
+                for ts in self._tunnels.values():
+                    for ps in self._tunnel_peers(ts):
+                        if ps.applied is not None and ps.applied.wan == wan.name:
+                            ps.applied = None
+            wt.up = up
+            usable = up and not wt.unhealthy
+            label = UP if usable else ("unhealthy" if up else DOWN)
+            if usable != wt.usable:
+                wt.changes.append(now)
+                wt.usable = usable
+                wt.usable_since = now if usable else None
+            if label != wt.label:
+                because = {UP: "link, address and default route present" + (
+                    "; track ips answer" if wt.label == "unhealthy" else ""),
+                    "unhealthy": "track ips do not answer"}.get(label, wt.why.partition("(")[2].rstrip(")") or wt.why)
+                self._transition(wan.name, None, wt.label, label, because, "wan")
+                wt.label = label
+
+    # ------------------------------------------------ peers: stats, adoption
+
+    def _update_peers(self) -> None:
+        for ps in self._peers.values():
+            st = self._obs.peers.get(ps.peer.key)
+            if st is None:
+                continue
+            ps.stats = st
+            if ps.applied is None and ps.adopted is None and ps.last_address is None:
+                first = ps.peer.endpoints[0]
+                ip = _endpoint_ip(st.endpoint)
+                if _ip(first.host) is None and ip and not bad_address(ip, ps.peer.allowed_ips):
+                    ps.adopted = ip
+            if ps.state == STARTING and st.latest_handshake and \
+                    self._now - st.latest_handshake < self._config.settings.handshake_timeout:
+                ps.state = UP
+
+    def _timeouts(self) -> None:
+        now = self._now
+        for wan, wt in self._wans.items():
+            if wt.probe_until is not None and now >= wt.probe_until:
+                wt.probe_until = None  # no verdict: judge the tunnel alone
+                for ts, ps in self._waiting_on(wan):
+                    ps.evidence += "; wan probe unanswered"
+                    self._verdict(ts, ps)
+        for ps in self._peers.values():
+            if ps.probe_until is not None and now >= ps.probe_until:
+                ps.probe_until = None
+                ts = self._tunnels[ps.peer.tunnel]
+                if ps.probe_wan == ts.wan:
+                    ps.evidence += "; probe to %s unanswered" % ps.peer.probe
+                    ps.probe_failed = True
+                    self._verdict(ts, ps)
+        for hs in self._hosts.values():
+            if hs.pending_until is not None and now >= hs.pending_until:
+                hs.pending_until = None
+                host = next((h for h, v in self._hosts.items() if v is hs), "?")
+                self._resolve_failed(host, hs, "no answer")
+
+    # ------------------------------------------------ monitor
+
+    def _check(self) -> None:
+        now = self._now
+        probed: typing.Set[str] = set()
+        for ts in self._tunnels.values():
+            for ps in self._tunnel_peers(ts):
+                st = self._obs.peers.get(ps.peer.key)
+                if st is None or ts.wan is None or ps.applied is None or not ts.present:
+                    ps.sample = None if st is None else (st.rx, st.tx, now)
+                    continue
+                verdict, evidence = self._judge(ps, st)
+                ps.sample = (st.rx, st.tx, now)
+                if verdict == UP:
+                    self._recovered(ps, evidence)
+                elif verdict == SUSPECT:
+                    self._suspect(ts, ps, evidence, probed)
+        # A WAN marked unhealthy is probed every check (cheap), so that its
+        # failback hold-down can start as soon as it answers again.
+        for wan in self._config.wans:
+            wt = self._wans[wan.name]
+            if wt.unhealthy and wt.up and wan.track_ips and wt.probe_until is None:
+                self._probe_wan(wan, probed)
+
+    def _judge(self, ps: _PeerState, st: model.PeerStats) -> typing.Tuple[str, str]:
+        s = self._config.settings
+        now = self._now
+        age = now - st.latest_handshake if st.latest_handshake else None
+        keepalive = ps.applied.keepalive if ps.applied else st.keepalive
+        drx = dtx = 0
+        elapsed = s.check_interval
+        if ps.sample is not None:
+            rx0, tx0, t0 = ps.sample
+            if st.rx >= rx0 and st.tx >= tx0:  # counters restart with the device
+                drx, dtx, elapsed = st.rx - rx0, st.tx - tx0, max(0.0, now - t0)
+        # Keepalives sent in the interval, counting one more for the edges.
+        allowance = KEEPALIVE_BYTES * (math.ceil(elapsed / keepalive) + 1) if keepalive else 0
+        if drx > 0:
+            return UP, "received %d B" % drx
+        if dtx > allowance:
+            return SUSPECT, "sent %d B in %s, received nothing" % (dtx, _fmt(elapsed))
+        if age is not None and age < s.handshake_timeout:
+            return UP, "handshake %s ago" % _fmt(age)
+        if age is not None and keepalive:
+            return SUSPECT, "handshake %s old with keepalive %ds" % (_fmt(age), keepalive)
+        if age is None and ps.applied_at is not None and now - ps.applied_at >= s.handshake_timeout:
+            return SUSPECT, "no handshake %s after the path was applied" % _fmt(now - ps.applied_at)
+        return "idle", "no traffic"
+
+    def _suspect(self, ts: _TunnelState, ps: _PeerState, evidence: str, probed: typing.Set[str]) -> None:
+        if ps.probe_until is not None or ps.probe_failed:
+            return  # a verdict is already on its way
+        ps.state = RECOVERING if ps.steps_done else SUSPECT
+        if self._now < ps.backoff_until:
+            return
+        s = self._config.settings
+        ps.evidence = evidence
+        wan = self._config.wan(ts.wan)
+        if wan.track_ips and self._wans[wan.name].probe_until is None:
+            self._probe_wan(wan, probed)
+        ps.probe_wan = ts.wan
+        if ps.peer.probe:
+            self._out.append(model.Probe(tunnel=ps.peer.tunnel, peer=ps.peer.public_key, target=ps.peer.probe,
+                                         source=ts.tunnel.probe_source, timeout=s.probe_timeout))
+            ps.probe_until = self._now + s.probe_timeout + ANSWER_GRACE
+        else:
+            ps.evidence += "; no probe target"
+            ps.probe_failed = True
+            self._verdict(ts, ps)
+
+    def _probe_wan(self, wan: model.Wan, probed: typing.Set[str]) -> None:
+        if wan.name in probed:
+            return
+        probed.add(wan.name)
+        s = self._config.settings
+        self._out.append(model.ProbeWan(wan=wan.name, device=self._device(wan), targets=tuple(wan.track_ips),
+                                        timeout=s.probe_timeout))
+        wt = self._wans[wan.name]
+        wt.probe_until = self._now + s.probe_timeout + ANSWER_GRACE
+        wt.probe_sent = self._now
+
+    def _verdict(self, ts: _TunnelState, ps: _PeerState) -> None:
+        """The peer's probe failed: take a ladder step unless the WAN probe is still out."""
+        if ts.wan is None or ps.probe_wan != ts.wan:
+            ps.probe_failed = False
+            return
+        wt = self._wans[ts.wan]
+        if wt.probe_until is not None:
+            return
+        ps.probe_failed = False
+        if wt.unhealthy and self._other_wan(ts):
+            # The WAN itself is dead: skip re-resolving and other candidates;
+            # the WAN choice of this step moves every tunnel off it.
+            ps.candidate = 0
+            self._ladder_done(ps, STEP_WAN, ps.evidence + "; wan probe of %s failed" % ts.wan)
+            ps.ladder = 0  # a fresh path: the ladder starts over on the new WAN
+            return
+        self._recover(ts, ps)
+
+    def _recovered(self, ps: _PeerState, evidence: str) -> None:
+        ps.probe_failed = False
+        ps.probe_until = None
+        if ps.state in (SUSPECT, RECOVERING) or ps.steps_done:
+            self._transition(ps.peer.tunnel, ps.peer.label, ps.last_step or ps.state, UP, evidence, "recovery")
+        ps.state = UP
+        ps.steps_done = 0
+        ps.ladder = 0
+        ps.last_step = None
+        ps.backoff_until = 0.0
+        ps.evidence = ""
+
+    # ------------------------------------------------ recovery ladder
+
+    def _ladder(self, ps: _PeerState) -> typing.List[str]:
+        return [STEP_RERESOLVE] + [STEP_CANDIDATE] * (len(ps.peer.endpoints) - 1) + [STEP_WAN, STEP_RESTART]
+
+    def _recover(self, ts: _TunnelState, ps: _PeerState) -> None:
+        s = self._config.settings
+        ladder = self._ladder(ps)
+        for _ in range(len(ladder)):
+            name = ladder[ps.ladder % len(ladder)]
+            ps.ladder = (ps.ladder + 1) % len(ladder)
+            if name == STEP_RESTART and ts.last_restart is not None and self._now - ts.last_restart < s.backoff_max:
+                continue  # a restart is heavy: at most one per backoff_max
+            if name == STEP_WAN and not self._other_wan(ts):
+                continue
+            break
+        detail = name
+        if name == STEP_RERESOLVE:
+            host = self._current_host(ps)
+            if host is not None:
+                hs = self._hosts.setdefault(host, _HostState())
+                if hs.pending_until is None:
+                    hs.refresh_at = None
+            ps.force = name
+        elif name == STEP_CANDIDATE:
+            ps.candidate = (ps.candidate + 1) % len(ps.peer.endpoints)
+            ps.force = name
+            detail = "%s (candidate %d, %s)" % (name, ps.candidate, ps.peer.endpoints[ps.candidate])
+        elif name == STEP_WAN:
+            count = ts.suspect_count.get(ts.wan, 0)
+            ts.suspect[ts.wan] = self._now + min(s.backoff_max * 2 ** min(count, 30), SUSPECT_HOLD_MAX)
+            ts.suspect_count[ts.wan] = count + 1
+            ts.reason = "no reply through tunnel on %s" % ts.wan
+            ps.candidate = 0
+        elif name == STEP_RESTART:
+            self._out.append(model.RestartTunnel(tunnel=ts.tunnel.name))
+            ts.last_restart = self._now
+            ts.reapply_at = self._now + RESTART_SETTLE
+            for other in self._tunnel_peers(ts):
+                other.applied = None
+        self._ladder_done(ps, detail, ps.evidence)
+        ps.last_step = name
+
+    def _ladder_done(self, ps: _PeerState, step: str, evidence: str) -> None:
+        delay = self.backoff(ps.steps_done)
+        ps.steps_done += 1
+        ps.backoff_until = self._now + delay
+        self._transition(ps.peer.tunnel, ps.peer.label, ps.last_step or ps.state, step,
+                         "%s; next step not before %s" % (evidence.lstrip("; "), _fmt(delay)), "recovery")
+        ps.last_step = step.split(" (")[0]
+        ps.state = RECOVERING
+
+    def _other_wan(self, ts: _TunnelState) -> bool:
+        return any(w.name != ts.wan and self._wans[w.name].usable and ts.suspect.get(w.name, 0.0) <= self._now
+                   for w in self._config.wans)
+
+    # ------------------------------------------------ WAN choice and paths
+
+    def _choose(self, ts: _TunnelState) -> typing.Tuple[typing.Optional[str], str]:
+        now = self._now
+        wans = [w.name for w in self._config.wans]
+        up = [w for w in wans if self._wans[w].up]
+        if not up:
+            return None, "no wan is up (%s)" % ", ".join("%s %s" % (w, self._wans[w].why) for w in wans) if wans \
+                else "no wan configured"
+        if self._pinned in up:
+            return self._pinned, "manual switch"
+        for w in list(ts.suspect):
+            if ts.suspect[w] <= now:
+                del ts.suspect[w]
+        good = [w for w in up if self._wans[w].usable and w not in ts.suspect] or \
+            [w for w in up if self._wans[w].usable] or up
+        cur = ts.wan
+        if cur is not None and cur in good:
+            best = good[0]
+            if best != cur and self._order(best) < self._order(cur):
+                since = self._wans[best].usable_since
+                hold = self._holddown(best, now)
+                if since is not None and now - since >= hold:
+                    return best, "%s usable for %s (hold-down %s)" % (best, _fmt(now - since), _fmt(hold))
+            return cur, ""
+        choice = good[0]
+        if cur is None:
+            return choice, "start" if ts.last_wan is None else "%s is up" % choice
+        if ts.reason and cur in ts.suspect:
+            return choice, ts.reason
+        return choice, "%s is %s" % (cur, self._wans[cur].why if not self._wans[cur].usable else "not preferred")
+
+    def _evaluate_tunnel(self, ts: _TunnelState) -> None:
+        peers = self._tunnel_peers(ts)
+        if not peers:
+            return
+        now = self._now
+        present = not ts.ifdown and (not self._obs.tunnels or ts.tunnel.name in self._obs.tunnels)
+        if present and not ts.present:
+            for ps in peers:
+                ps.force = ps.force or "tunnel %s is back" % ts.tunnel.name
+        ts.present = present
+        choice, because = self._choose(ts)
+        if choice is None:
+            if not ts.down:
+                self._transition(ts.tunnel.name, None, ts.wan or "none", DOWN, because, "state")
+            ts.down = True
+            ts.wan = None
+            for ps in peers:
+                ps.state = DOWN
+                ps.probe_until, ps.probe_failed = None, False
+            return
+        if choice != ts.wan or ts.reapply:
+            prior = ts.last_wan
+            if prior is None or choice == prior:
+                kind = "state"
+            else:
+                kind = "failback" if self._order(choice) < self._order(prior) else "failover"
+            was = ts.wan or (DOWN if ts.down else "none")
+            self._transition(ts.tunnel.name, None, was, choice, ts.reapply or because, kind)
+            if choice != ts.wan:
+                for ps in peers:
+                    ps.probe_until, ps.probe_failed = None, False
+                    if ps.state == DOWN:
+                        ps.state = STARTING
+                    if not ts.reason:
+                        ps.ladder = 0  # a new path: recovery starts over (after the
+                        # ladder's own "another WAN" it continues with the next step)
+            ts.wan, ts.last_wan, ts.down, ts.reapply = choice, choice, False, None
+        ts.reason = None
+        if not present:
+            for ps in peers:
+                ps.state = DOWN if ps.state != STARTING else ps.state
+            return
+        if ts.reapply_at is not None:
+            if now < ts.reapply_at:
+                return
+            ts.reapply_at = None
+        wan = self._config.wan(choice)
+        st = self._obs.wans.get(choice)
+        address = st.address if st is not None else None
+        if address and ts.wan_address and address != ts.wan_address:
+            for ps in peers:
+                ps.force = ps.force or "%s address changed %s -> %s" % (choice, ts.wan_address, address)
+        ts.wan_address = address or ts.wan_address
+        have_stats = bool(self._obs.peers)
+        for ps in peers:
+            if have_stats and ps.peer.key not in self._obs.peers:
+                continue  # not configured in the kernel: `wg set` would create it
+            desired = self._desired(ts, ps, wan)
+            if desired is None:
+                continue
+            if desired == ps.applied and not ps.force:
+                continue
+            if desired == ps.failed and now < ps.apply_retry_at and not ps.force:
+                continue
+            self._apply(ps, desired)
+
+    def _desired(self, ts: _TunnelState, ps: _PeerState, wan: model.Wan) -> typing.Optional[model.ApplyPath]:
+        address, _, endpoint = self._address(ps)
+        if address is None:
+            return None
+        st = self._obs.wans.get(wan.name)
+        keepalive = wan.keepalive if wan.keepalive is not None else ps.peer.keepalive
+        return model.ApplyPath(
+            tunnel=ps.peer.tunnel, peer=ps.peer.public_key, wan=wan.name, device=self._device(wan),
+            gateway=st.gateway if st is not None else None, address=address, port=endpoint.port,
+            keepalive=keepalive, old_address=None,
+            table=wan.table if self._config.settings.mwan3 else None)
+
+    def _apply(self, ps: _PeerState, path: model.ApplyPath) -> None:
+        self._out.append(dataclasses.replace(path, old_address=ps.last_address))
+        if ps.last_address is not None and ps.last_address != path.address and ps.last_table == path.table:
+            ps.routes.discard((ps.last_address, ps.last_table))  # the shell deletes it
+        ps.routes.add((path.address, path.table))
+        ps.applied, ps.applied_at, ps.failed, ps.force = path, self._now, None, None
+        ps.last_address, ps.last_table = path.address, path.table
+        if ps.state == DOWN:
+            ps.state = STARTING
+
+    def _remove_paths(self, ps: _PeerState) -> typing.List[model.RemovePath]:
+        out = [model.RemovePath(tunnel=ps.peer.tunnel, peer=ps.peer.public_key, address=address, table=table)
+               for address, table in sorted(ps.routes, key=lambda r: (r[0], r[1] or 0))]
+        ps.routes.clear()
+        ps.applied = None
+        return out
+
+    # ------------------------------------------------ endpoints and DNS
+
+    def _current_host(self, ps: _PeerState) -> typing.Optional[str]:
+        """The host name of the peer's current candidate, None for an IP literal."""
+        host = ps.peer.endpoints[ps.candidate].host
+        return None if _ip(host) is not None else _hostkey(host)
+
+    def _uses(self, ps: _PeerState, host: str) -> bool:
+        return any(_hostkey(e.host) == host for e in ps.peer.endpoints)
+
+    def _address(self, ps: _PeerState):
+        """(address, source, endpoint) of the peer's current candidate."""
+        endpoint = ps.peer.endpoints[ps.candidate]
+        source = "config" if ps.candidate == 0 else "candidate %d" % ps.candidate
+        ip = _ip(endpoint.host)
+        if ip is not None:
+            return str(ip), source, endpoint
+        hs = self._hosts.get(_hostkey(endpoint.host))
+        if hs is not None and hs.address is not None:
+            return hs.address, "dns" if ps.candidate == 0 else source, endpoint
+        if ps.candidate == 0 and ps.adopted is not None:
+            return ps.adopted, "kernel", endpoint
+        return None, None, endpoint
+
+    def _resolves(self) -> None:
+        now = self._now
+        asked: typing.Set[str] = set()
+        up = [w for w in self._config.wans if self._wans[w.name].up]
+        for ts in self._tunnels.values():
+            if ts.wan is None:
+                continue
+            for ps in self._tunnel_peers(ts):
+                host = self._current_host(ps)
+                if host is None or host in asked:
+                    continue
+                hs = self._hosts.setdefault(host, _HostState())
+                if hs.pending_until is not None or (hs.refresh_at is not None and now < hs.refresh_at):
+                    continue
+                asked.add(host)
+                wan = self._config.wan(ts.wan)
+                if hs.failures and len(up) > 1:
+                    # The active WAN may be silently dead: after a failure ask
+                    # through the next WAN, so a peer waiting for its first
+                    # address gets one and can be monitored.
+                    names = [w.name for w in up]
+                    start = names.index(ts.wan) if ts.wan in names else 0
+                    wan = up[(start + hs.failures) % len(up)]
+                self._out.append(model.Resolve(host=host, wan=wan.name, device=self._device(wan),
+                                               servers=tuple(wan.dns_servers)))
+                hs.pending_until = now + RESOLVE_ANSWER_TIMEOUT
+
+    # ------------------------------------------------ deadline and state
+
+    def _deadline(self) -> typing.Optional[float]:
+        if not self._managed():
+            return None
+        now = self._now
+        times = [self._next_check]
+        for wt in self._wans.values():
+            times.append(wt.probe_until)
+        for ps in self._peers.values():
+            times.append(ps.probe_until)
+            if ps.failed is not None and ps.applied is None:
+                times.append(ps.apply_retry_at)
+        for ts in self._tunnels.values():
+            if not self._tunnel_peers(ts):
+                continue
+            times.append(ts.reapply_at)
+            times.extend(ts.suspect.values())
+            if ts.wan is not None:
+                for wan in self._config.wans:
+                    if wan.name == ts.wan:
+                        break
+                    wt = self._wans[wan.name]
+                    if wt.usable and wt.usable_since is not None:
+                        times.append(wt.usable_since + self._holddown(wan.name, now))
+                        break
+            for ps in self._tunnel_peers(ts):
+                host = self._current_host(ps)
+                hs = self._hosts.get(host) if host else None
+                if hs is not None and ts.wan is not None:
+                    times.append(hs.pending_until if hs.pending_until is not None else hs.refresh_at)
+        future = [t for t in times if t is not None and t > now]
+        return min(future) if future else None
+
+    def _tunnel_state(self, ts: _TunnelState) -> str:
+        states = {self._peers[p.key].state for p in ts.tunnel.peers if p.key in self._peers}
+        for state in (RECOVERING, SUSPECT, DOWN, STARTING, UP):
+            if state in states:
+                return state
+        return STARTING
