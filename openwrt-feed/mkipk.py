@@ -1,0 +1,400 @@
+#!/usr/bin/env python3
+"""Build the wgrouter ipk packages without the OpenWrt SDK.
+
+    python3 openwrt-feed/mkipk.py --out dist
+
+writes wgrouter_<v>_all.ipk, wgrouter-mqtt_<v>_all.ipk and
+luci-app-wgrouter_<v>_all.ipk the way OpenWrt's scripts/ipkg-build lays them
+out: a gzip'd tar of ./debian-binary ("2.0"), ./data.tar.gz and
+./control.tar.gz.  Like the feed Makefile (Py3Package), the Python package is
+shipped as .pyc only, compiled for the interpreter running this script, which
+must therefore be the router's Python version (--python, default 3.11).
+
+The output is reproducible: sorted entries, owner 0:0, one fixed mtime
+(SOURCE_DATE_EPOCH, else a constant), gzip headers without name or time,
+unchecked-hash .pyc files and a fixed hash seed, so two builds of the same
+tree give the same bytes.
+
+The Depends line of each package is derived from the imports of its modules
+(stdlib modules that OpenWrt splits out of python3-light, third-party
+packages); an import this script does not know is an error, so a new
+dependency cannot slip into the package unnoticed.
+"""
+
+import argparse
+import ast
+import gzip
+import importlib.util
+import io
+import marshal
+import os
+import struct
+import subprocess
+import sys
+import tarfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TOP = os.path.dirname(HERE)
+sys.path.insert(0, TOP)
+
+# Used when SOURCE_DATE_EPOCH is not set: 2024-01-01 00:00:00 UTC.
+DEFAULT_EPOCH = 1704067200
+
+RELEASE = "1"
+LICENSE = "GPL-2.0-only"
+MAINTAINER = "wgrouter developers"
+URL = "https://github.com/wgrouter/wgrouter"
+
+# Standard modules that OpenWrt ships outside python3-light
+# (openwrt/packages lang/python/python3/files/python3-package-*.mk).
+STDLIB_SPLIT = {
+    "asyncio": "python3-asyncio",
+    "cgi": "python3-cgi",
+    "cgitb": "python3-cgitb",
+    "ctypes": "python3-ctypes",
+    "curses": "python3-ncurses",
+    "dbm": "python3-dbm",
+    "decimal": "python3-decimal",
+    "distutils": "python3-distutils",
+    "email": "python3-email",
+    "lib2to3": "python3-lib2to3",
+    "logging": "python3-logging",
+    "lzma": "python3-lzma",
+    "multiprocessing": "python3-multiprocessing",
+    "pydoc": "python3-pydoc",
+    "readline": "python3-readline",
+    "sqlite3": "python3-sqlite3",
+    "ssl": "python3-openssl",
+    "unicodedata": "python3-codecs",
+    "unittest": "python3-unittest",
+    "urllib": "python3-urllib",
+    "uuid": "python3-uuid",
+    "venv": "python3-venv",
+    "webbrowser": "python3-webbrowser",
+    "xml": "python3-xml",
+}
+
+# Third-party modules -> OpenWrt package.
+THIRD_PARTY = {
+    "dns": "python3-dns",
+    "paho": "python3-paho-mqtt",
+    "ubus": "python3-ubus",
+}
+
+# Imports that are optional at run time: the code works without them and
+# another package pulls them in.  python3-ubus comes with luci-app-wgrouter:
+# without it the daemon runs, only without its ubus object.
+OPTIONAL = {"ubus"}
+
+# Modules that go to a subpackage instead of the main one.
+SUBPACKAGE_MODULES = {"mqtt": "wgrouter-mqtt"}
+
+# Tools the daemon runs; the python3 interpreter itself.
+BASE_DEPENDS = ["libc", "python3-light", "wireguard-tools", "ip-full", "conntrack"]
+
+DESCRIPTIONS = {
+    "wgrouter": "Keeps WireGuard tunnels up on routers with two WAN uplinks: on a WAN\n"
+                " change or a silent WAN failure it moves each peer's endpoint route,\n"
+                " re-sets the endpoint, flushes stale conntrack entries and re-resolves\n"
+                " endpoint names; a monitor watches handshakes and recovers step by step.",
+    "wgrouter-mqtt": "MQTT telemetry (state, events, Home Assistant discovery) for wgrouter.",
+    "luci-app-wgrouter": "LuCI status page for wgrouter: peers, WANs, recent events,\n"
+                         " re-apply and WAN switch buttons.",
+}
+
+POSTINST = """#!/bin/sh
+# Only on a live system: an image build (IPKG_INSTROOT set) changes nothing.
+[ -z "${IPKG_INSTROOT}" ] || exit 0
+/etc/init.d/wgrouter enable
+/etc/init.d/wgrouter restart
+exit 0
+"""
+
+PRERM = """#!/bin/sh
+# Only on a live system: an image build (IPKG_INSTROOT set) changes nothing.
+[ -z "${IPKG_INSTROOT}" ] || exit 0
+/etc/init.d/wgrouter stop
+/etc/init.d/wgrouter disable
+exit 0
+"""
+
+LUCI_POSTINST = """#!/bin/sh
+# Only on a live system: drop LuCI's caches and let rpcd load the new ACL.
+[ -z "${IPKG_INSTROOT}" ] || exit 0
+rm -f /tmp/luci-indexcache /tmp/luci-indexcache.*
+rm -rf /tmp/luci-modulecache
+/etc/init.d/rpcd reload
+exit 0
+"""
+
+
+class MkipkError(Exception):
+    """mkipk error"""
+
+
+# ------------------------------------------------------------ imports
+
+def imports_of(path):
+    """Top-level names of the modules ``path`` imports (absolute imports)."""
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def python_depends(paths):
+    """OpenWrt packages needed by the modules in ``paths`` (sorted)."""
+    needed = set()
+    for path in paths:
+        for name in imports_of(path):
+            if name in ("wgrouter", "__future__") or name in OPTIONAL:
+                continue
+            if name in STDLIB_SPLIT:
+                needed.add(STDLIB_SPLIT[name])
+            elif name in THIRD_PARTY:
+                needed.add(THIRD_PARTY[name])
+            elif name not in sys.stdlib_module_names:
+                raise MkipkError("%s imports %r: add its OpenWrt package to mkipk.py"
+                                 % (os.path.relpath(path, TOP), name))
+    return sorted(needed)
+
+
+def modules(package_dir):
+    """{module name: path} of the package's .py files."""
+    return {name[:-3]: os.path.join(package_dir, name)
+            for name in sorted(os.listdir(package_dir)) if name.endswith(".py")}
+
+
+def split_modules(package_dir):
+    """{package name: {module: path}}: main package and subpackages."""
+    split = {"wgrouter": {}}
+    for name, path in modules(package_dir).items():
+        split.setdefault(SUBPACKAGE_MODULES.get(name, "wgrouter"), {})[name] = path
+    return split
+
+
+# --------------------------------------------------------------- tar
+
+class Tree:
+    """Files of one tar archive: path -> (mode, bytes); directories implied."""
+
+    def __init__(self):
+        self.files = {}
+
+    def add(self, path, data, mode):
+        self.files[path.strip("/")] = (mode, data)
+
+    def add_tree(self, src, dest=""):
+        for base, dirs, names in os.walk(src):
+            dirs.sort()
+            for name in sorted(names):
+                path = os.path.join(base, name)
+                rel = os.path.join(dest, os.path.relpath(path, src))
+                with open(path, "rb") as f:
+                    data = f.read()
+                self.add(rel, data, 0o755 if os.stat(path).st_mode & 0o111 else 0o644)
+
+    def size(self):
+        return sum(len(data) for _, data in self.files.values())
+
+    def tar_gz(self, mtime):
+        dirs = set()
+        for path in self.files:
+            parts = path.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                dirs.add("/".join(parts[:i]))
+        entries = [(d, None) for d in dirs] + list(self.files.items())
+        raw = io.BytesIO()
+        with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+            tar.addfile(_info("./", tarfile.DIRTYPE, 0o755, 0, mtime))
+            for path, item in sorted(entries):
+                if item is None:
+                    tar.addfile(_info("./%s/" % path, tarfile.DIRTYPE, 0o755, 0, mtime))
+                else:
+                    mode, data = item
+                    tar.addfile(_info("./" + path, tarfile.REGTYPE, mode, len(data), mtime),
+                                io.BytesIO(data))
+        return gzip_bytes(raw.getvalue())
+
+
+def _info(name, type_, mode, size, mtime):
+    info = tarfile.TarInfo(name)
+    info.type, info.mode, info.size, info.mtime = type_, mode, size, mtime
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+def gzip_bytes(data):
+    out = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=out, compresslevel=9, mtime=0) as gz:
+        gz.write(data)
+    return out.getvalue()
+
+
+def ipk(control, conffiles, scripts, data, mtime):
+    """The bytes of one ipk."""
+    ctl = Tree()
+    ctl.add("control", control.encode(), 0o644)
+    if conffiles:
+        ctl.add("conffiles", "".join(c + "\n" for c in conffiles).encode(), 0o644)
+    for name, text in scripts.items():
+        ctl.add(name, text.encode(), 0o755)
+    outer = Tree()
+    outer.add("debian-binary", b"2.0\n", 0o644)
+    outer.add("data.tar.gz", data.tar_gz(mtime), 0o644)
+    outer.add("control.tar.gz", ctl.tar_gz(mtime), 0o644)
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.GNU_FORMAT) as tar:
+        # ipkg-build's member order
+        for name in ("debian-binary", "data.tar.gz", "control.tar.gz"):
+            mode, blob = outer.files[name]
+            tar.addfile(_info("./" + name, tarfile.REGTYPE, mode, len(blob), mtime),
+                        io.BytesIO(blob))
+    return gzip_bytes(raw.getvalue())
+
+
+def control_text(name, version, depends, data, source, section, mtime):
+    fields = [
+        ("Package", name),
+        ("Version", version),
+        ("Depends", ", ".join(depends)),
+        ("Source", source),
+        ("SourceName", name),
+        ("License", LICENSE),
+        ("Section", section),
+        ("SourceDateEpoch", str(mtime)),
+        ("URL", URL),
+        ("Maintainer", MAINTAINER),
+        ("Architecture", "all"),
+        ("Installed-Size", str(data.size())),
+        ("Description", DESCRIPTIONS[name]),
+    ]
+    return "".join("%s: %s\n" % f for f in fields)
+
+
+# ------------------------------------------------------------ packages
+
+def strip_function_docstrings(tree):
+    """Drop function docstrings (only help() reads them); keep module and class
+    docstrings, which wgrouter uses as messages and argparse descriptions."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
+                    and isinstance(first.value.value, str):
+                node.body = node.body[1:] or [ast.Pass(lineno=first.lineno, col_offset=0)]
+    return tree
+
+
+def pyc_bytes(source, dfile):
+    """An unchecked-hash .pyc (PEP 552) of ``source``.
+
+    Unchecked hash: no source mtime inside, and the router never rewrites it
+    (there is no source to compare with, and site-packages may be read-only).
+    """
+    tree = strip_function_docstrings(ast.parse(source, dfile))
+    code = compile(tree, dfile, "exec", dont_inherit=True)
+    flags = 0b01  # hash-based, not checked
+    return (importlib.util.MAGIC_NUMBER + struct.pack("<I", flags)
+            + importlib.util.source_hash(source) + marshal.dumps(code))
+
+
+def compiled(tree, mods, site, sources):
+    """Add the modules to ``tree`` under ``site``/wgrouter as .pyc (or .py)."""
+    dest = site.strip("/") + "/wgrouter/"
+    for name, path in mods.items():
+        with open(path, "rb") as f:
+            source = f.read()
+        if sources:
+            tree.add(dest + name + ".py", source, 0o644)
+        else:
+            tree.add(dest + name + ".pyc", pyc_bytes(source, "/" + dest + name + ".py"), 0o644)
+
+
+def build(out, python, sources=False, top=TOP):
+    """Build the ipks into ``out``; returns [(path, size)]."""
+    import wgrouter
+    mtime = int(os.environ.get("SOURCE_DATE_EPOCH", DEFAULT_EPOCH))
+    version = "%s-%s" % (wgrouter.__version__, RELEASE)
+    site = "usr/lib/python%s/site-packages" % python
+    split = split_modules(os.path.join(top, "wgrouter"))
+    built = []
+
+    data = Tree()
+    data.add_tree(os.path.join(top, "files"))
+    compiled(data, split["wgrouter"], site, sources)
+    conffiles = ["/etc/config/wgrouter"] if "etc/config/wgrouter" in data.files else []
+    depends = BASE_DEPENDS + [d for d in python_depends(split["wgrouter"].values())
+                              if d not in BASE_DEPENDS]
+    control = control_text("wgrouter", version, depends, data, "feeds/wgrouter/wgrouter",
+                           "net", mtime)
+    built.append(("wgrouter", ipk(control, conffiles, {"postinst": POSTINST, "prerm": PRERM},
+                                  data, mtime), data))
+
+    for name in sorted(set(split) - {"wgrouter"}):
+        data = Tree()
+        compiled(data, split[name], site, sources)
+        depends = ["libc", "wgrouter (=%s)" % version] + python_depends(split[name].values())
+        control = control_text(name, version, depends, data, "feeds/wgrouter/wgrouter",
+                               "net", mtime)
+        built.append((name, ipk(control, [], {}, data, mtime), data))
+
+    luci = os.path.join(HERE, "luci-app-wgrouter")
+    data = Tree()
+    data.add_tree(os.path.join(luci, "htdocs"), "www")
+    data.add_tree(os.path.join(luci, "root"))
+    depends = ["libc", "luci-base", "wgrouter", "python3-ubus"]
+    control = control_text("luci-app-wgrouter", version, depends, data,
+                           "feeds/wgrouter/luci-app-wgrouter", "luci", mtime)
+    built.append(("luci-app-wgrouter", ipk(control, [], {"postinst": LUCI_POSTINST}, data, mtime),
+                  data))
+
+    os.makedirs(out, exist_ok=True)
+    result = []
+    for name, blob, _ in built:
+        path = os.path.join(out, "%s_%s_all.ipk" % (name, version))
+        with open(path, "wb") as f:
+            f.write(blob)
+        result.append((path, len(blob)))
+    return result
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", default="dist", help="output directory (default: dist)")
+    parser.add_argument("--python", default="3.11",
+                        help="Python version of the router (default: 3.11); .pyc files need "
+                             "this interpreter to run mkipk")
+    parser.add_argument("--sources", action="store_true",
+                        help="ship .py files instead of .pyc (any --python version)")
+    args = parser.parse_args(argv)
+    running = "%d.%d" % sys.version_info[:2]
+    if not args.sources and args.python != running:
+        print("mkipk: .pyc for Python %s needs python%s (this is %s), or use --sources"
+              % (args.python, args.python, running), file=sys.stderr)
+        return 2
+    try:
+        for path, size in build(args.out, args.python, args.sources):
+            print("%s %d bytes (%.1f KB)" % (path, size, size / 1024.0))
+    except (MkipkError, OSError, SyntaxError) as e:
+        print("mkipk: %s" % e, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    # Hash randomisation changes the order of frozenset constants in .pyc
+    # files: compile in an interpreter with a fixed seed.  Without column
+    # tables (PEP 657) the .pyc files are a third smaller; tracebacks keep
+    # their line numbers.
+    if os.environ.get("PYTHONHASHSEED") != "0":
+        env = dict(os.environ, PYTHONHASHSEED="0", PYTHONDONTWRITEBYTECODE="1",
+                   PYTHONNODEBUGRANGES="1")
+        sys.exit(subprocess.call([sys.executable] + sys.argv, env=env))
+    sys.exit(main())
