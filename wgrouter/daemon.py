@@ -190,8 +190,13 @@ class Daemon:
             log("mqtt: enabled in /etc/config/wgrouter but not installed (%s)" % e)
             return
         identity = self.config.mqtt.identity or socket.gethostname()
-        self.mqtt = mqtt.Telemetry(self.config.mqtt, identity, log=log)
-        self.mqtt.start()
+        try:
+            telemetry = mqtt.Telemetry(self.config.mqtt, identity, log=log)
+            telemetry.start()
+        except wgrouter.Error as e:
+            log("mqtt: telemetry off: %s" % e)
+            return
+        self.mqtt = telemetry
 
     # ---------------------------------------------------------- sources
 
