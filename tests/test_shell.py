@@ -1,0 +1,330 @@
+import json
+import selectors
+import sys
+import time
+
+import pytest
+
+from tests.fakerunner import FakeRunner, NetNS, netns_unavailable
+from wgrouter import kernel
+from wgrouter import model
+from wgrouter import shell
+
+KEY = "hIg3Yh7Q5Xk0/7D1b3Nc3xY6B1m8Qk1B0w4ePf1eW1I="
+KEY2 = "2Bz9Hc4m5n6o7p8q9r0s1t2u3v4w5x6y7z8A9B0C1D0="
+PEER = model.Peer("wg0", "peer1", KEY, (model.Endpoint("vpn.example.net"),), ("10.9.0.0/24",), 25, probe="10.9.0.1")
+CONFIG = model.Config(
+    model.Settings(),
+    (model.Wan("wan", "eth1", track_ips=("1.1.1.1", "8.8.8.8")), model.Wan("wanb", "wwan0")),
+    (model.Tunnel("wg0", (PEER,), probe_source="10.9.0.2"),),
+)
+DUMP = "\n".join([
+    "wg0\tpriv\t%s\t51820\toff" % KEY2,
+    "wg0\t%s\t(none)\t198.51.100.7:51820\t10.9.0.0/24\t1700000000\t10\t20\t25" % KEY,
+    "other\tpriv\t%s\t51821\toff" % KEY,
+    "other\t%s\t(none)\t(none)\t10.7.0.0/24\t0\t0\t0\toff" % KEY2,
+    "",
+])
+
+
+@pytest.fixture
+def kernel_calls(monkeypatch):
+    calls = []
+
+    def fake_observe(wans, mwan3=False):
+        calls.append((wans, mwan3))
+        return {w.name: model.WanState(w.name, w.device, True, "10.0.0.%d" % len(calls)) for w in wans}
+
+    monkeypatch.setattr(kernel, "observe_wans", fake_observe)
+    return calls
+
+
+@pytest.fixture
+def sh(tmp_path):
+    fake = FakeRunner()
+    s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path))
+    yield s, fake
+    s.stop()
+
+
+def loop(s, selector, limit=10.0):
+    """Run the selectors loop the way the daemon does until no child is left."""
+    events = []
+    end = time.monotonic() + limit
+    while s.children:
+        assert time.monotonic() < end, "children never finished"
+        deadline = s.deadline()
+        timeout = max(0.0, deadline - s.clock()) if deadline is not None else None
+        for key, _ in selector.select(timeout):
+            events.extend(key.data())
+        events.extend(s.expire(s.clock()))
+    return events
+
+
+def test_observe_dumps_kernel_only_on_change(sh, kernel_calls):
+    s, fake = sh
+    fake.on(["wg", "show", "all", "dump"], out=DUMP)
+    wans, peers, tunnels = s.observe(False)  # first call always dumps
+    assert len(kernel_calls) == 1 and kernel_calls[0] == (CONFIG.wans, False)
+    assert wans["wan"].gateway == "10.0.0.1"
+    assert peers == {("wg0", KEY): model.PeerStats("198.51.100.7:51820", 1700000000, 10, 20, 25)}
+    assert tunnels == frozenset({"wg0"})
+    wans2, _, _ = s.observe(False)
+    assert len(kernel_calls) == 1 and wans2 is wans
+    wans3, _, _ = s.observe(True)
+    assert len(kernel_calls) == 2 and wans3["wan"].gateway == "10.0.0.2"
+    # the steady-state check spawns exactly one process per call
+    assert fake.calls == [["wg", "show", "all", "dump"]] * 3
+
+
+@pytest.mark.parametrize(
+    "rule,error",
+    [
+        ({"rc": 1, "err": "Unable to access interface: Operation not permitted"}, "Operation not permitted"),
+        ({"missing": True}, "not found"),
+        ({"out": "garbage line\n"}, "unexpected line"),
+    ],
+)
+def test_observe_wg_failure(sh, kernel_calls, rule, error):
+    s, fake = sh
+    fake.on(["wg"], **rule)
+    wans, peers, tunnels = s.observe(True)
+    assert set(wans) == {"wan", "wanb"}
+    assert peers == {} and tunnels == frozenset()
+    assert error in s.wg_error
+
+
+def test_execute_apply_path(sh):
+    s, fake = sh
+    action = model.ApplyPath("wg0", KEY, "wan", "eth1", "10.1.0.1", "198.51.100.7", 51820, 25)
+    kicks = []
+    s.applier.kick = lambda dev, target: kicks.append((dev, target))
+    events = s.execute(action, selectors.DefaultSelector())
+    assert [e.kind for e in events] == ["applied"] and events[0].data["ok"]
+    assert fake.calls[0][:4] == ["ip", "route", "replace", "198.51.100.7/32"]
+    assert kicks == [("wg0", "10.9.0.1")]
+    assert s.applier.state.path.startswith(s.root)
+
+
+def test_execute_transition_and_unknown(sh):
+    s, fake = sh
+    assert s.execute(model.Transition("wg0", "peer1", "wan", "wanb", "handshake stale"), None) == []
+    with pytest.raises(shell.UnknownAction):
+        s.execute(object(), None)
+    assert fake.calls == []
+
+
+@pytest.mark.parametrize(
+    "source,rc,ok",
+    [("10.9.0.2", 0, True), (None, 0, True), ("10.9.0.2", 1, False)],
+)
+def test_probe(sh, source, rc, ok):
+    s, fake = sh
+    fake.on(["ping"], rc=rc, err="" if ok else "1 packets transmitted, 0 received")
+    sel = selectors.DefaultSelector()
+    assert s.execute(model.Probe("wg0", KEY, "10.9.0.1", source, 1.5), sel) == []
+    assert fake.spawned == [["ping", "-c", "1", "-W", "2", "-I", source or "wg0", "10.9.0.1"]]
+    assert s.deadline() is not None
+    events = loop(s, sel)
+    assert [(e.kind, e.data["tunnel"], e.data["peer"], e.data["ok"]) for e in events] == [("probe", "wg0", KEY, ok)]
+    assert sel.get_map() == {} and s.deadline() is None
+
+
+def test_probe_wan_first_answer_wins_and_cancels_the_rest(sh):
+    s, fake = sh
+    fake.on(["ping", "-c", "1", "-W", "1", "-I", "eth1", "1.1.1.1"], rc=0, delay=0)
+    fake.on(["ping", "-c", "1", "-W", "1", "-I", "eth1", "8.8.8.8"], rc=0, delay=30)
+    sel = selectors.DefaultSelector()
+    assert s.execute(model.ProbeWan("wan", "eth1", ("1.1.1.1", "8.8.8.8"), 1.0), sel) == []
+    assert len(s.children) == 2
+    procs = [c.proc for c in s.children]
+    events = loop(s, sel)
+    assert events == [model.Event("wan_probe", {"wan": "wan", "ok": True})]
+    assert all(p.poll() is not None for p in procs)  # reaped, the slow one killed
+    assert sel.get_map() == {}
+
+
+def test_probe_wan_all_fail_reports_once(sh):
+    s, fake = sh
+    fake.on(["ping"], rc=1, err="no reply")
+    sel = selectors.DefaultSelector()
+    s.execute(model.ProbeWan("wan", "eth1", ("1.1.1.1", "8.8.8.8"), 1.0), sel)
+    events = loop(s, sel)
+    assert len(events) == 1 and events[0].kind == "wan_probe"
+    assert events[0].data["ok"] is False and events[0].data["wan"] == "wan"
+    assert "1.1.1.1: no reply" in events[0].data["error"] and "8.8.8.8: no reply" in events[0].data["error"]
+
+
+def test_probe_wan_without_targets_or_ping(sh):
+    s, fake = sh
+    sel = selectors.DefaultSelector()
+    events = s.execute(model.ProbeWan("wanb", "wwan0", (), 1.0), sel)
+    assert [(e.kind, e.data["ok"]) for e in events] == [("wan_probe", False)]
+    fake.on(["ping"], missing=True)
+    events = s.execute(model.ProbeWan("wan", "eth1", ("1.1.1.1",), 1.0), sel)
+    assert [(e.kind, e.data["ok"]) for e in events] == [("wan_probe", False)]
+    events = s.execute(model.Probe("wg0", KEY, "10.9.0.1", None, 1.0), sel)
+    assert [(e.kind, e.data["ok"]) for e in events] == [("probe", False)]
+    assert s.children == []
+
+
+def test_expire_kills_overdue_children(tmp_path):
+    fake = FakeRunner().on(["ping"], rc=0, delay=30)
+    s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path), clock=time.monotonic)
+    sel = selectors.DefaultSelector()
+    s.execute(model.Probe("wg0", KEY, "10.9.0.1", None, 1.0), sel)
+    s.execute(model.ProbeWan("wan", "eth1", ("1.1.1.1", "8.8.8.8"), 3.0), sel)
+    procs = [c.proc for c in s.children]
+    first = s.deadline()
+    assert first == min(c.deadline for c in s.children)
+    assert s.expire(first - 0.5) == []
+    assert len(s.children) == 3
+    events = s.expire(first)
+    assert [(e.kind, e.data["ok"]) for e in events] == [("probe", False)]
+    assert len(s.children) == 2
+    events = s.expire(first + 10)
+    assert [(e.kind, e.data["ok"]) for e in events] == [("wan_probe", False)]
+    assert s.children == [] and sel.get_map() == {} and s.deadline() is None
+    assert all(p.poll() is not None for p in procs)
+
+
+def test_deadlines_survive_a_wall_clock_step(tmp_path):
+    wall = [1e9]  # a router booting at its build date, NTP steps later
+    fake = FakeRunner().on(["ping"], rc=0, delay=30)
+    s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path), clock=lambda: wall[0] + time.monotonic())
+    sel = selectors.DefaultSelector()
+    s.execute(model.Probe("wg0", KEY, "10.9.0.1", None, 1.0), sel)
+    before = s.deadline()
+    assert before > 1e9
+    wall[0] += 86400 * 365  # NTP step forward by a year
+    assert s.expire(s.clock()) == []  # not killed early
+    assert s.deadline() > before + 86400 * 364
+    events = s.expire(s.deadline())
+    assert [(e.kind, e.data["ok"]) for e in events] == [("probe", False)]
+    s.stop()
+
+
+def test_reconfigure_and_cleanup(sh, kernel_calls):
+    s, fake = sh
+    s.observe(False)
+    s.observe(False)
+    assert len(kernel_calls) == 1
+    peer = model.Peer("wg5", "p5", KEY2, (), ("10.5.0.0/24",), 0)
+    settings = model.Settings(conntrack_flush=False)
+    s.reconfigure(model.Config(settings, CONFIG.wans, (model.Tunnel("wg5", (peer,)),)))
+    s.observe(False)
+    assert len(kernel_calls) == 2  # dumped again after a reload
+    assert s.tunnel_names == frozenset({"wg5"})
+    kicks = []
+    s.applier.kick = lambda dev, target: kicks.append((dev, target))
+    s.execute(model.ApplyPath("wg5", KEY2, "wan", "eth1", "10.1.0.1", "198.51.100.7", 51820, 0), None)
+    assert kicks == [("wg5", "10.5.0.1")] and fake.commands("conntrack") == []
+    fake.calls.clear()
+    assert s.cleanup() == []
+    assert fake.calls == [["ip", "route", "del", "198.51.100.7/32"]]
+
+
+def test_state_path_option(tmp_path):
+    fake = FakeRunner()
+    s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path), state_path=str(tmp_path / "applied.json"))
+    s.applier.kick = None
+    s.execute(model.ApplyPath("wg0", KEY, "wan", "eth1", "10.1.0.1", "198.51.100.7", 51820, 0), None)
+    with open(tmp_path / "applied.json") as f:
+        assert "198.51.100.7 main" in json.load(f)["routes"]
+
+
+def test_resolve_child(sh):
+    s, fake = sh
+    fake.on([sys.executable, "-m", "wgrouter.resolve"], out=json.dumps({"addresses": ["198.51.100.7"], "ttl": 60}))
+    sel = selectors.DefaultSelector()
+    assert s.execute(model.Resolve("vpn.example.net", "wanb", "wwan0", ("192.0.2.53",)), sel) == []
+    assert fake.spawned[0][-5:] == ["--device", "wwan0", "--server", "192.0.2.53", "vpn.example.net"]
+    events = loop(s, sel)
+    assert events == [model.Event("resolved", {"host": "vpn.example.net", "wan": "wanb",
+                                               "addresses": ["198.51.100.7"], "ttl": 60})]
+
+
+def test_stop_kills_children(sh):
+    s, fake = sh
+    fake.on(["ping"], delay=30)
+    sel = selectors.DefaultSelector()
+    s.execute(model.Probe("wg0", KEY, "10.9.0.1", None, 1.0), sel)
+    proc = s.children[0].proc
+    s.stop()
+    assert proc.poll() is not None and s.children == [] and sel.get_map() == {}
+
+
+LAB_CODE = r"""
+import json, selectors, time
+from wgrouter import model, shell
+config = model.Config(model.Settings(), (model.Wan("wan", "w1"), model.Wan("wanb", "w2")),
+                      (model.Tunnel("nosuchwg", ()),))
+s = shell.Shell(config, root=ROOT)
+sel = selectors.DefaultSelector()
+out = {}
+def run(action):
+    events = list(s.execute(action, sel))
+    while s.children:
+        d = s.deadline()
+        for key, _ in sel.select(max(0, d - s.clock())):
+            events += key.data()
+        events += s.expire(s.clock())
+    return [[e.kind, e.data["ok"]] for e in events]
+out["wan_ok"] = run(model.ProbeWan("wan", "w1", ("10.1.0.1",), 1.0))
+out["wan_one_dead"] = run(model.ProbeWan("wan", "w1", ("10.1.0.99", "10.1.0.1"), 1.0))
+out["wan_dead"] = run(model.ProbeWan("wan", "w1", ("10.1.0.99",), 1.0))
+out["wrong_device"] = run(model.ProbeWan("wanb", "w2", ("10.1.0.1",), 1.0))
+out["probe_src"] = run(model.Probe("t", "k", "10.1.0.1", "10.1.0.2", 1.0))
+out["probe_dev"] = run(model.Probe("t", "k", "10.1.0.1", None, 1.0))
+wans, peers, tunnels = s.observe(True)
+out["wans"] = {k: [v.up, v.gateway] for k, v in wans.items()}
+out["tunnels"] = sorted(tunnels)
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.lab
+def test_real_ping_in_namespace(tmp_path):
+    reason = netns_unavailable()
+    if reason:
+        pytest.skip(reason)
+    with NetNS() as router, NetNS() as isp:
+        router.ip("link", "add", "w1", "type", "veth", "peer", "name", "isp0", "netns", isp.name)
+        router.ip("link", "add", "w2", "type", "veth", "peer", "name", "w2p")
+        router.ip("addr", "add", "10.1.0.2/24", "dev", "w1")
+        router.ip("addr", "add", "10.2.0.2/24", "dev", "w2")
+        for dev in ("w1", "w2", "w2p"):
+            router.ip("link", "set", dev, "up")
+        router.ip("route", "add", "default", "via", "10.1.0.1", "dev", "w1")
+        isp.ip("addr", "add", "10.1.0.1/24", "dev", "isp0")
+        isp.ip("link", "set", "isp0", "up")
+        out = router.python("ROOT = %r\n" % str(tmp_path) + LAB_CODE)
+    assert out["wan_ok"] == [["wan_probe", True]]
+    assert out["wan_one_dead"] == [["wan_probe", True]]
+    assert out["wan_dead"] == [["wan_probe", False]]
+    assert out["wrong_device"] == [["wan_probe", False]]
+    assert out["probe_src"] == [["probe", True]]
+    assert out["probe_dev"] == [["probe", False]]  # no device "t"
+    assert out["wans"] == {"wan": [True, "10.1.0.1"], "wanb": [False, None]}
+    assert out["tunnels"] == []
+
+
+def test_observe_netlink_failure_keeps_last_view_and_retries(sh, monkeypatch):
+    s, fake = sh
+    calls = []
+
+    def failing(wans, mwan3=False):
+        calls.append(1)
+        if len(calls) in (1, 3):
+            raise OSError(105, "No buffer space available")
+        return {w.name: model.WanState(w.name, w.device, True, "10.0.0.1") for w in wans}
+
+    monkeypatch.setattr(kernel, "observe_wans", failing)
+    wans, _, _ = s.observe(True)
+    assert {k: v.up for k, v in wans.items()} == {"wan": False, "wanb": False}
+    assert "No buffer space" in s.kernel_error
+    wans, _, _ = s.observe(False)  # retried although nothing changed
+    assert len(calls) == 2 and wans["wan"].up and s.kernel_error == ""
+    wans, _, _ = s.observe(True)
+    assert len(calls) == 3 and wans["wan"].up  # last good view kept
+    assert s.kernel_error

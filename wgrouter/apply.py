@@ -1,0 +1,364 @@
+"""Put a peer on a WAN, and take it off again, by running ip/wg/conntrack.
+
+Order matters (see ``Applier.apply_path``): the new host route replaces the
+old one atomically, stale conntrack entries go before the endpoint is set
+again, the old route goes last, and one datagram through the tunnel starts
+a handshake at once.  Every host route and ip rule wgrouter adds is recorded
+in a JSON state file, so a restarted daemon removes only what it added and
+never adds a rule twice.
+"""
+
+import json
+import os
+import socket
+import struct
+
+import wgrouter
+from wgrouter import model
+from wgrouter import runner as runner_mod
+
+
+class UnknownAction(wgrouter.Error):
+    """action the applier does not handle"""
+
+
+class StepFailed(wgrouter.Error):
+    """a command failed"""
+
+
+# Our `to ENDPOINT lookup TABLE` rules sit before mwan3's (1000+), so the
+# endpoint route in the WAN's table wins over the connmark of an old flow.
+RULE_PREF = 990
+# What ip says when the route or rule to delete is not there (any more).
+GONE = ("No such process", "No such file", "FIB table does not exist")
+# The discard port: the datagram only has to enter the tunnel.
+KICK_PORT = 9
+
+
+def _family(address):
+    return 6 if ":" in address else 4
+
+
+def _host(address):
+    return "%s/%d" % (address, 128 if _family(address) == 6 else 32)
+
+
+def _endpoint(address, port):
+    if _family(address) == 6:
+        return "[%s]:%d" % (address, port)
+    return "%s:%d" % (address, port)
+
+
+def _ip(address, *args):
+    argv = ["ip"]
+    if _family(address) == 6:
+        argv.append("-6")
+    return argv + list(args)
+
+
+def _table_args(table):
+    return [] if table is None else ["table", str(table)]
+
+
+def route_replace_argv(address, device, gateway, table):
+    argv = _ip(address, "route", "replace", _host(address))
+    if gateway:
+        argv += ["via", gateway]
+    return argv + ["dev", device] + _table_args(table) + ["proto", "static"]
+
+
+def route_del_argv(address, table):
+    return _ip(address, "route", "del", _host(address)) + _table_args(table)
+
+
+def rule_argv(verb, address, table):
+    return _ip(address, "rule", verb, "to", _host(address), "lookup", str(table), "pref", str(RULE_PREF))
+
+
+def kick_target(peer):
+    """The address one datagram goes to so that it enters the tunnel towards
+    ``peer``: its probe target, else a host inside its first allowed IP."""
+    if peer is None:
+        return None
+    if peer.probe:
+        return peer.probe
+    for prefix in peer.allowed_ips:
+        address, _, length = prefix.partition("/")
+        if ":" in address:
+            continue
+        bits = int(length) if length else 32
+        if bits == 0:
+            # 0.0.0.0/0: any address outside the router's own networks goes
+            # to this peer; the socket is bound to the tunnel device anyway.
+            return "192.0.2.1"
+        if bits >= 31:
+            return address
+        value = struct.unpack("!I", socket.inet_aton(address))[0]
+        mask = (0xFFFFFFFF << (32 - bits)) & 0xFFFFFFFF
+        return socket.inet_ntoa(struct.pack("!I", (value & mask) + 1))
+    for prefix in peer.allowed_ips:
+        address, _, length = prefix.partition("/")
+        if ":" in address and length not in ("0",):
+            return address
+    return None
+
+
+def send_kick(device, target):
+    """Send one empty UDP datagram to target:9 out of ``device`` (the tunnel).
+
+    Bound to the tunnel device, the kernel sends it there even without a
+    route, and WireGuard starts a handshake with the peer owning ``target``.
+    """
+    family = socket.AF_INET6 if ":" in target else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode() + b"\0")
+        sock.setblocking(False)
+        sock.sendto(b"", (target, KICK_PORT))
+    finally:
+        sock.close()
+
+
+class State:
+    """The host routes and rules wgrouter added, as a JSON file.
+
+    routes: {"ADDR table": {"address", "table", "device", "gateway", "owners": [[tunnel, key], ...]}}
+    rules:  {"ADDR table": {"address", "table", "pref"}}
+    """
+
+    def __init__(self, path):
+        self.path = path
+        self.routes = {}
+        self.rules = {}
+        self.load()
+
+    @staticmethod
+    def key(address, table):
+        return "%s %s" % (address, "main" if table is None else table)
+
+    def load(self):
+        try:
+            with open(self.path) as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError):
+            # A corrupt record is treated as empty: we can then only leak a
+            # route, never delete one we did not add.
+            return
+        self.routes = dict(data.get("routes", {}))
+        self.rules = dict(data.get("rules", {}))
+
+    def save(self):
+        directory = os.path.dirname(self.path)
+        if directory:
+            os.makedirs(directory, exist_ok=True)
+        tmp = "%s.%d.tmp" % (self.path, os.getpid())
+        with open(tmp, "w") as f:
+            json.dump({"routes": self.routes, "rules": self.rules}, f, sort_keys=True, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def owned_by(self, owner):
+        return [k for k, r in self.routes.items() if owner in [tuple(o) for o in r["owners"]]]
+
+
+class Applier:
+    """Executes ApplyPath, RemovePath and RestartTunnel, synchronously."""
+
+    def __init__(
+        self,
+        runner,
+        state_path,
+        restart_cmd=("ifup",),
+        conntrack_flush=True,
+        config=None,
+        kick=send_kick,
+    ):
+        self.runner = runner
+        self.state = State(state_path)
+        self.restart_cmd = tuple(restart_cmd)
+        self.conntrack_flush = conntrack_flush
+        self.kick = kick
+        self.peers = {}
+        if config is not None:
+            self.peers = {peer.key: peer for peer in config.peers()}
+        self.conntrack_missing = False
+        self.notes = []
+
+    def reconfigure(self, config):
+        """New peers (for the kick target) and conntrack setting."""
+        self.peers = {peer.key: peer for peer in config.peers()}
+        self.conntrack_flush = config.settings.conntrack_flush
+
+    # ------------------------------------------------------------ helpers
+
+    def _run(self, argv, ok_rcs=(0,), ok_err=(), missing=False):
+        try:
+            result = self.runner.run(argv)
+        except runner_mod.CommandMissing as e:
+            if missing:
+                raise
+            raise StepFailed("%s: %s" % (" ".join(argv), e)) from None
+        if result.rc in ok_rcs:
+            return result
+        err = result.err.strip()
+        if any(text in err for text in ok_err):
+            return result
+        raise StepFailed("%s: rc %d: %s" % (" ".join(argv), result.rc, err or result.out.strip()))
+
+    def _drop(self, key, steps):
+        """Delete the recorded route ``key`` (and its rule); gone already is fine."""
+        record = self.state.routes[key]
+        address, table = record["address"], record["table"]
+        if key in self.state.rules:
+            self._run(rule_argv("del", address, table), ok_err=GONE)
+            del self.state.rules[key]
+            steps.append("rule del %s" % key)
+        self._run(route_del_argv(address, table), ok_err=GONE)
+        del self.state.routes[key]
+        steps.append("route del %s" % key)
+
+    def _release(self, owner, keep, steps):
+        """Give up ``owner``'s share of every recorded route but ``keep``;
+        routes nobody owns any more are deleted."""
+        for key in self.state.owned_by(owner):
+            if key == keep:
+                continue
+            record = self.state.routes[key]
+            record["owners"] = [o for o in record["owners"] if tuple(o) != owner]
+            if not record["owners"]:
+                self._drop(key, steps)
+
+    def _event(self, action, error, steps):
+        data = {"action": action, "ok": not error, "error": error, "steps": steps}
+        if self.notes:
+            data["note"] = "; ".join(self.notes)
+            self.notes = []
+        return model.Event("applied", data)
+
+    # ------------------------------------------------------------ actions
+
+    def execute(self, action):
+        """Run one action; returns Event("applied", {action, ok, error, steps})."""
+        if isinstance(action, model.ApplyPath):
+            return self.apply_path(action)
+        if isinstance(action, model.RemovePath):
+            return self.remove_path(action)
+        if isinstance(action, model.RestartTunnel):
+            return self.restart(action)
+        raise UnknownAction("action the applier does not handle: %r" % (action,))
+
+    def apply_path(self, a):
+        steps = []
+        error = ""
+        owner = (a.tunnel, a.peer)
+        key = State.key(a.address, a.table)
+        try:
+            try:
+                # 1. the host route, replaced in place: never a moment without one
+                self._run(route_replace_argv(a.address, a.device, a.gateway, a.table))
+                record = self.state.routes.get(key)
+                owners = [] if record is None else [tuple(o) for o in record["owners"]]
+                if owner not in owners:
+                    owners.append(owner)
+                self.state.routes[key] = {
+                    "address": a.address,
+                    "table": a.table,
+                    "device": a.device,
+                    "gateway": a.gateway,
+                    "owners": [list(o) for o in owners],
+                }
+                steps.append("route %s" % key)
+                if a.table is not None and key not in self.state.rules:
+                    # `ip rule add` refuses an identical rule: one copy only.
+                    self._run(rule_argv("add", a.address, a.table), ok_err=("File exists",))
+                    self.state.rules[key] = {"address": a.address, "table": a.table, "pref": RULE_PREF}
+                    steps.append("rule %s" % key)
+            finally:
+                self.state.save()
+            # 2. conntrack entries that pin the flow to the old path
+            if self.conntrack_flush and not self.conntrack_missing:
+                argv = ["conntrack", "-D", "-p", "udp",
+                        "--orig-dst", a.address, "--orig-port-dst", str(a.port)]
+                if _family(a.address) == 6:
+                    argv[2:2] = ["-f", "ipv6"]
+                try:
+                    # rc 1: no entry matched
+                    self._run(argv, ok_rcs=(0, 1), missing=True)
+                    steps.append("conntrack")
+                except runner_mod.CommandMissing:
+                    self.conntrack_missing = True
+                    self.notes.append("conntrack not installed: stale flows are not flushed")
+            # 3. endpoint and keepalive; re-setting clears the cached source
+            self._run(
+                [
+                    "wg", "set", a.tunnel, "peer", a.peer,
+                    "endpoint", _endpoint(a.address, a.port),
+                    "persistent-keepalive", str(a.keepalive),
+                ]
+            )
+            steps.append("endpoint")
+            # 4. the routes this peer used before, if nobody else uses them
+            try:
+                self._release(owner, key, steps)
+            finally:
+                self.state.save()
+            # 5. one datagram through the tunnel: a handshake starts now
+            target = kick_target(self.peers.get(owner))
+            if target is not None and self.kick is not None:
+                try:
+                    self.kick(a.tunnel, target)
+                except OSError as e:
+                    raise StepFailed("kick %s via %s: %s" % (target, a.tunnel, e)) from None
+                steps.append("kick")
+        except StepFailed as e:
+            error = str(e)
+        return self._event(a, error, steps)
+
+    def remove_path(self, a):
+        steps = []
+        error = ""
+        owner = (a.tunnel, a.peer)
+        key = State.key(a.address, a.table)
+        record = self.state.routes.get(key)
+        try:
+            if record is not None:
+                record["owners"] = [o for o in record["owners"] if tuple(o) != owner]
+                if not record["owners"]:
+                    self._drop(key, steps)
+        except StepFailed as e:
+            error = str(e)
+        finally:
+            self.state.save()
+        return self._event(a, error, steps)
+
+    def restart(self, a):
+        steps = []
+        error = ""
+        try:
+            self._run(list(self.restart_cmd) + [a.tunnel])
+            steps.append("restart")
+        except StepFailed as e:
+            error = str(e)
+        return self._event(a, error, steps)
+
+    def cleanup(self):
+        """Remove every route and rule we recorded; returns the errors."""
+        errors = []
+        steps = []
+        for key in list(self.state.routes):
+            try:
+                self._drop(key, steps)
+            except StepFailed as e:
+                errors.append(str(e))
+        # rules whose route record is gone (should not happen, but never leak)
+        for key, rule in list(self.state.rules.items()):
+            try:
+                self._run(rule_argv("del", rule["address"], rule["table"]), ok_err=GONE)
+                del self.state.rules[key]
+            except StepFailed as e:
+                errors.append(str(e))
+        self.state.save()
+        return errors

@@ -1,0 +1,236 @@
+"""Resolve an endpoint name through one WAN, in a short-lived child process.
+
+The child (``python3 -m wgrouter.resolve --device DEV --server IP HOST``)
+asks each server in turn for A records from a socket bound to the WAN
+device, so the query leaves through that WAN even while the other one holds
+the default route.  It prints one JSON line, {"addresses": [...], "ttl": N}
+or {"error": "..."}, and exits 0 or 1.  dnspython is imported only in the
+child, so the resident daemon never pays for it.
+
+The parent side, ``start_resolve``, runs that child for a ``model.Resolve``
+action and turns its line into an Event.
+"""
+
+import json
+import os
+import sys
+import time
+
+import wgrouter
+from wgrouter import model
+from wgrouter import runner as runner_mod
+
+
+class ResolveFailed(wgrouter.Error):
+    """name resolution failed"""
+
+
+# One server gets this long before the next is asked; a WAN whose resolver
+# is silent for 2 s is not one to trust for the endpoint either.
+SERVER_TIMEOUT = 2.0
+# Python start-up and imports on a small router CPU, on top of the queries.
+CHILD_OVERHEAD = 3.0
+RESOLV_CONF = "/etc/resolv.conf"
+
+
+# ------------------------------------------------------------------ child
+
+
+def nameservers(path=RESOLV_CONF):
+    servers = []
+    try:
+        with open(path) as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 2 and fields[0] == "nameserver":
+                    servers.append(fields[1].split("%", 1)[0])
+    except OSError:
+        pass
+    return servers
+
+
+def _is_loopback(server):
+    return server.startswith("127.") or server == "::1"
+
+
+def _socket(server, device, kind):
+    import socket
+
+    family = socket.AF_INET6 if ":" in server else socket.AF_INET
+    sock = socket.socket(family, kind)
+    # A resolver on loopback picks its own uplink; binding the query to a WAN
+    # device would only make it unreachable.
+    if device and not _is_loopback(server):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, device.encode() + b"\0")
+    return sock
+
+
+def _query(host, server, port, device, timeout):
+    import socket
+
+    import dns.flags
+    import dns.message
+    import dns.query
+    import dns.rdatatype
+
+    query = dns.message.make_query(host, dns.rdatatype.A)
+    sock = _socket(server, device, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        response = dns.query.udp(query, server, timeout=timeout, port=port, sock=sock)
+    finally:
+        sock.close()
+    if response.flags & dns.flags.TC:
+        sock = _socket(server, device, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(timeout)
+            sock.connect((server, port))
+            response = dns.query.tcp(query, server, timeout=timeout, port=port, sock=sock)
+        finally:
+            sock.close()
+    return query, response
+
+
+def answer(query, response):
+    """(addresses, ttl) from a response, following CNAMEs; ttl is the
+    smallest TTL of the RRsets used.  Raises ResolveFailed."""
+    import dns.rcode
+    import dns.rdatatype
+
+    rcode = response.rcode()
+    if rcode != dns.rcode.NOERROR:
+        raise ResolveFailed(dns.rcode.to_text(rcode))
+    name = query.question[0].name
+    ttls = []
+    seen = set()
+    while name not in seen:
+        seen.add(name)
+        found = None
+        for rrset in response.answer:
+            if rrset.name == name and rrset.rdtype == dns.rdatatype.A:
+                addresses = [rdata.address for rdata in rrset]
+                ttls.append(rrset.ttl)
+                return addresses, min(ttls)
+            if rrset.name == name and rrset.rdtype == dns.rdatatype.CNAME:
+                found = rrset
+        if found is None:
+            break
+        ttls.append(found.ttl)
+        name = found[0].target
+    raise ResolveFailed("no A record for %s" % query.question[0].name.to_text(omit_final_dot=True))
+
+
+def resolve(host, servers, device=None, port=53, timeout=SERVER_TIMEOUT):
+    """Ask each server in turn; the first definite answer wins (NXDOMAIN
+    included: another server of the same zone would say the same)."""
+    import dns.exception
+
+    errors = []
+    for server in servers:
+        try:
+            query, response = _query(host, server, port, device, timeout)
+        except dns.exception.Timeout:
+            errors.append("%s: timeout" % server)
+            continue
+        except (OSError, dns.exception.DNSException) as e:
+            errors.append("%s: %s" % (server, e))
+            continue
+        try:
+            return answer(query, response)
+        except ResolveFailed as e:
+            if str(e) in ("SERVFAIL", "REFUSED"):
+                errors.append("%s: %s" % (server, e))
+                continue
+            raise
+    raise ResolveFailed("; ".join(errors) or "no name servers")
+
+
+def main(argv=None):
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="wgrouter.resolve", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", help="WAN device the queries go out of")
+    parser.add_argument("--server", action="append", default=[], help="name server (repeatable)")
+    parser.add_argument("--port", type=int, default=53)
+    parser.add_argument("--timeout", type=float, default=SERVER_TIMEOUT, help="seconds per server")
+    parser.add_argument("--resolv-conf", default=RESOLV_CONF)
+    parser.add_argument("host")
+    args = parser.parse_args(argv)
+    servers = args.server
+    device = args.device
+    if not servers:
+        servers = nameservers(args.resolv_conf)
+        device = None
+    try:
+        addresses, ttl = resolve(args.host, servers, device, args.port, args.timeout)
+    except ResolveFailed as e:
+        print(json.dumps({"error": str(e)}), flush=True)
+        return 1
+    except ImportError as e:
+        print(json.dumps({"error": "dnspython missing: %s" % e}), flush=True)
+        return 1
+    print(json.dumps({"addresses": addresses, "ttl": ttl}), flush=True)
+    return 0
+
+
+# ----------------------------------------------------------------- parent
+
+
+def child_argv(action, port=None, timeout=SERVER_TIMEOUT, python=None):
+    argv = [python or sys.executable, "-m", "wgrouter.resolve", "--timeout", "%g" % timeout]
+    if action.device:
+        argv += ["--device", action.device]
+    for server in action.servers:
+        argv += ["--server", server]
+    if port is not None:
+        argv += ["--port", str(port)]
+    argv.append(action.host)
+    return argv
+
+
+def start_resolve(runner, action, port=None, timeout=SERVER_TIMEOUT, now=None):
+    """Start the child for a model.Resolve action; returns a runner.Child whose
+    finish() yields Event("resolved") or Event("resolve_failed")."""
+    argv = child_argv(action, port=port, timeout=timeout)
+    # `-m` puts the working directory first on sys.path: run from the
+    # directory holding the package so the child imports this very copy.
+    cwd = os.path.dirname(os.path.dirname(os.path.abspath(wgrouter.__file__)))
+    proc = runner.spawn(argv, cwd=cwd)
+    tries = max(1, len(action.servers))
+    # UDP then TCP on truncation, per server.
+    limit = 2 * timeout * tries + CHILD_OVERHEAD
+    start = time.monotonic() if now is None else now
+
+    def failed(error):
+        return [model.Event("resolve_failed", {"host": action.host, "wan": action.wan, "error": error})]
+
+    def finish(rc, out, err):
+        line = out.strip().splitlines()[-1] if out.strip() else ""
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            reply = None
+        if not isinstance(reply, dict):
+            return failed("resolver exited %d: %s" % (rc, (err.strip() or out.strip())[-200:]))
+        if rc == 0 and isinstance(reply.get("addresses"), list) and reply["addresses"]:
+            return [
+                model.Event(
+                    "resolved",
+                    {
+                        "host": action.host,
+                        "wan": action.wan,
+                        "addresses": [str(a) for a in reply["addresses"]],
+                        "ttl": int(reply.get("ttl", 0)),
+                    },
+                )
+            ]
+        return failed(str(reply.get("error") or "resolver exited %d" % rc))
+
+    def on_timeout():
+        return failed("resolver timed out after %gs" % limit)
+
+    return runner_mod.Child(proc, start + limit, finish, on_timeout, name="resolve %s" % action.host)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Running system commands: one synchronous call, or an async child for the loop.
+
+Everything wgrouter does to the system that is not a socket goes through a
+``Runner``, so that tests can swap in a recording fake.
+"""
+
+import os
+import subprocess
+import typing
+
+import wgrouter
+
+
+class CommandMissing(wgrouter.Error):
+    """command not found"""
+
+
+class Result(typing.NamedTuple):
+    rc: int
+    out: str
+    err: str
+
+
+# rc reported for a command that had to be killed (same as coreutils timeout).
+TIMEOUT_RC = 124
+
+
+class Runner:
+    """Runs commands for real."""
+
+    def run(self, argv, timeout=5.0, input=None) -> Result:
+        """Run argv to completion. A non-zero exit is a Result, not an error;
+        a command running longer than ``timeout`` is killed and gets rc 124."""
+        argv = [str(a) for a in argv]
+        try:
+            proc = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                close_fds=True,
+            )
+        except FileNotFoundError:
+            raise CommandMissing("command not found: %s" % argv[0]) from None
+        data = input.encode() if isinstance(input, str) else input
+        try:
+            out, err = proc.communicate(data, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            return Result(TIMEOUT_RC, _text(out), "%s: timed out after %gs" % (argv[0], timeout))
+        return Result(proc.returncode, _text(out), _text(err))
+
+    def spawn(self, argv, cwd=None) -> subprocess.Popen:
+        """Start argv as an async child: stdout and stderr are pipes the
+        caller reads (stdout through the selectors loop) and reaps."""
+        argv = [str(a) for a in argv]
+        try:
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                close_fds=True,
+                cwd=cwd,
+            )
+        except FileNotFoundError:
+            raise CommandMissing("command not found: %s" % argv[0]) from None
+
+
+def _read_available(fd):
+    """What a pipe holds now, without waiting for a writer that may linger."""
+    os.set_blocking(fd, False)
+    data = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except (BlockingIOError, OSError):
+            return data
+        if not chunk:
+            return data
+        data += chunk
+
+
+def _text(data):
+    return data.decode("utf-8", "replace") if data else ""
+
+
+class Child:
+    """An async child process the selectors loop watches.
+
+    ``finish(rc, out, err)`` turns its outcome into events; ``on_timeout()``
+    gives the events for a child killed at its hard ``deadline``
+    (time.monotonic()).  ``group`` ties the children of one action together
+    (ProbeWan: one ping per target, one answer is enough).
+    """
+
+    def __init__(self, proc, deadline, finish, on_timeout, name="", group=None):
+        self.proc = proc
+        self.deadline = deadline
+        self.finish = finish
+        self.on_timeout = on_timeout
+        self.name = name
+        self.group = group
+        self.out = bytearray()
+
+    def read(self) -> bool:
+        """Read what stdout has; False at end of file."""
+        try:
+            data = os.read(self.proc.stdout.fileno(), 65536)
+        except BlockingIOError:
+            return True
+        if not data:
+            return False
+        self.out += data
+        return True
+
+    def reap(self, kill=False):
+        """Wait for the process (killing it first if asked) and close its pipes.
+        Returns (rc, out, err)."""
+        proc = self.proc
+        if kill and proc.poll() is None:
+            proc.kill()
+        try:
+            rc = proc.wait(timeout=1.0)
+        except subprocess.TimeoutExpired:
+            # stdout closed but the process lingers: do not hold the loop.
+            proc.kill()
+            rc = proc.wait()
+        err = b""
+        if proc.stderr is not None:
+            err = _read_available(proc.stderr.fileno())
+            proc.stderr.close()
+        if proc.stdout is not None:
+            proc.stdout.close()
+        return rc, _text(bytes(self.out)), _text(err)

@@ -1,0 +1,304 @@
+"""The thin shell: observe the kernel and WireGuard, execute the core's actions.
+
+Synchronous actions (routes, endpoints, restarts) go through ``Applier``;
+probes and resolutions run as async children whose stdout the daemon's one
+selectors loop watches.  A key's ``data`` is a callable returning the
+events of that child once it has finished.
+
+Steady state costs one process per check: `wg show all dump`.  Netlink is
+dumped only when the daemon's monitor saw a change.
+"""
+
+import math
+import os
+import selectors
+import time
+
+import wgrouter
+from wgrouter import apply as apply_mod
+from wgrouter import kernel
+from wgrouter import model
+from wgrouter import resolve
+from wgrouter import runner as runner_mod
+from wgrouter import wgdump
+
+Child = runner_mod.Child
+
+
+class UnknownAction(wgrouter.Error):
+    """action the shell does not handle"""
+
+
+# Margin on top of ping's own -W before a child is killed: ping needs a
+# moment to start and to exit after its wait.
+PING_GRACE = 2.0
+CLOCK_SLACK = 0.001
+STATE_FILE = "var/run/wgrouter/applied.json"  # same as control.STATE
+
+
+def ping_argv(target, interface, timeout):
+    # busybox and iputils ping both take whole seconds for -W.
+    wait = max(1, int(math.ceil(timeout)))
+    return ["ping", "-c", "1", "-W", str(wait), "-I", interface, target]
+
+
+class _Group:
+    """The children of one ProbeWan: the first answer decides."""
+
+    def __init__(self, size):
+        self.pending = size
+        self.done = False
+
+
+class Shell:
+    """Observation and action for the daemon.
+
+    ``clock`` is the daemon's clock (unix time, like the core's ``now``):
+    ``deadline()`` and ``expire(now)`` speak it.  Children are timed on the
+    monotonic clock inside, so an NTP step at boot neither kills them early
+    nor lets them run forever.
+    """
+
+    def __init__(
+        self, config, runner=None, root="/", restart_cmd=("ifup",), state_path=None, clock=time.time
+    ):
+        self.runner = runner or runner_mod.Runner()
+        self.root = root
+        self.clock = clock
+        self.applier = apply_mod.Applier(
+            self.runner,
+            state_path or os.path.join(root, STATE_FILE),
+            restart_cmd=restart_cmd,
+            conntrack_flush=config.settings.conntrack_flush,
+            config=config,
+        )
+        self.wans = None
+        self.wg_error = ""
+        self.kernel_error = ""
+        self.children = []  # running runner.Child objects
+        self._selector = None
+        # for tests: where the resolve child sends its queries
+        self.resolve_port = None
+        self.reconfigure(config)
+
+    def reconfigure(self, config):
+        """Take a new configuration; what was applied stays recorded, and the
+        kernel is dumped again on the next observe()."""
+        self.config = config
+        self.tunnel_names = frozenset(t.name for t in config.tunnels)
+        self.applier.reconfigure(config)
+        self.wans = None
+
+    def cleanup(self):
+        """Remove every host route and rule we added (on stop); returns errors."""
+        return self.applier.cleanup()
+
+    # ------------------------------------------------------------ observe
+
+    def observe(self, kernel_changed):
+        """(wan states, {(tunnel, key): PeerStats}, tunnels present).
+
+        Netlink is dumped only when ``kernel_changed`` (or on the first call);
+        `wg show all dump` runs every time.
+        """
+        if kernel_changed or self.wans is None or self.kernel_error:
+            try:
+                self.wans = kernel.observe_wans(self.config.wans, mwan3=self.config.settings.mwan3)
+                self.kernel_error = ""
+            except (OSError, wgrouter.Error) as e:
+                # Keep the last good view (all down if there is none) and
+                # dump again on the next check.
+                self.kernel_error = "netlink dump failed: %s" % e
+                if self.wans is None:
+                    self.wans = {w.name: model.WanState(w.name, w.device, False) for w in self.config.wans}
+        peers = {}
+        present = set()
+        try:
+            result = self.runner.run(["wg", "show", "all", "dump"])
+        except runner_mod.CommandMissing as e:
+            self.wg_error = str(e)
+            return self.wans, peers, frozenset()
+        if result.rc != 0:
+            self.wg_error = result.err.strip() or "wg exited %d" % result.rc
+            return self.wans, peers, frozenset()
+        self.wg_error = ""
+        try:
+            dump = wgdump.parse(result.out)
+        except wgdump.BadDump as e:
+            self.wg_error = str(e)
+            return self.wans, peers, frozenset()
+        for tunnel, stats in dump.items():
+            if tunnel not in self.tunnel_names:
+                continue
+            present.add(tunnel)
+            for key, peer in stats.items():
+                peers[(tunnel, key)] = peer
+        return self.wans, peers, frozenset(present)
+
+    # ------------------------------------------------------------ execute
+
+    def execute(self, action, selector):
+        """Run one action; synchronous ones return their event, async ones
+        register a child in ``selector`` and return []."""
+        if isinstance(action, (model.ApplyPath, model.RemovePath, model.RestartTunnel)):
+            return [self.applier.execute(action)]
+        if isinstance(action, model.Transition):
+            return []
+        if isinstance(action, model.Probe):
+            return self._probe(action, selector)
+        if isinstance(action, model.ProbeWan):
+            return self._probe_wan(action, selector)
+        if isinstance(action, model.Resolve):
+            return self._resolve(action, selector)
+        raise UnknownAction("action the shell does not handle: %r" % (action,))
+
+    def _probe(self, a, selector):
+        def event(ok, error=""):
+            data = {"tunnel": a.tunnel, "peer": a.peer, "ok": ok}
+            if error:
+                data["error"] = error
+            return [model.Event("probe", data)]
+
+        argv = ping_argv(a.target, a.source or a.tunnel, a.timeout)
+        try:
+            proc = self.runner.spawn(argv)
+        except runner_mod.CommandMissing as e:
+            return event(False, str(e))
+
+        def finish(rc, out, err):
+            return event(rc == 0, "" if rc == 0 else (err.strip() or "no answer from %s" % a.target))
+
+        child = Child(
+            proc,
+            time.monotonic() + a.timeout + PING_GRACE,
+            finish,
+            lambda: event(False, "probe of %s timed out" % a.target),
+            name="probe %s %s" % (a.tunnel, a.target),
+        )
+        self._start(child, selector)
+        return []
+
+    def _probe_wan(self, a, selector):
+        def event(ok, error=""):
+            data = {"wan": a.wan, "ok": ok}
+            if error:
+                data["error"] = error
+            return [model.Event("wan_probe", data)]
+
+        if not a.targets:
+            return event(False, "no track IPs")
+        group = _Group(len(a.targets))
+        errors = []
+
+        def finisher(target):
+            def finish(rc, out, err):
+                group.pending -= 1
+                if group.done:
+                    return []
+                if rc == 0:
+                    group.done = True
+                    self._cancel_group(group)
+                    return event(True)
+                errors.append("%s: %s" % (target, err.strip() or "no answer"))
+                if group.pending <= 0:
+                    group.done = True
+                    return event(False, "; ".join(errors))
+                return []
+
+            return finish
+
+        def on_timeout():
+            group.pending -= 1
+            if group.done or group.pending > 0:
+                return []
+            group.done = True
+            return event(False, "; ".join(errors + ["timed out"]))
+
+        deadline = time.monotonic() + a.timeout + PING_GRACE
+        started = 0
+        for target in a.targets:
+            try:
+                proc = self.runner.spawn(ping_argv(target, a.device, a.timeout))
+            except runner_mod.CommandMissing as e:
+                group.pending -= 1
+                errors.append(str(e))
+                continue
+            child = Child(
+                proc, deadline, finisher(target), on_timeout,
+                name="wan probe %s %s" % (a.wan, target), group=group,
+            )
+            self._start(child, selector)
+            started += 1
+        if not started:
+            return event(False, "; ".join(errors))
+        return []
+
+    def _resolve(self, a, selector):
+        try:
+            child = resolve.start_resolve(self.runner, a, port=self.resolve_port)
+        except runner_mod.CommandMissing as e:
+            return [model.Event("resolve_failed", {"host": a.host, "wan": a.wan, "error": str(e)})]
+        self._start(child, selector)
+        return []
+
+    # ------------------------------------------------------------ children
+
+    def _start(self, child, selector):
+        self._selector = selector
+        os.set_blocking(child.proc.stdout.fileno(), False)
+        self.children.append(child)
+        selector.register(child.proc.stdout, selectors.EVENT_READ, lambda: self._readable(child))
+
+    def _forget(self, child):
+        if child in self.children:
+            self.children.remove(child)
+        if self._selector is not None:
+            try:
+                self._selector.unregister(child.proc.stdout)
+            except (KeyError, ValueError):
+                pass
+
+    def _readable(self, child):
+        if child.read():
+            return []
+        self._forget(child)
+        rc, out, err = child.reap()
+        return child.finish(rc, out, err)
+
+    def _cancel_group(self, group):
+        for child in [c for c in self.children if c.group is group]:
+            self._forget(child)
+            child.reap(kill=True)
+
+    def _offset(self):
+        """clock() - time.monotonic(), now."""
+        if self.clock is time.monotonic:
+            return 0.0
+        return self.clock() - time.monotonic()
+
+    def deadline(self):
+        """Earliest hard timeout of the running children, in ``clock`` time."""
+        if not self.children:
+            return None
+        return min(child.deadline for child in self.children) + self._offset()
+
+    def expire(self, now):
+        """Kill the children past their deadline at ``now`` (``clock`` time);
+        returns their failure events."""
+        # The two clocks are read at slightly different moments; a child due
+        # within CLOCK_SLACK counts as due, so expire(deadline()) always fires.
+        limit = now - self._offset() + CLOCK_SLACK
+        events = []
+        for child in [c for c in self.children if c.deadline <= limit]:
+            if child not in self.children:
+                continue  # cancelled by a sibling's answer meanwhile
+            self._forget(child)
+            child.reap(kill=True)
+            events.extend(child.on_timeout())
+        return events
+
+    def stop(self):
+        """Kill and reap every child (no events)."""
+        for child in list(self.children):
+            self._forget(child)
+            child.reap(kill=True)

@@ -1,0 +1,55 @@
+"""Parse the tab-separated output of `wg show all dump` and `wg show IF dump`.
+
+Interface lines carry the private key, public key, listen port and fwmark;
+peer lines carry public key, preshared key, endpoint, allowed ips, latest
+handshake, rx, tx and persistent keepalive.  `wg show all dump` prefixes
+every line with the interface name.
+"""
+
+import wgrouter
+from wgrouter import model
+
+
+class BadDump(wgrouter.Error):
+    """unexpected line in wg dump output"""
+
+
+def parse(text, interface=None):
+    """Return {tunnel: {public_key: PeerStats}}.
+
+    With ``interface`` the text is the output of `wg show INTERFACE dump`
+    (no name column).  Every interface appears, even one without peers.
+    """
+    result = {}
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        fields = line.split("\t")
+        if interface is not None:
+            fields.insert(0, interface)
+        name = fields[0]
+        if len(fields) == 5:  # interface line
+            result.setdefault(name, {})
+            continue
+        if len(fields) != 9:
+            raise BadDump("unexpected line in wg dump output: %r" % line)
+        peers = result.setdefault(name, {})
+        try:
+            peers[fields[1]] = model.PeerStats(
+                endpoint=None if fields[3] == "(none)" else fields[3],
+                latest_handshake=int(fields[5]),
+                rx=int(fields[6]),
+                tx=int(fields[7]),
+                keepalive=0 if fields[8] == "off" else int(fields[8]),
+            )
+        except ValueError:
+            raise BadDump("unexpected line in wg dump output: %r" % line) from None
+    return result
+
+
+def split_endpoint(endpoint):
+    """'1.2.3.4:51820' or '[2001:db8::1]:51820' -> ('1.2.3.4', 51820)."""
+    host, _, port = endpoint.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
