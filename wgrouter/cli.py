@@ -17,8 +17,13 @@ def _root(args):
 def cmd_run(args):
     from wgrouter import daemon
     restart = tuple(args.restart_cmd.split()) if args.restart_cmd else ("ifup",)
-    d = daemon.Daemon(_root(args), restart_cmd=restart, use_ubus=not args.no_ubus)
-    d.run()
+    try:
+        d = daemon.Daemon(_root(args), restart_cmd=restart, use_ubus=not args.no_ubus)
+        d.run()
+    except wgrouter.Error as e:
+        # bad config or another daemon running: say so once, apply nothing
+        print("wgrouter: %s" % e, file=sys.stderr)
+        return 1
     return 0
 
 

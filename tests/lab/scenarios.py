@@ -1,0 +1,179 @@
+"""Failover scenarios, shared by the scenario tests, the demo and the benchmark.
+
+Each scenario takes a lab whose tunnel is already up (with wgrouter or with
+the stock baseline running), a ProbeStream and a Capture, injects its fault
+and returns an Outcome: seconds from the fault to the first reply through the
+tunnel (or, for failback, to the first tunnel packet on the primary WAN).
+Where nothing recovers within ``limit`` the Outcome says so and carries the
+limit as its figure.
+"""
+
+import dataclasses
+import time
+
+from tests.lab import faults
+from tests.lab import observe
+from tests.lab import topology
+
+# Lab timings for wgrouter: a 1 s monitor makes the silent-failure bound
+# (3 check intervals) short enough to test; 5 s of hold-down keeps failback
+# tests short while still being far longer than a flap period.
+LAB_CHECK_INTERVAL = 1.0
+LAB_HOLDDOWN = 5.0
+
+
+@dataclasses.dataclass
+class Outcome:
+    name: str
+    recovered: bool
+    seconds: float  # the limit when not recovered
+    limit: float
+    fault_time: float
+    notes: dict = dataclasses.field(default_factory=dict)
+
+
+def start(lab, mode, **config):
+    """Start wgrouter or the stock baseline on a fresh lab and wait until the
+    tunnel carries traffic."""
+    if mode == "wgrouter":
+        config.setdefault("check_interval", LAB_CHECK_INTERVAL)
+        config.setdefault("failback_holddown", LAB_HOLDDOWN)
+        lab.start_wgrouter(**config)
+    elif mode == "baseline":
+        lab.start_baseline(**config)
+    else:
+        raise ValueError(mode)
+    if not observe.tunnel_works(lab, timeout=15):
+        raise topology.LabError("%s: the tunnel never came up (see %s)" % (mode, lab.logdir))
+    if mode == "wgrouter":
+        wait_state(lab, lambda p: p.get("state") == "up" and p.get("wan") == "wan", 15)
+    return lab
+
+
+def status(lab):
+    from wgrouter import control
+    return control.request(lab.root, {"method": "status"})
+
+
+def peer_status(lab):
+    """The one peer's status dict from the running daemon ({} if none)."""
+    try:
+        st = status(lab)
+    except Exception:
+        return {}
+    for t in (st.get("tunnels") or {}).values():
+        for p in (t.get("peers") or {}).values():
+            return p
+    return {}
+
+
+def wait_state(lab, pred, timeout):
+    if not lab.wait_for(lambda: pred(peer_status(lab)), timeout):
+        raise topology.LabError("daemon never reached the expected state; last: %r (log %s)" % (
+            peer_status(lab), getattr(lab, "wgrouter_log", None)))
+
+
+def steady(probes, timeout=10.0):
+    """Wait until the probe stream gets replies again."""
+    if probes.wait_reply_after(time.time(), timeout) is None:
+        raise topology.LabError("tunnel not steady before the fault")
+
+
+def _measure(name, probes, t, limit, **notes):
+    d = probes.wait_reply_after(t, limit)
+    if d is None:
+        return Outcome(name, False, limit, limit, t, notes)
+    return Outcome(name, True, d, limit, t, notes)
+
+
+def carrier_loss(lab, probes, cap, limit=30.0):
+    steady(probes)
+    t = faults.carrier_loss(lab, "wan")
+    return _measure("carrier_loss", probes, t, limit)
+
+
+def silent_failure(lab, probes, cap, limit=30.0):
+    steady(probes)
+    t = faults.silent_failure(lab, "wan")
+    return _measure("silent_failure", probes, t, limit)
+
+
+def udp_blocked_backup(lab, probes, cap, limit=30.0):
+    """The backup carrier drops UDP to the usual port; the primary dies."""
+    steady(probes)
+    faults.silent_failure(lab, "wanb", udp_port=topology.VPN_PORT)
+    t = faults.carrier_loss(lab, "wan")
+    return _measure("udp_blocked_backup", probes, t, limit)
+
+
+def dns_move(lab, probes, cap, limit=30.0):
+    """The server moves to its second address; the old one goes quiet."""
+    steady(probes)
+    faults.dns_move(lab, "vpn", topology.VPN_ADDRESSES[1])
+    t = faults.vpn_address_down(lab, topology.VPN_ADDRESSES[0])
+    return _measure("dns_move", probes, t, limit, ttl=lab.dns_ttl)
+
+
+def cgnat_nat_loss(lab, probes, cap, limit=30.0):
+    """On the CGNAT backup, the carrier loses its NAT state and our public
+    address changes."""
+    steady(probes)
+    t0 = faults.carrier_loss(lab, "wan")
+    if probes.wait_reply_after(t0, limit) is None:
+        return Outcome("cgnat_nat_loss", False, limit, limit, t0, {"stage": "failover to wanb"})
+    time.sleep(1.0)
+    before = lab.vpn_endpoint()
+    t = faults.nat_reset(lab, "ispb")
+    out = _measure("cgnat_nat_loss", probes, t, limit)
+    lab.wait_for(lambda: lab.vpn_endpoint() != before, 5)
+    out.notes.update(public_before=before, public_after=lab.vpn_endpoint())
+    return out
+
+
+def failback(lab, probes, cap, limit=60.0):
+    """Primary dies, tunnel moves to the backup; primary returns.  Figure:
+    seconds from the return to the first tunnel packet on the primary."""
+    steady(probes)
+    t0 = faults.carrier_loss(lab, "wan")
+    if probes.wait_reply_after(t0, 30.0) is None:
+        return Outcome("failback", False, limit, limit, t0, {"stage": "failover to wanb"})
+    time.sleep(1.0)
+    t = faults.carrier_return(lab, "wan")
+    back = None
+    end = time.time() + limit
+    while time.time() < end:
+        pk = [p for p in cap.tunnel_packets(since=t) if p["dev"] == "wan"]
+        if pk:
+            back = pk[0]["time"] - t
+            break
+        time.sleep(0.2)
+    out = Outcome("failback", back is not None, back if back is not None else limit, limit, t)
+    out.notes["outage_during_failback_s"] = round(probes.outage(since=t), 3)
+    return out
+
+
+ALL = {
+    "carrier_loss": carrier_loss,
+    "silent_failure": silent_failure,
+    "udp_blocked_backup": udp_blocked_backup,
+    "dns_move": dns_move,
+    "cgnat_nat_loss": cgnat_nat_loss,
+    "failback": failback,
+}
+
+
+def run(name, mode, limit=None, lab_kwargs=None, start_kwargs=None):
+    """Build a fresh lab, start ``mode``, run scenario ``name``; Outcome."""
+    fn = ALL[name]
+    with topology.Lab(**(lab_kwargs or {})) as lab:
+        start(lab, mode, **(start_kwargs or {}))
+        probes = observe.ProbeStream(lab)
+        cap = observe.Capture(lab)
+        try:
+            kw = {} if limit is None else {"limit": limit}
+            out = fn(lab, probes, cap, **kw)
+            out.notes["leaks"] = len(cap.leaks(since=out.fault_time))
+            return out
+        finally:
+            probes.stop()
+            cap.stop()
