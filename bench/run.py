@@ -1,0 +1,315 @@
+"""make bench: what users feel, wgrouter beside the stock baseline, in one run.
+
+Writes bench/results.json (layout in the README) and bench/results.md (the
+table the README quotes).  Needs root and the lab's tools, like make test.
+
+    python3 -m bench.run [--runs N] [--baseline-runs N] [--idle-seconds S] [--only NAME,...]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from tests.lab import scenarios
+from tests.lab import topology
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+# Scenario limits: how long a run may take before it counts as "not
+# recovered".  The stock watchdog needs a handshake older than 150 s before it
+# acts at all, so 45 s is enough to show that stock does not recover on its
+# own in these cases without making the benchmark take an hour.
+LIMITS = {
+    "carrier_loss": 30.0,
+    "silent_failure": 45.0,
+    "udp_blocked_backup": 45.0,
+    "dns_move": 45.0,
+    "cgnat_nat_loss": 30.0,
+    "failback": 45.0,
+}
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _median(xs):
+    return round(statistics.median(xs), 3) if xs else None
+
+
+def bench_scenario(name, runs, baseline_runs):
+    limit = LIMITS[name]
+    w, b, w_ok, b_ok, leaks = [], [], [], [], {"wgrouter": 0, "baseline": 0}
+    for i in range(runs):
+        out = scenarios.run(name, "wgrouter", limit=limit)
+        log("  %s wgrouter run %d: %s %.3f s, leaks %d" % (
+            name, i + 1, "recovered" if out.recovered else "NOT recovered", out.seconds,
+            out.notes.get("leaks", 0)))
+        w.append(out.seconds)
+        w_ok.append(out.recovered)
+        leaks["wgrouter"] += out.notes.get("leaks", 0)
+    for i in range(baseline_runs):
+        out = scenarios.run(name, "baseline", limit=limit,
+                            start_kwargs={"watchdog_interval": 60, "stale_after": 150})
+        log("  %s baseline run %d: %s %.3f s, leaks %d" % (
+            name, i + 1, "recovered" if out.recovered else "NOT recovered", out.seconds,
+            out.notes.get("leaks", 0)))
+        b.append(out.seconds)
+        b_ok.append(out.recovered)
+        leaks["baseline"] += out.notes.get("leaks", 0)
+    baseline_recovered = bool(b_ok) and all(b_ok)
+    res = {
+        "wgrouter_s": _median(w),
+        "wgrouter_recovered": all(w_ok),
+        "baseline_s": _median(b) if baseline_recovered else None,
+        "baseline_recovered": baseline_recovered,
+        "baseline_median_or_limit_s": _median(b),
+        "runs": runs,
+        "baseline_runs": baseline_runs,
+        "min_s": round(min(w), 3),
+        "max_s": round(max(w), 3),
+        "limit_s": limit,
+        "leaked_packets": leaks,
+    }
+    if res["baseline_median_or_limit_s"] and res["wgrouter_s"]:
+        res["ratio_baseline_over_wgrouter"] = round(res["baseline_median_or_limit_s"] / res["wgrouter_s"], 1)
+    return res
+
+
+# ------------------------------------------------------------------ memory
+
+
+def _smaps(pid):
+    rss = pss = 0
+    with open("/proc/%d/smaps_rollup" % pid) as f:
+        for line in f:
+            if line.startswith("Rss:"):
+                rss = int(line.split()[1])
+            elif line.startswith("Pss:"):
+                pss = int(line.split()[1])
+    return rss, pss
+
+
+def _cpu_ticks(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # utime stime cutime cstime (fields 14-17, counted after the comm)
+    return sum(int(x) for x in fields[11:15])
+
+
+def _ctx_switches(pid):
+    total = 0
+    for tid in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+            for line in f:
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    total += int(line.split()[1])
+    return total
+
+
+def bare_python_rss():
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        time.sleep(2)
+        return _smaps(p.pid)
+    finally:
+        p.kill()
+        p.wait()
+
+
+def daemon_pid(lab):
+    # lab.wgrouter is the `ip netns exec` child; it execs python, same pid
+    return lab.wgrouter.pid
+
+
+def bench_memory_and_idle(idle_seconds):
+    res = {}
+    bare_rss, bare_pss = bare_python_rss()
+    res["bare_python_rss_kb"] = bare_rss
+    res["bare_python_pss_kb"] = bare_pss
+
+    # default config, IP-literal endpoints only: no DNS work at all
+    with topology.Lab() as lab:
+        lab.start_wgrouter(check_interval=10, endpoints=["%s:%d" % (topology.VPN_ADDRESSES[1], 443)])
+        time.sleep(12)  # warm-up: first checks, probes, the handshake
+        res["rss_kb"], res["pss_kb"] = _smaps(daemon_pid(lab))
+        log("  memory (default config): rss %d kB, pss %d kB (bare python %d kB)" % (
+            res["rss_kb"], res["pss_kb"], bare_rss))
+        pid = daemon_pid(lab)
+        hz = os.sysconf("SC_CLK_TCK")
+        c0, w0, t0 = _cpu_ticks(pid), _ctx_switches(pid), time.time()
+        time.sleep(idle_seconds)
+        c1, w1, t1 = _cpu_ticks(pid), _ctx_switches(pid), time.time()
+        res["idle_seconds"] = round(t1 - t0, 1)
+        res["cpu_s_per_hour"] = round((c1 - c0) / hz * 3600.0 / (t1 - t0), 3)
+        res["wakeups_per_min"] = round((w1 - w0) * 60.0 / (t1 - t0), 1)
+        log("  idle: %.3f CPU s/hour, %.1f wake-ups/min over %.0f s" % (
+            res["cpu_s_per_hour"], res["wakeups_per_min"], t1 - t0))
+
+    # DNS endpoints (the lab's default: vpn.lab.test), resolved through the WAN
+    with topology.Lab() as lab:
+        lab.start_wgrouter(check_interval=10)
+        time.sleep(12)
+        res["rss_kb_dns"], res["pss_kb_dns"] = _smaps(daemon_pid(lab))
+        log("  memory with DNS endpoints: rss %d kB" % res["rss_kb_dns"])
+
+    # MQTT on: a real mosquitto in the router namespace
+    if shutil.which("mosquitto"):
+        with topology.Lab() as lab:
+            conf = os.path.join(lab.logdir, "mosquitto.conf")
+            with open(conf, "w") as f:
+                f.write("listener 1883 127.0.0.1\nallow_anonymous true\n")
+            lab.popen("router", "mosquitto", "-c", conf, stdout=subprocess.DEVNULL,
+                      stderr=subprocess.DEVNULL)
+            time.sleep(0.5)
+            lab.start_wgrouter(check_interval=10, extra=(
+                "\nconfig mqtt 'mqtt'\n\toption enabled '1'\n\toption host '127.0.0.1'\n"
+                "\toption port '1883'\n"))
+            time.sleep(12)
+            res["rss_kb_mqtt"], res["pss_kb_mqtt"] = _smaps(daemon_pid(lab))
+            log("  memory with MQTT on: rss %d kB" % res["rss_kb_mqtt"])
+    res["rss_ratio_to_bare"] = round(res["rss_kb"] / float(bare_rss), 2)
+    return res
+
+
+# ---------------------------------------------------------- ipk and hotplug
+
+
+def bench_ipk():
+    out = tempfile.mkdtemp(prefix="wgrouter-bench-ipk-")
+    try:
+        subprocess.run([sys.executable, os.path.join(REPO, "openwrt-feed/mkipk.py"), "--out", out],
+                       check=True, stdout=subprocess.DEVNULL)
+        sizes = {f: os.path.getsize(os.path.join(out, f)) for f in os.listdir(out) if f.endswith(".ipk")}
+        main = [s for f, s in sizes.items() if f.startswith("wgrouter_")]
+        return main[0] if main else None, sizes
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def bench_hotplug(n=50):
+    """Run time of the hotplug script under busybox ash for an ifdown of a
+    configured WAN, with a live daemon pid to signal (median of n)."""
+    script = os.path.join(REPO, "files/etc/hotplug.d/iface/30-wgrouter")
+    root = tempfile.mkdtemp(prefix="wgrouter-bench-hp-")
+    try:
+        os.makedirs(os.path.join(root, "etc/config"))
+        os.makedirs(os.path.join(root, "var/run/wgrouter"))
+        shutil.copy(os.path.join(REPO, "files/etc/config/wgrouter"), os.path.join(root, "etc/config/wgrouter"))
+        sink = subprocess.Popen([sys.executable, "-c",
+                                 "import signal,time\nsignal.signal(signal.SIGUSR1, lambda *a: None)\n"
+                                 "while True: time.sleep(60)"])
+        time.sleep(0.3)
+        with open(os.path.join(root, "var/run/wgrouter.pid"), "w") as f:
+            f.write("%d\n" % sink.pid)
+        env = dict(os.environ, ACTION="ifdown", INTERFACE="wan", WGROUTER_ROOT=root)
+        times = []
+        try:
+            for _ in range(n):
+                t = time.perf_counter()
+                subprocess.run(["busybox", "ash", script], env=env, check=True)
+                times.append((time.perf_counter() - t) * 1000.0)
+        finally:
+            sink.kill()
+            sink.wait()
+        lines = open(os.path.join(root, "var/run/wgrouter/events")).read().splitlines()
+        if len(lines) != n:
+            raise RuntimeError("hotplug script delivered %d of %d events" % (len(lines), n))
+        # the cost of starting busybox itself, for scale
+        base = []
+        for _ in range(n):
+            t = time.perf_counter()
+            subprocess.run(["busybox", "true"], check=True)
+            base.append((time.perf_counter() - t) * 1000.0)
+        return round(statistics.median(times), 2), round(statistics.median(base), 2)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ report
+
+
+def table(results):
+    rows = ["| scenario | wgrouter median (min-max) | stock baseline | runs |",
+            "|---|---|---|---|"]
+    for name, r in results["scenarios"].items():
+        if r["baseline_recovered"]:
+            base = "%.2f s" % r["baseline_s"]
+        else:
+            base = "not recovered within %.0f s" % r["limit_s"]
+        w = "%.2f s (%.2f-%.2f)" % (r["wgrouter_s"], r["min_s"], r["max_s"])
+        if not r.get("wgrouter_recovered", True):
+            w += ", some runs NOT recovered"
+        rows.append("| %s | %s | %s | %d + %d |" % (name, w, base, r["runs"], r["baseline_runs"]))
+    m = results.get("memory", {})
+    rows += ["", "| measure | value |", "|---|---|"]
+    if m:
+        rows += [
+            "| RSS, default config | %d kB (%.2fx bare python %d kB) |" % (
+                m["rss_kb"], m["rss_ratio_to_bare"], m["bare_python_rss_kb"]),
+            "| PSS, default config | %d kB |" % m["pss_kb"],
+            "| RSS with DNS endpoints | %d kB |" % m["rss_kb_dns"],
+        ]
+        if "rss_kb_mqtt" in m:
+            rows.append("| RSS with MQTT on | %d kB |" % m["rss_kb_mqtt"])
+    if "cpu_s_per_hour" in results:
+        rows.append("| idle CPU | %.2f s/hour (over %.0f s) |" % (results["cpu_s_per_hour"],
+                                                              results.get("idle_seconds", 0)))
+        rows.append("| idle wake-ups | %.1f /min |" % results["wakeups_per_min"])
+    if results.get("ipk_bytes"):
+        rows.append("| ipk size | %d bytes |" % results["ipk_bytes"])
+    if results.get("hotplug_ms") is not None:
+        rows.append("| hotplug script run time | %.2f ms (busybox alone: %.2f ms) |" % (
+            results["hotplug_ms"], results["busybox_true_ms"]))
+    return "\n".join(rows) + "\n"
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5, help="wgrouter runs per scenario")
+    ap.add_argument("--baseline-runs", type=int, default=3, help="stock baseline runs per scenario")
+    ap.add_argument("--idle-seconds", type=float, default=300.0, help="idle CPU measurement (>= 300 for the README)")
+    ap.add_argument("--only", help="comma-separated scenario names")
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--out", default=os.path.join(HERE, "results.json"))
+    args = ap.parse_args(argv)
+    reason = topology.can_run()
+    if reason:
+        log("bench: cannot run the lab here: %s" % reason)
+        return 2
+    results = {"scenarios": {}, "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0],
+                           "wireguard": "wireguard-go"}}
+    names = args.only.split(",") if args.only else list(scenarios.ALL)
+    for name in names:
+        log("scenario %s" % name)
+        results["scenarios"][name] = bench_scenario(name, args.runs, args.baseline_runs)
+    if not args.skip_memory:
+        log("memory and idle cost")
+        m = bench_memory_and_idle(args.idle_seconds)
+        for key in ("cpu_s_per_hour", "wakeups_per_min", "idle_seconds"):
+            results[key] = m.pop(key)
+        results["memory"] = m
+    log("ipk and hotplug")
+    results["ipk_bytes"], results["ipk_sizes"] = bench_ipk()
+    results["hotplug_ms"], results["busybox_true_ms"] = bench_hotplug()
+    with open(args.out, "w") as f:
+        json.dump(results, f, indent=2, sort_keys=True)
+        f.write("\n")
+    md = table(results)
+    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+        f.write(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
