@@ -236,7 +236,7 @@ def test_bad_config_gives_clear_error_and_changes_nothing(lab_factory, name, old
     text = open(path).read()
     assert old in text
     open(path, "w").write(text.replace(old, new, 1))
-    before = lab.ip("router", "route", "show", "table", "all").stdout
+    before = lab.ip("router", "-4", "route", "show", "table", "all").stdout
     env = dict(os.environ, PYTHONPATH=topology.REPO)
     for cmd in ("check-config", "run"):
         r = lab.run("router", sys.executable, "-m", "wgrouter", cmd, "--root", lab.root,
@@ -244,7 +244,7 @@ def test_bad_config_gives_clear_error_and_changes_nothing(lab_factory, name, old
         assert r.returncode != 0, (cmd, r.stdout, r.stderr)
         assert "/etc/config/wgrouter" in r.stderr and option in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
-    assert lab.ip("router", "route", "show", "table", "all").stdout == before
+    assert lab.ip("router", "-4", "route", "show", "table", "all").stdout == before
 
 
 def test_mwan3_variant_fails_over_in_policy_tables(wlab):
