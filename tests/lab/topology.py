@@ -1,0 +1,715 @@
+"""The dual-WAN lab: six network namespaces, real WireGuard, DNS, NAT and routing.
+
+    lan --- router ==wan===  ispa --- inet --- vpn
+                   ==wanb==  ispb ---/  (dnsmasq 192.0.2.53)
+
+Everything is done by ip, nft, wg, wireguard-go and dnsmasq run through
+subprocess.  Only netifd has a stand-in (tests/lab/netifd.py).  ``Lab`` is a
+context manager; each instance has its own prefix, so labs can run side by
+side.  ``__exit__`` tears everything down even after errors or Ctrl-C.
+"""
+
+import itertools
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from tests.lab import ucifile
+
+try:  # kernel WireGuard when the kernel has it (QEMU tier), else wireguard-go
+    from tests.lab import wgdev as _wgdev
+except ImportError:
+    _wgdev = None
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+NAMESPACES = ("lan", "router", "ispa", "ispb", "inet", "vpn")
+WG_RUN_DIR = "/var/run/wireguard"
+NETNS_ETC = "/etc/netns"
+TMP_PREFIX = "wglab-"
+
+# Addresses of the lab (see the module docstring and tests/lab/README in the
+# report).  The router side is what OpenWrt would have.
+LAN_HOST = "192.168.1.2"
+LAN_ROUTER = "192.168.1.1"
+LAN_NET = "192.168.1.0/24"
+WANS = {
+    # name: device, router address, gateway (ISP), metric, mwan3 table, mwan3 mark, ISP ns
+    "wan": dict(device="wan", address="10.0.1.2/24", gateway="10.0.1.1", metric=10,
+                table=1, mark=0x100, isp="ispa"),
+    "wanb": dict(device="wanb", address="100.64.2.2/24", gateway="100.64.2.1", metric=20,
+                 table=2, mark=0x200, isp="ispb"),
+}
+ISPA_UP = "198.51.100.2"
+ISPA_INET = "198.51.100.1"
+ISPB_PUBLIC = ("203.0.113.2", "203.0.113.3")
+ISPB_INET = "203.0.113.1"
+INET_VPN = "192.0.2.1"
+DNS_SERVER = "192.0.2.53"
+VPN_ADDRESSES = ("192.0.2.10", "192.0.2.11")
+VPN_PORT = 51820
+VPN_ALT_PORT = 443
+REMOTE_NET = "10.99.0.0/24"
+PROBE_TARGET = "10.99.0.1"
+TUNNEL_VPN = "10.200.0.1"
+TUNNEL_ROUTER = "10.200.0.2"
+DOMAIN = "lab.test"
+MWAN3_MASK = 0x3F00
+
+_counter = itertools.count()
+_counter_lock = threading.Lock()
+
+
+class LabError(Exception):
+    """lab command failed"""
+
+
+def _letters(n):
+    s = ""
+    while True:
+        s = chr(ord("a") + n % 26) + s
+        n = n // 26
+        if n == 0:
+            return s
+
+
+def new_prefix():
+    with _counter_lock:
+        n = next(_counter)
+    return "t%d%s" % (os.getpid(), _letters(n))
+
+
+def can_run():
+    """None if the lab can run here, else the reason it cannot."""
+    if os.geteuid() != 0:
+        return "lab needs root (network namespaces, nftables, wireguard-go)"
+    for tool in ("ip", "nft", "wg", "wireguard-go", "dnsmasq", "tcpdump", "conntrack", "busybox"):
+        if shutil.which(tool) is None:
+            return "lab needs %s installed" % tool
+    if not os.path.exists("/dev/net/tun"):
+        return "lab needs /dev/net/tun for wireguard-go"
+    name = "tcheck%d" % os.getpid()
+    r = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True)
+    if r.returncode != 0:
+        return "network namespaces unavailable: %s" % r.stderr.strip()
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    return None
+
+
+class Lab:
+    """The lab.  Use as ``with Lab() as lab: ...``.
+
+    mwan3: add mwan3-style policy routing on the router.
+    keepalive: PersistentKeepalive of the router's peer (netifd config).
+    dns_ttl: TTL dnsmasq gives lab.test records.
+    """
+
+    def __init__(self, prefix=None, mwan3=False, keepalive=25, dns_ttl=5, keep_tmp=False):
+        self.prefix = prefix or new_prefix()
+        self.mwan3 = mwan3
+        self.keepalive = keepalive
+        self.dns_ttl = dns_ttl
+        self.keep_tmp = keep_tmp
+        ident = self.prefix[1:]
+        self.router_wg = "wg%sr" % ident
+        self.vpn_wg = "wg%sv" % ident
+        if len(self.router_wg) > 15:
+            raise LabError("prefix %r too long for a WireGuard device name" % self.prefix)
+        self.faults = []  # (time.time(), fault name, detail)
+        self.notes = {}  # what the lab could and could not set up
+        self.keys = {}
+        self.procs = []  # every child process, for teardown
+        self.tmp = None
+        self.root = None
+        self.logdir = None
+        self.netifd = None
+        self.watchdog = None
+        self.wgrouter = None
+        self.ispb_public = ISPB_PUBLIC[0]
+        self.dns_records = {}
+        self._dnsmasq = None
+        self._built = False
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ plumbing
+
+    def ns(self, name):
+        if name not in NAMESPACES:
+            raise LabError("no namespace %r in the lab" % name)
+        return "%s-%s" % (self.prefix, name)
+
+    def cmd(self, ns, *cmd):
+        return ["ip", "netns", "exec", self.ns(ns)] + [str(c) for c in cmd]
+
+    def run(self, ns, *cmd, check=True, timeout=30, input=None, env=None):
+        """Run a command in a namespace; returns CompletedProcess (text)."""
+        argv = self.cmd(ns, *cmd)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                           input=input, env=env)
+        if check and r.returncode != 0:
+            raise LabError("%s: exit %d: %s" % (" ".join(argv), r.returncode,
+                                                (r.stderr or r.stdout).strip()))
+        return r
+
+    def ip(self, ns, *args, check=True):
+        """``ip -n NS ...`` (no exec needed, faster)."""
+        argv = ["ip", "-n", self.ns(ns)] + [str(a) for a in args]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+        if check and r.returncode != 0:
+            raise LabError("%s: exit %d: %s" % (" ".join(argv), r.returncode, r.stderr.strip()))
+        return r
+
+    def nft(self, ns, script):
+        return self.run(ns, "nft", "-f", "-", input=script)
+
+    def popen(self, ns, *cmd, stdout=None, stderr=None, env=None, **kw):
+        """Start a tracked background process in a namespace."""
+        try:
+            p = subprocess.Popen(self.cmd(ns, *cmd), stdout=stdout, stderr=stderr, env=env,
+                                 stdin=subprocess.DEVNULL, **kw)
+        finally:
+            # log files opened by the caller belong to the child now
+            for f in (stdout, stderr):
+                if hasattr(f, "close") and hasattr(f, "fileno"):
+                    f.close()
+        with self._lock:
+            self.procs.append(p)
+        return p
+
+    def log(self, name):
+        return os.path.join(self.logdir, name)
+
+    def stop_process(self, p, sig=signal.SIGTERM, timeout=5):
+        if p is None:
+            return
+        if p.poll() is None:
+            try:
+                p.send_signal(sig)
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+            except ProcessLookupError:
+                pass
+        with self._lock:
+            if p in self.procs:
+                self.procs.remove(p)
+
+    def sysctl(self, ns, **values):
+        """Set sysctls in a namespace; returns the names that could not be set."""
+        failed = []
+        for key, value in values.items():
+            path = "/proc/sys/" + key.replace(".", "/")
+            r = self.run(ns, "sh", "-c", "echo %s > %s" % (value, path), check=False)
+            if r.returncode != 0:
+                failed.append(key)
+        return failed
+
+    # ------------------------------------------------------------ lifecycle
+
+    def __enter__(self):
+        try:
+            self.build()
+        except BaseException:
+            self.teardown()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.teardown()
+        return False
+
+    def build(self):
+        self.tmp = tempfile.mkdtemp(prefix="%s%s-" % (TMP_PREFIX, self.prefix))
+        self.root = os.path.join(self.tmp, "root")
+        self.logdir = os.path.join(self.tmp, "log")
+        for d in (self.root, self.logdir, os.path.join(self.root, "etc/config"),
+                  os.path.join(self.root, "var/run")):
+            os.makedirs(d, exist_ok=True)
+        self._built = True
+        for n in NAMESPACES:
+            subprocess.run(["ip", "netns", "add", self.ns(n)], check=True, capture_output=True)
+            self.ip(n, "link", "set", "lo", "up")
+        self._links()
+        self._addresses()
+        self._sysctls()
+        self._nat()
+        if self.mwan3:
+            self._mwan3()
+        self._keys()
+        self._dns()
+        self._vpn_wg()
+        self.write_network_config()
+        from tests.lab import netifd
+        self.netifd = netifd.NetifdStandin(self, mode="stock", hotplug_dir=None)
+
+    def _veth(self, ns1, dev1, ns2, dev2):
+        subprocess.run(["ip", "link", "add", dev1, "netns", self.ns(ns1), "type", "veth",
+                        "peer", "name", dev2, "netns", self.ns(ns2)],
+                       check=True, capture_output=True)
+        self.ip(ns1, "link", "set", dev1, "up")
+        self.ip(ns2, "link", "set", dev2, "up")
+
+    def _links(self):
+        # 'ip link add A netns X ... peer name B netns Y' creates both ends
+        # directly in their namespaces, so names never meet in the root one.
+        self._veth("lan", "eth0", "router", "lan")
+        self._veth("router", "wan", "ispa", "cpe")
+        self._veth("router", "wanb", "ispb", "cpe")
+        self._veth("ispa", "uplink", "inet", "ispa")
+        self._veth("ispb", "uplink", "inet", "ispb")
+        self._veth("inet", "vpn", "vpn", "inet")
+        # This kernel may lack the dummy driver: the DNS address sits on
+        # inet's loopback, the remote subnet on a veth pair inside vpn.
+        self._veth("vpn", "remote", "vpn", "remote0")
+
+    def _addresses(self):
+        ip = self.ip
+        ip("lan", "addr", "add", LAN_HOST + "/24", "dev", "eth0")
+        ip("lan", "route", "add", "default", "via", LAN_ROUTER)
+        ip("router", "addr", "add", LAN_ROUTER + "/24", "dev", "lan")
+        for w in WANS.values():
+            ip("router", "addr", "add", w["address"], "dev", w["device"])
+            ip("router", "route", "add", "default", "via", w["gateway"], "dev", w["device"],
+               "metric", w["metric"])
+        ip("ispa", "addr", "add", "10.0.1.1/24", "dev", "cpe")
+        ip("ispa", "addr", "add", ISPA_UP + "/24", "dev", "uplink")
+        ip("ispa", "route", "add", "default", "via", ISPA_INET)
+        ip("ispb", "addr", "add", "100.64.2.1/24", "dev", "cpe")
+        for a in ISPB_PUBLIC:
+            ip("ispb", "addr", "add", a + "/24", "dev", "uplink")
+        ip("ispb", "route", "add", "default", "via", ISPB_INET)
+        ip("inet", "addr", "add", ISPA_INET + "/24", "dev", "ispa")
+        ip("inet", "addr", "add", ISPB_INET + "/24", "dev", "ispb")
+        ip("inet", "addr", "add", INET_VPN + "/24", "dev", "vpn")
+        ip("inet", "addr", "add", DNS_SERVER + "/32", "dev", "lo")
+        for a in VPN_ADDRESSES:
+            ip("vpn", "addr", "add", a + "/24", "dev", "inet")
+        ip("vpn", "route", "add", "default", "via", INET_VPN)
+        ip("vpn", "addr", "add", PROBE_TARGET + "/24", "dev", "remote")
+
+    def _sysctls(self):
+        for n in ("router", "ispa", "ispb", "inet", "vpn"):
+            self.sysctl(n, **{"net.ipv4.ip_forward": 1})
+        self.sysctl("router", **{"net.ipv4.conf.all.rp_filter": 2,
+                                 "net.ipv4.conf.default.rp_filter": 2,
+                                 "net.ipv4.conf.wan.rp_filter": 2,
+                                 "net.ipv4.conf.wanb.rp_filter": 2})
+
+    def _nat(self):
+        # The router: fw4's wan zone masquerades everything leaving wan/wanb
+        # (its srcnat chain hooks postrouting, so router-originated packets
+        # go through it too; conntrack keeps an established flow's mapping).
+        self.nft("router", """
+table ip fw4lab {
+    chain srcnat {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname { "wan", "wanb" } masquerade
+    }
+}
+""")
+        self.nft("ispa", """
+table ip isp {
+    chain srcnat {
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "uplink" masquerade
+    }
+}
+""")
+        self.nft("ispb", """
+table ip isp {
+    chain srcnat {
+        type nat hook postrouting priority srcnat; policy accept;
+    }
+}
+""")
+        self._ispb_snat(self.ispb_public)
+        failed = self.sysctl("ispb", **{"net.netfilter.nf_conntrack_udp_timeout": 30,
+                                        "net.netfilter.nf_conntrack_udp_timeout_stream": 30})
+        self.notes["ispb_udp_timeout_30s"] = not failed
+        # The server answers WireGuard on an alternate port too.
+        self.nft("vpn", """
+table ip vpn {
+    chain dstnat {
+        type nat hook prerouting priority dstnat; policy accept;
+        udp dport %d redirect to :%d
+    }
+    chain faults {
+        type filter hook prerouting priority raw; policy accept;
+    }
+}
+""" % (VPN_ALT_PORT, VPN_PORT))
+
+    def _ispb_snat(self, address):
+        self.nft("ispb", """
+flush chain ip isp srcnat
+add rule ip isp srcnat oifname "uplink" snat to %s
+""" % address)
+        self.ispb_public = address
+
+    def _mwan3(self):
+        # mwan3: a table per WAN, rules iif/fwmark/unreachable, marks under
+        # 0x3f00 restored from and saved to the connmark.
+        for w in WANS.values():
+            n = w["table"]
+            self.ip("router", "route", "add", "default", "via", w["gateway"], "dev", w["device"],
+                    "table", n)
+            self.ip("router", "rule", "add", "pref", 1000 + n, "iif", w["device"], "lookup", n)
+            mark = "0x%x/0x%x" % (w["mark"], MWAN3_MASK)
+            self.ip("router", "rule", "add", "pref", 2000 + n, "fwmark", mark, "lookup", n)
+            self.ip("router", "rule", "add", "pref", 3000 + n, "fwmark", mark, "unreachable")
+        self.nft("router", """
+table ip mwan3lab {
+    set connected {
+        type ipv4_addr; flags interval;
+        elements = { 10.0.1.0/24, 100.64.2.0/24, 192.168.1.0/24, 127.0.0.0/8,
+                     %s, 10.200.0.0/24, 224.0.0.0/3 }
+    }
+    chain mwan3_policy_members {
+    }
+    chain mwan3_policy {
+        meta mark and 0x3f00 != 0 return
+        ip daddr @connected return
+        jump mwan3_policy_members
+        ct mark set meta mark and 0x3f00
+    }
+    chain prerouting {
+        type filter hook prerouting priority mangle; policy accept;
+        iifname "lan" meta mark set ct mark and 0x3f00
+        iifname "lan" jump mwan3_policy
+    }
+    chain output {
+        type route hook output priority mangle; policy accept;
+        meta mark set ct mark and 0x3f00
+        jump mwan3_policy
+    }
+}
+""" % REMOTE_NET)
+        self.mwan3_policy(WANS)
+
+    def mwan3_policy(self, up):
+        """Failover policy 'wan, then wanb': mark new flows for the first WAN
+        in ``up`` (mwan3's hotplug rewrites its policy chains like this)."""
+        members = [name for name in WANS if name in up]
+        script = "flush chain ip mwan3lab mwan3_policy_members\n"
+        if members:
+            script += ("add rule ip mwan3lab mwan3_policy_members meta mark set meta mark "
+                       "or 0x%x\n" % WANS[members[0]]["mark"])
+        self.nft("router", script)
+        self.mwan3_members = members
+
+    def _keys(self):
+        for who in ("router", "vpn"):
+            priv = subprocess.run(["wg", "genkey"], check=True, capture_output=True,
+                                  text=True).stdout.strip()
+            pub = subprocess.run(["wg", "pubkey"], input=priv, check=True, capture_output=True,
+                                 text=True).stdout.strip()
+            path = os.path.join(self.tmp, "%s.key" % who)
+            with open(path, "w") as f:
+                os.chmod(path, 0o600)
+                f.write(priv + "\n")
+            self.keys[who] = {"private": priv, "public": pub, "private_file": path}
+
+    # ------------------------------------------------------------ DNS
+
+    def _dns(self):
+        self.hosts_file = os.path.join(self.tmp, "lab.hosts")
+        self.dns_records = {"vpn": VPN_ADDRESSES[0]}
+        self._write_hosts()
+        # The router's resolver: 'ip netns exec' bind-mounts this file over
+        # /etc/resolv.conf for every command run in the namespace.
+        d = os.path.join(NETNS_ETC, self.ns("router"))
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "resolv.conf"), "w") as f:
+            f.write("nameserver %s\noptions timeout:1 attempts:2\n" % DNS_SERVER)
+        self._dnsmasq = self.popen(
+            "inet", "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
+            "--no-resolv", "--no-hosts", "--addn-hosts=%s" % self.hosts_file,
+            "--local-ttl=%d" % self.dns_ttl, "--auth-ttl=%d" % self.dns_ttl,
+            "--local=/%s/" % DOMAIN, "--listen-address=%s" % DNS_SERVER, "--bind-interfaces",
+            "--user=root", "--group=root", "--pid-file=%s" % os.path.join(self.tmp, "dnsmasq.pid"),
+            "--log-queries", "--log-facility=%s" % self.log("dnsmasq.log"),
+            stdout=subprocess.DEVNULL, stderr=open(self.log("dnsmasq.err"), "w"))
+        self._wait(lambda: self._dns_answers("vpn", self.dns_records["vpn"]), 10,
+                   "dnsmasq did not answer")
+
+    def _write_hosts(self):
+        tmp = self.hosts_file + ".new"
+        with open(tmp, "w") as f:
+            for name, addr in sorted(self.dns_records.items()):
+                f.write("%s %s.%s\n" % (addr, name, DOMAIN))
+        os.replace(tmp, self.hosts_file)
+
+    def set_dns(self, name, address):
+        """Change (or add) NAME.lab.test at run time: rewrite the file, SIGHUP."""
+        self.dns_records[name] = address
+        self._write_hosts()
+        self._dnsmasq.send_signal(signal.SIGHUP)
+
+    def resolve(self, name, ns="inet"):
+        """What the system resolver in ``ns`` answers for NAME.lab.test (IPv4)."""
+        if "." not in name:
+            name = "%s.%s" % (name, DOMAIN)
+        if ns == "router":
+            r = self.run("router", "getent", "ahostsv4", name, check=False)
+        else:
+            r = self.run(ns, "python3", "-c", _DIG_PY, DNS_SERVER, name, check=False)
+        addrs = []
+        for line in r.stdout.splitlines():
+            a = line.split()[0] if line.split() else ""
+            if a and a not in addrs:
+                addrs.append(a)
+        return addrs
+
+    def _dns_answers(self, name, address):
+        return address in self.resolve(name)
+
+    # ------------------------------------------------------------ WireGuard
+
+    def start_wg(self, ns, dev):
+        """Create WireGuard device DEV in NS: kernel WireGuard where the kernel
+        has it (tests/lab/wgdev.py decides), else ``wireguard-go -f DEV``
+        as a tracked child.  Returns a handle for stop_wg()."""
+        if _wgdev is not None:
+            return _wgdev.start(self, ns, dev)
+        sock = os.path.join(WG_RUN_DIR, dev + ".sock")
+        p = self.popen(ns, "wireguard-go", "-f", dev,
+                       stdout=open(self.log("wireguard-go-%s.log" % dev), "a"),
+                       stderr=subprocess.STDOUT)
+        self._wait(lambda: os.path.exists(sock) and self.ip(ns, "link", "show", dev,
+                                                            check=False).returncode == 0,
+                   10, "wireguard-go %s did not start" % dev)
+        return (ns, dev, p)
+
+    def stop_wg(self, handle):
+        """Delete the device and stop its wireguard-go (safe to call twice)."""
+        if handle is None:
+            return
+        if _wgdev is not None:
+            _wgdev.stop(handle)
+            return
+        ns, dev, p = handle
+        self.ip(ns, "link", "del", dev, check=False)
+        self.stop_process(p)
+        try:
+            os.unlink(os.path.join(WG_RUN_DIR, dev + ".sock"))
+        except OSError:
+            pass
+
+    @property
+    def wg_backend(self):
+        """'kernel' or 'wireguard-go'."""
+        return _wgdev.backend() if _wgdev is not None else "wireguard-go"
+
+    def _vpn_wg(self):
+        dev = self.vpn_wg
+        self.vpn_wg_handle = self.start_wg("vpn", dev)
+        self.run("vpn", "wg", "set", dev, "listen-port", VPN_PORT,
+                 "private-key", self.keys["vpn"]["private_file"],
+                 "peer", self.keys["router"]["public"],
+                 "allowed-ips", "%s,%s/32" % (LAN_NET, TUNNEL_ROUTER))
+        self.ip("vpn", "addr", "add", TUNNEL_VPN + "/24", "dev", dev)
+        self.ip("vpn", "link", "set", dev, "up")
+        self.ip("vpn", "route", "add", LAN_NET, "dev", dev)
+
+    def vpn_endpoint(self):
+        """The router's address:port as the server sees it (``wg show`` on vpn)."""
+        r = self.run("vpn", "wg", "show", self.vpn_wg, "endpoints")
+        for line in r.stdout.splitlines():
+            key, _, ep = line.partition("\t")
+            if key == self.keys["router"]["public"]:
+                return None if ep in ("", "(none)") else ep
+        return None
+
+    def handshake_age(self):
+        from tests.lab import observe
+        return observe.handshake_age(self)
+
+    def tunnel_works(self, timeout=5.0):
+        from tests.lab import observe
+        return observe.tunnel_works(self, timeout)
+
+    # ------------------------------------------------------------ config files
+
+    def write_network_config(self, nohostroute=False, endpoint_host="vpn." + DOMAIN,
+                             endpoint_port=VPN_PORT):
+        """lab.root/etc/config/network the way OpenWrt has it."""
+        self.endpoint = (endpoint_host, endpoint_port)
+        wg = [("proto", "wireguard"), ("private_key", self.keys["router"]["private"]),
+              ("addresses", [TUNNEL_ROUTER + "/24"])]
+        if nohostroute:
+            wg.append(("nohostroute", "1"))
+        sections = [
+            ("interface", "loopback", [("device", "lo"), ("proto", "static"),
+                                       ("ipaddr", "127.0.0.1"), ("netmask", "255.0.0.0")]),
+            ("interface", "lan", [("device", "lan"), ("proto", "static"),
+                                  ("ipaddr", LAN_ROUTER), ("netmask", "255.255.255.0")]),
+        ]
+        for name, w in WANS.items():
+            addr, _, plen = w["address"].partition("/")
+            sections.append(("interface", name, [
+                ("device", w["device"]), ("proto", "static"), ("ipaddr", addr),
+                ("netmask", _netmask(int(plen))), ("gateway", w["gateway"]),
+                ("metric", str(w["metric"])), ("dns", DNS_SERVER)]))
+        sections.append(("interface", self.router_wg, wg))
+        sections.append(("wireguard_%s" % self.router_wg, "vpn", [
+            ("description", "lab vpn server"),
+            ("public_key", self.keys["vpn"]["public"]),
+            ("endpoint_host", endpoint_host), ("endpoint_port", str(endpoint_port)),
+            ("persistent_keepalive", str(self.keepalive)),
+            ("allowed_ips", [REMOTE_NET, TUNNEL_VPN + "/32"]),
+            ("route_allowed_ips", "1")]))
+        self._write_config("network", ucifile.render(sections))
+
+    def write_wgrouter_config(self, check_interval=1, failback_holddown=5, wan_keepalive=25,
+                              wanb_keepalive=15, endpoints=None, probe=PROBE_TARGET,
+                              extra=""):
+        if endpoints is None:
+            endpoints = ["vpn.%s:%d" % (DOMAIN, VPN_ALT_PORT),
+                         "%s:%d" % (VPN_ADDRESSES[1], VPN_PORT)]
+        sections = [
+            ("wgrouter", "main", [("check_interval", str(check_interval)),
+                                  ("failback_holddown", str(failback_holddown))]),
+            ("wan", "wan", [("device", "wan"), ("keepalive", str(wan_keepalive)),
+                            ("track_ip", [ISPA_INET]), ("dns_server", [DNS_SERVER])]),
+            ("wan", "wanb", [("device", "wanb"), ("keepalive", str(wanb_keepalive)),
+                             ("track_ip", [ISPB_INET]), ("dns_server", [DNS_SERVER])]),
+            ("tunnel", self.router_wg, [("probe", probe)]),
+            ("peer", None, [("tunnel", self.router_wg),
+                            ("public_key", self.keys["vpn"]["public"]),
+                            ("endpoint", list(endpoints))]),
+        ]
+        self._write_config("wgrouter", ucifile.render(sections) + extra)
+
+    def _write_config(self, name, text):
+        path = os.path.join(self.root, "etc/config", name)
+        with open(path, "w") as f:
+            f.write(text)
+        return path
+
+    # ------------------------------------------------------------ modes
+
+    def start_baseline(self, watchdog_interval=60, stale_after=150, update_every=None):
+        """Stock OpenWrt: netifd with the host dependency + wireguard_watchdog."""
+        from tests.lab import baseline
+        self.write_network_config(nohostroute=False)
+        self.netifd.configure(mode="stock", hotplug_dir=None, update_every=update_every)
+        self.netifd.setup_tunnel()
+        self.watchdog = baseline.Watchdog(self, interval=watchdog_interval,
+                                          stale_after=stale_after)
+        self.watchdog.start()
+        return self
+
+    def start_wgrouter(self, hotplug_dir=None, cmd=None, **config):
+        """netifd with nohostroute=1, then ``python3 -m wgrouter run --root ROOT``."""
+        if hotplug_dir is None:
+            hotplug_dir = os.path.join(REPO, "files/etc/hotplug.d/iface")
+        self.write_network_config(nohostroute=True)
+        self.write_wgrouter_config(**config)
+        self.netifd.configure(mode="wgrouter", hotplug_dir=hotplug_dir)
+        self.netifd.setup_tunnel()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+        env["WGROUTER_ROOT"] = self.root
+        argv = cmd or [sys.executable, "-m", "wgrouter", "run", "--root", self.root]
+        self.wgrouter_log = self.log("wgrouter.log")
+        self.wgrouter = self.popen("router", *argv, cwd=REPO, env=env,
+                                   stdout=open(self.wgrouter_log, "a"), stderr=subprocess.STDOUT)
+        return self.wgrouter
+
+    def stop_wgrouter(self):
+        p, self.wgrouter = self.wgrouter, None
+        if p is not None:
+            self.stop_process(p, timeout=10)
+            return p.returncode
+        return None
+
+    # ------------------------------------------------------------ teardown
+
+    def teardown(self):
+        if self.watchdog is not None:
+            try:
+                self.watchdog.stop()
+            except Exception:
+                pass
+        if self.netifd is not None:
+            try:
+                self.netifd.stop()
+            except Exception:
+                pass
+        with self._lock:
+            procs = list(reversed(self.procs))
+        for p in procs:
+            try:
+                self.stop_process(p, timeout=3)
+            except Exception:
+                pass
+        if self._built:
+            from tests.lab import cleanup
+            cleanup.cleanup(self.prefix, keep_tmp=self.keep_tmp)
+        self._built = False
+
+    # ------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _wait(pred, timeout, message, step=0.05):
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if pred():
+                    return
+            except (LabError, subprocess.SubprocessError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise LabError(message)
+            time.sleep(step)
+
+    def wait_for(self, pred, timeout, step=0.1):
+        """Poll pred() until true; return True/False (no exception)."""
+        try:
+            self._wait(pred, timeout, "timeout", step)
+            return True
+        except LabError:
+            return False
+
+
+def _netmask(plen):
+    bits = (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF
+    return ".".join(str((bits >> s) & 0xFF) for s in (24, 16, 8, 0))
+
+
+# A resolver query straight to the lab DNS server, printing answer addresses
+# (stdlib only: this machine has no dig).
+_DIG_PY = r"""
+import socket, struct, sys, random
+server, name = sys.argv[1], sys.argv[2]
+qid = random.randrange(65536)
+q = struct.pack('>HHHHHH', qid, 0x0100, 1, 0, 0, 0)
+q += b''.join(bytes([len(p)]) + p.encode() for p in name.split('.')) + b'\0'
+q += struct.pack('>HH', 1, 1)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(1)
+s.sendto(q, (server, 53))
+data = s.recv(4096)
+an = struct.unpack('>H', data[6:8])[0]
+i = 12
+while data[i]:
+    i += data[i] + 1
+i += 5
+for _ in range(an):
+    if data[i] & 0xc0 == 0xc0:
+        i += 2
+    else:
+        while data[i]:
+            i += data[i] + 1
+        i += 1
+    rtype, rclass, ttl, rdlen = struct.unpack('>HHIH', data[i:i + 10])
+    i += 10
+    if rtype == 1:
+        print(socket.inet_ntoa(data[i:i + 4]), ttl)
+    i += rdlen
+"""

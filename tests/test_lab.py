@@ -1,0 +1,391 @@
+"""The dual-WAN lab proves each fault is real, using the stock baseline."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import require_lab
+from tests.lab import cleanup
+from tests.lab import faults
+from tests.lab import observe
+from tests.lab import topology
+from tests.lab import ucifile
+
+pytestmark = pytest.mark.lab
+
+VPN_A, VPN_B = topology.VPN_ADDRESSES
+
+
+def _no_reply_for(stream, t, seconds):
+    """Sleep, then count replies to probes sent in [t, t+seconds)."""
+    time.sleep(max(0.0, t + seconds + 0.3 - time.time()))
+    assert stream.sent_between(t, t + seconds) > seconds / stream.interval / 2
+    return stream.replied_between(t, t + seconds)
+
+
+# ------------------------------------------------------------ module lab
+
+
+def test_start_state(lab):
+    cap = observe.Capture(lab)
+    try:
+        t = time.time()
+        assert observe.tunnel_works(lab, 5)
+        assert lab.wait_for(lambda: cap.tunnel_packets(t), 3)
+        assert cap.tunnel_devices(t) == ["wan"]
+        assert cap.leaks(t) == []
+    finally:
+        cap.stop()
+    assert observe.route_device(lab, topology.PROBE_TARGET) == lab.router_wg
+    assert observe.route_device(lab, VPN_A) == "wan"
+    assert lab.netifd.dep == ("wan", VPN_A)
+    age = observe.handshake_age(lab)
+    assert age is not None and age < 60
+    # the server sees the router behind ispa's masquerade
+    assert lab.vpn_endpoint().startswith(topology.ISPA_UP + ":")
+    assert lab.notes["ispb_udp_timeout_30s"] is True
+
+
+def test_network_config_is_openwrt_uci(lab):
+    with open(os.path.join(lab.root, "etc/config/network")) as f:
+        sections = ucifile.parse(f.read())
+    by = {(s[".type"], s[".name"]): s for s in sections}
+    assert by[("interface", "wan")]["device"] == "wan"
+    assert by[("interface", "wanb")]["gateway"] == "100.64.2.1"
+    wg = by[("interface", lab.router_wg)]
+    assert wg["proto"] == "wireguard"
+    assert wg["private_key"] == lab.keys["router"]["private"]
+    assert wg["addresses"] == ["10.200.0.2/24"]
+    peer = by[("wireguard_" + lab.router_wg, "vpn")]
+    assert peer["public_key"] == lab.keys["vpn"]["public"]
+    assert peer["endpoint_host"] == "vpn.lab.test"
+    assert peer["endpoint_port"] == "51820"
+    assert peer["allowed_ips"] == ["10.99.0.0/24", "10.200.0.1/32"]
+    assert peer["route_allowed_ips"] == "1"
+    assert peer["persistent_keepalive"] == "25"
+
+
+def test_dns_move_and_address_down(lab):
+    assert lab.resolve("vpn") == [VPN_A]
+    cap = observe.Capture(lab)
+    try:
+        faults.dns_move(lab, "vpn", VPN_B)
+        assert lab.resolve("vpn") == [VPN_B]
+        assert lab.resolve("vpn", ns="router") == [VPN_B]
+        faults.vpn_address_down(lab, VPN_A)
+        # the tunnel still points at the old address, which no longer answers
+        ps = observe.ProbeStream(lab)
+        t = time.time()
+        assert _no_reply_for(ps, t, 1.5) == 0
+        # re-resolving (what the watchdog does) follows the move
+        lab.run("router", "wg", "set", lab.router_wg, "peer", lab.keys["vpn"]["public"],
+                "endpoint", "vpn.lab.test:51820")
+        t2 = time.time()
+        assert ps.wait_reply_after(t2, 15) is not None
+        assert VPN_B in {p["dst"] for p in cap.tunnel_packets(t2)}
+        ps.stop()
+    finally:
+        cap.stop()
+        faults.vpn_address_up(lab)
+        faults.dns_move(lab, "vpn", VPN_A)
+        lab.run("router", "wg", "set", lab.router_wg, "peer", lab.keys["vpn"]["public"],
+                "endpoint", "%s:51820" % VPN_A)
+    assert lab.resolve("vpn") == [VPN_A]
+    assert observe.tunnel_works(lab, 15)
+
+
+def test_silent_failure_baseline_never_recovers(lab):
+    ps = observe.ProbeStream(lab)
+    try:
+        assert ps.wait_reply_after(time.time(), 10) is not None
+        n_actions = len(lab.watchdog.actions)
+        lab.watchdog.stale_after = 3  # scaled down from 150 s
+        t = faults.silent_failure(lab, "wan")
+        assert _no_reply_for(ps, t, 8) == 0
+        # netifd saw nothing: link and addresses up, tunnel still pinned to wan
+        assert "wan" in lab.netifd.up
+        assert lab.netifd.dep == ("wan", VPN_A)
+        assert observe.route_device(lab, VPN_A) == "wan"
+        assert faults.dropped(lab, "wan") > 0
+        # the watchdog did act (handshake older than its threshold), in vain
+        assert len(lab.watchdog.actions) > n_actions
+        t2 = faults.restore_upstream(lab)
+        assert ps.wait_reply_after(t2, 20) is not None
+    finally:
+        lab.watchdog.stale_after = 150
+        faults.restore_upstream(lab)
+        ps.stop()
+
+
+def test_udp_port_block(lab):
+    ps = observe.ProbeStream(lab)
+    try:
+        t = faults.silent_failure(lab, "wan", udp_port=topology.VPN_PORT)
+        assert _no_reply_for(ps, t, 3) == 0
+        # only WireGuard's port is blocked: other traffic through ispa passes
+        lab.run("router", "ping", "-c", "1", "-W", "2", topology.ISPA_INET)
+        assert faults.dropped(lab, "wan") > 0
+        # the server's alternate port 443 gets through the block
+        cap = observe.Capture(lab)
+        lab.run("router", "wg", "set", lab.router_wg, "peer", lab.keys["vpn"]["public"],
+                "endpoint", "%s:%d" % (VPN_A, topology.VPN_ALT_PORT))
+        t2 = time.time()  # after the change: earlier sends still went to 51820
+        assert ps.wait_reply_after(t2, 10) is not None
+        time.sleep(0.3)
+        cap.stop()
+        assert {p["dport"] for p in cap.tunnel_packets(t2 + 0.05)} == {topology.VPN_ALT_PORT}
+        t3 = faults.restore_upstream(lab)
+        lab.run("router", "wg", "set", lab.router_wg, "peer", lab.keys["vpn"]["public"],
+                "endpoint", "%s:%d" % (VPN_A, topology.VPN_PORT))
+        assert ps.wait_reply_after(t3, 20) is not None
+    finally:
+        faults.restore_upstream(lab)
+        ps.stop()
+
+
+# ------------------------------------------------------------ fresh labs
+
+
+def test_carrier_loss_failover_leak_no_failback_nat_reset(lab_factory):
+    lab = lab_factory()
+    lab.start_baseline(watchdog_interval=1, stale_after=5)
+    cap = observe.Capture(lab)
+    ps = observe.ProbeStream(lab)
+    assert ps.wait_reply_after(time.time(), 10) is not None
+    t = faults.carrier_loss(lab, "wan")
+    assert "NO-CARRIER" in lab.ip("router", "link", "show", "wan").stdout
+    assert lab.ip("router", "-4", "addr", "show", "dev", "wan").stdout.strip() == ""
+    # stock tore the tunnel down with the host dependency
+    assert not lab.netifd.tunnel_up and lab.netifd.pending
+    assert lab.ip("router", "link", "show", lab.router_wg, check=False).returncode != 0
+    assert _no_reply_for(ps, t, 1.5) == 0
+    # the gap is real: LAN traffic for the remote subnet leaves wanb in clear
+    leaks = cap.leaks(t)
+    assert leaks and {p["dev"] for p in leaks} == {"wanb"}
+    assert {p["dst"] for p in leaks} == {topology.PROBE_TARGET}
+    # an event on wanb (DHCP renew, LTE modem) rebuilds it there
+    t_up = time.time()
+    lab.netifd.ifupdate("wanb")
+    assert lab.netifd.dep == ("wanb", VPN_A)
+    assert ps.wait_reply_after(t_up, 10) is not None
+    assert cap.tunnel_devices(t_up) == ["wanb"]
+    assert lab.vpn_endpoint().startswith(topology.ISPB_PUBLIC[0] + ":")
+    # wan returns: stock does not fail back
+    t_ret = faults.carrier_return(lab, "wan")
+    time.sleep(3)
+    assert lab.netifd.dep == ("wanb", VPN_A)
+    assert observe.route_device(lab, VPN_A) == "wanb"
+    assert cap.tunnel_devices(t_ret) == ["wanb"]
+    assert ps.replied_between(t_ret, t_ret + 2.5) > 0
+    # CGNAT reset: the server now sees the other public address
+    faults.nat_reset(lab, "ispb")
+    assert lab.ispb_public == topology.ISPB_PUBLIC[1]
+    assert lab.wait_for(
+        lambda: (lab.vpn_endpoint() or "").startswith(topology.ISPB_PUBLIC[1] + ":"), 10)
+    ps.stop()
+    cap.stop()
+    names = [f[1] for f in lab.faults]
+    assert names == ["carrier_loss", "carrier_return", "nat_reset"]
+    assert lab.faults[0][0] == t
+
+
+def test_flapping(lab_factory):
+    lab = lab_factory()
+    lab.start_baseline(watchdog_interval=1, stale_after=5)
+    ps = observe.ProbeStream(lab)
+    assert ps.wait_reply_after(time.time(), 10) is not None
+    fl = faults.flap(lab, "wan", period=0.7, duration=4)
+    fl.join(30)
+    kinds = [k for _, k in fl.transitions]
+    assert len(kinds) >= 4 and kinds[0] == "down" and kinds[-1] == "up"
+    assert all(a != b for a, b in zip(kinds, kinds[1:]))
+    texts = [e for _, e in lab.netifd.events]
+    assert sum("tear down" in e for e in texts) >= 2
+    assert sum(e.startswith("setup") for e in texts) >= 3
+    # after the last ifup, stock set the tunnel up pinned to wan again
+    assert lab.netifd.dep == ("wan", VPN_A)
+    assert ps.outage() > 0.3
+    assert ps.wait_reply_after(time.time(), 15) is not None
+    ps.stop()
+
+
+def test_both_down_then_one_back(lab_factory):
+    lab = lab_factory()
+    lab.start_baseline(watchdog_interval=1, stale_after=5)
+    ps = observe.ProbeStream(lab)
+    assert ps.wait_reply_after(time.time(), 10) is not None
+    t = faults.both_down(lab)
+    assert lab.netifd.up == set()
+    assert lab.ip("router", "route", "show", "default").stdout.strip() == ""
+    assert _no_reply_for(ps, t, 1.5) == 0
+    r = lab.run("router", "ping", "-c", "1", "-W", "1", topology.DNS_SERVER, check=False)
+    assert r.returncode != 0
+    t2 = faults.carrier_return(lab, "wanb")
+    assert lab.netifd.dep == ("wanb", VPN_A)
+    assert ps.wait_reply_after(t2, 10) is not None
+    ps.stop()
+
+
+def test_hotplug_and_wgrouter_mode(lab_factory, tmp_path):
+    lab = lab_factory()
+    hp = tmp_path / "hotplug"
+    hp.mkdir()
+    (hp / "10-record").write_text(
+        'echo "$ACTION $INTERFACE ${DEVICE:-none} $WGROUTER_ROOT" >> "$WGROUTER_ROOT/hotplug.log"\n')
+    (hp / "20-second").write_text('echo "second $ACTION" >> "$WGROUTER_ROOT/hotplug.log"\n')
+    # a stand-in command proves where and how the daemon is started
+    script = 'readlink /proc/self/ns/net; echo "args: $*" >&2; exec sleep 60'
+    p = lab.start_wgrouter(hotplug_dir=str(hp), cmd=["sh", "-c", script, "wgr"],
+                           check_interval=2)
+    with open(os.path.join(lab.root, "etc/config/wgrouter")) as f:
+        cfg = ucifile.parse(f.read())
+    main = [s for s in cfg if s[".type"] == "wgrouter"][0]
+    assert main["check_interval"] == "2" and main["failback_holddown"] == "5"
+    peer = [s for s in cfg if s[".type"] == "peer"][0]
+    assert peer["public_key"] == lab.keys["vpn"]["public"]
+    assert peer["endpoint"] == ["vpn.lab.test:443", "192.0.2.11:51820"]
+    wans = {s[".name"]: s for s in cfg if s[".type"] == "wan"}
+    assert wans["wanb"]["track_ip"] == ["203.0.113.1"] and wans["wan"]["keepalive"] == "25"
+    with open(os.path.join(lab.root, "etc/config/network")) as f:
+        net = ucifile.parse(f.read())
+    assert [s for s in net if s[".name"] == lab.router_wg][0]["nohostroute"] == "1"
+    # nohostroute: no pinned /32
+    assert lab.netifd.dep is None
+    assert observe.tunnel_works(lab, 5)
+    faults.carrier_loss(lab, "wan")
+    faults.carrier_return(lab, "wan")
+    # wgrouter mode: WAN events never touch the tunnel
+    assert lab.netifd.tunnel_up
+    assert lab.ip("router", "link", "show", lab.router_wg, check=False).returncode == 0
+    with open(os.path.join(lab.root, "hotplug.log")) as f:
+        lines = f.read().splitlines()
+    assert lines == ["ifdown wan none %s" % lab.root, "second ifdown",
+                     "ifup wan wan %s" % lab.root, "second ifup"]
+    assert p.poll() is None
+    lab.stop_wgrouter()
+    assert p.poll() is not None
+    with open(lab.wgrouter_log) as f:
+        log = f.read()
+    assert "args: wgr" not in log and "args: " in log
+    ns_inode = os.readlink("/proc/self/ns/net")
+    assert log.splitlines()[0].startswith("net:[") and log.splitlines()[0] != ns_inode
+
+
+def test_stale_source_after_failover_without_hostroute(lab_factory):
+    """nohostroute and nobody acting: the tunnel stays dead after wan goes
+    (the peer's cached source address is gone); re-setting the endpoint
+    heals it at once.  This is the fault wgrouter exists to repair."""
+    lab = lab_factory()
+    if lab.wg_backend != "wireguard-go":
+        pytest.skip("kernel WireGuard drops a vanished source address itself; "
+                    "this stale source is wireguard-go's")
+    lab.start_wgrouter(cmd=["sleep", "60"], hotplug_dir=os.devnull)
+    cap = observe.Capture(lab)
+    ps = observe.ProbeStream(lab)
+    assert ps.wait_reply_after(time.time(), 10) is not None
+    t = faults.carrier_loss(lab, "wan")
+    assert observe.route_device(lab, VPN_A) == "wanb"
+    assert _no_reply_for(ps, t, 4) == 0
+    assert cap.tunnel_packets(t) == []  # nothing even tried wanb
+    t2 = time.time()
+    lab.run("router", "wg", "set", lab.router_wg, "peer", lab.keys["vpn"]["public"],
+            "endpoint", "%s:%d" % (VPN_A, topology.VPN_PORT))
+    assert ps.wait_reply_after(t2, 5) is not None
+    assert cap.tunnel_devices(t2) == ["wanb"]
+    ps.stop()
+    cap.stop()
+
+
+def test_mwan3_variant(lab_factory):
+    lab = lab_factory(mwan3=True)
+    rules = lab.ip("router", "rule", "show").stdout
+    for pref, what in (("1001", "iif wan lookup 1"), ("1002", "iif wanb lookup 2"),
+                       ("2001", "fwmark 0x100/0x3f00 lookup 1"),
+                       ("2002", "fwmark 0x200/0x3f00 lookup 2"),
+                       ("3001", "fwmark 0x100/0x3f00 unreachable")):
+        assert "%s:\tfrom all %s" % (pref, what) in rules
+    assert observe.route_device(lab, topology.ISPB_INET, ns="router") == "wan"  # main table
+    r = lab.ip("router", "route", "get", topology.ISPB_INET, "mark", "0x100")
+    assert "dev wan " in r.stdout
+    r = lab.ip("router", "route", "get", topology.ISPA_INET, "mark", "0x200")
+    assert "dev wanb " in r.stdout
+    lab.start_baseline(watchdog_interval=1, stale_after=5)
+    assert observe.tunnel_works(lab, 5)
+    # router-originated WireGuard UDP got the wan mark saved in its connmark
+    ct = lab.run("router", "conntrack", "-L", "-p", "udp", "--dport", str(topology.VPN_PORT),
+                 check=False).stdout
+    assert "mark=256" in ct
+    # ifdown removes the table route too and the policy fails over to wanb
+    faults.carrier_loss(lab, "wan")
+    assert lab.ip("router", "route", "show", "table", "1").stdout.strip() == ""
+    assert lab.mwan3_members == ["wanb"]
+    assert lab.resolve("vpn", ns="router") == [VPN_A]  # new flows go out wanb
+    faults.carrier_return(lab, "wan")
+    assert lab.mwan3_members == ["wan", "wanb"]
+    assert "default via 10.0.1.1" in lab.ip("router", "route", "show", "table", "1").stdout
+
+
+# ------------------------------------------------------------ isolation and cleanup
+
+
+def test_two_labs_at_once():
+    require_lab()
+    with topology.Lab() as a, topology.Lab() as b:
+        assert a.prefix != b.prefix and a.router_wg != b.router_wg
+        a.start_baseline(watchdog_interval=1, stale_after=5)
+        b.start_baseline(watchdog_interval=1, stale_after=5)
+        assert observe.tunnel_works(a, 5) and observe.tunnel_works(b, 5)
+        faults.carrier_loss(a, "wan")
+        # a's fault does not touch b
+        assert "NO-CARRIER" not in b.ip("router", "link", "show", "wan").stdout
+        assert observe.tunnel_works(b, 5)
+        assert not a.netifd.tunnel_up
+    assert cleanup.leftovers(a.prefix) == []
+    assert cleanup.leftovers(b.prefix) == []
+
+
+def test_exit_leaves_nothing_even_on_error():
+    require_lab()
+    with pytest.raises(RuntimeError):
+        with topology.Lab() as lab:
+            lab.start_baseline(watchdog_interval=1, stale_after=5)
+            ps = observe.ProbeStream(lab)
+            cap = observe.Capture(lab)
+            lab.start_wgrouter(cmd=["sleep", "60"])
+            assert cleanup.leftovers(lab.prefix)
+            pids = [p.pid for p in lab.procs]
+            raise RuntimeError("boom")
+    assert cleanup.leftovers(lab.prefix) == []
+    for pid in pids:
+        assert not os.path.exists("/proc/%d" % pid) or \
+            open("/proc/%d/stat" % pid).read().split()[2] == "Z"
+    assert ps.proc.poll() is not None and all(p.poll() is not None for p in cap.procs.values())
+
+
+def test_cleanup_removes_a_killed_lab():
+    require_lab()
+    code = ("import sys, time\n"
+            "from tests.lab.topology import Lab\n"
+            "lab = Lab().__enter__()\n"
+            "lab.start_baseline()\n"
+            "print(lab.prefix, flush=True)\n"
+            "time.sleep(120)\n")
+    p = subprocess.Popen([sys.executable, "-c", code], cwd=topology.REPO, stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        prefix = p.stdout.readline().strip()
+        assert prefix.startswith("t%d" % p.pid)
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+    left = cleanup.leftovers(prefix)
+    assert any(x.endswith("-router") for x in left)
+    if topology.Lab(prefix=prefix).wg_backend == "wireguard-go":
+        assert any(x.startswith("pid ") for x in left)  # wireguard-go outlives its parent
+    assert prefix in cleanup.dead_prefixes()
+    assert prefix in cleanup.cleanup_dead()
+    assert cleanup.leftovers(prefix) == []
