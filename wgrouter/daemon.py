@@ -265,12 +265,6 @@ class Daemon:
                 return {"error": "unknown WAN %r (configured: %s)" % (
                     wan, ", ".join(w.name for w in self.config.wans))}, []
             return {"ok": True, "wan": wan}, [model.Event("switch", {"wan": wan})]
-        if method == "diagnose":
-            try:
-                from wgrouter import diagnose
-            except ImportError:
-                return {"error": "diagnose is not available in this version"}, []
-            return diagnose.run(self.root, self.config), []
         return {"error": "unknown method %r" % (method,)}, []
 
     def status(self):
@@ -401,4 +395,7 @@ class Handlers:
         return self._ask({"method": "switch", "wan": wan})
 
     def diagnose(self):
-        return self._ask({"method": "diagnose"})
+        # Diagnose only reads, and may wait seconds on a dead WAN's DNS: run
+        # it here in the ubus thread, never in the main loop.
+        from wgrouter import diagnose
+        return diagnose.run(self.daemon.root, self.daemon.config)
