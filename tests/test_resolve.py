@@ -11,6 +11,7 @@ import pytest
 from tests.fakerunner import REPO, NetNS, netns_unavailable
 from wgrouter import model
 from wgrouter import resolve
+from wgrouter import shell as shell_mod
 from wgrouter import runner
 
 dns_message = pytest.importorskip("dns.message")
@@ -327,3 +328,73 @@ def test_missing_dnspython_is_a_json_error(tmp_path):
     r = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
     assert r.returncode == 1
     assert json.loads(r.stdout) == {"error": "dnspython missing: No module named dns"}
+
+
+# ------------------------------------------------------- in-process queries
+
+
+def run_query(q, timeout=3.0):
+    """Drive a resolve.Query the way the shell does: select on its socket
+    until read() says it is done, then reap and finish."""
+    import selectors as sel_mod
+    sel = sel_mod.DefaultSelector()
+    sel.register(q.fileobj, sel_mod.EVENT_READ)
+    end = time.monotonic() + timeout
+    try:
+        while time.monotonic() < end:
+            if sel.select(0.1) and not q.read():
+                return q.finish(*q.reap())
+        q.reap(kill=True)
+        return q.on_timeout()
+    finally:
+        sel.close()
+
+
+def test_query_in_process_follows_cnames(dnsmasq):
+    action = model.Resolve("chain.test", "wan", "lo", ("127.0.0.1",))
+    events = run_query(resolve.start_query(action, port=dnsmasq))
+    assert events == [model.Event("resolved", {"host": "chain.test", "wan": "wan",
+                                               "addresses": ["10.0.0.1"], "ttl": 5})]
+
+
+def test_query_in_process_nxdomain(dnsmasq):
+    action = model.Resolve("missing.test", "wanb", "lo", ("127.0.0.1",))
+    events = run_query(resolve.start_query(action, port=dnsmasq))
+    assert [e.kind for e in events] == ["resolve_failed"] and "NXDOMAIN" in events[0].data["error"]
+
+
+def test_query_in_process_silent_server_times_out_other_answers(dnsmasq):
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        try:
+            silent.bind(("127.0.0.2", dnsmasq))
+        except OSError as e:
+            pytest.skip("cannot bind 127.0.0.2: %s" % e)
+        only_silent = model.Resolve("a.test", "wan", None, ("127.0.0.2",))
+        events = run_query(resolve.start_query(only_silent, port=dnsmasq, timeout=0.3), timeout=0.5)
+        assert [e.kind for e in events] == ["resolve_failed"]
+        both = model.Resolve("a.test", "wan", None, ("127.0.0.2", "127.0.0.1"))
+        events = run_query(resolve.start_query(both, port=dnsmasq))
+        assert events[0].kind == "resolved" and events[0].data["addresses"] == ["10.0.0.1"]
+    finally:
+        silent.close()
+
+
+def test_shell_resolves_in_process_without_a_child(dnsmasq):
+    import selectors as sel_mod
+    from tests.fakerunner import FakeRunner
+    cfg = model.Config(model.Settings(), (model.Wan("wan", "lo"),), ())
+    fake = FakeRunner()
+    s = shell_mod.Shell(cfg, runner=fake, root="/nonexistent", state_path="/nonexistent/applied.json")
+    s.resolve_port = dnsmasq
+    sel = sel_mod.DefaultSelector()
+    assert s.execute(model.Resolve("a.test", "wan", "lo", ("127.0.0.1",)), sel) == []
+    assert fake.spawned == []  # no child process
+    events = []
+    end = time.monotonic() + 3
+    while not events and time.monotonic() < end:
+        for key, _ in sel.select(0.1):
+            events.extend(key.data())
+    assert events == [model.Event("resolved", {"host": "a.test", "wan": "wan",
+                                               "addresses": ["10.0.0.1"], "ttl": 7})]
+    assert s.children == []

@@ -248,8 +248,23 @@ def test_bad_config_gives_clear_error_and_changes_nothing(lab_factory, name, old
 
 
 def test_mwan3_variant_fails_over_in_policy_tables(wlab):
-    lab = wlab(lab_kwargs={"mwan3": True},
-               extra="\nconfig wgrouter 'x'\n" if False else "")
+    lab = wlab(lab_kwargs={"mwan3": True}, mwan3=True)
+    rules = lab.ip("router", "rule", "show").stdout
+    assert "to %s lookup 1" % topology.VPN_ADDRESSES[0] in rules, rules
     out = scenarios.carrier_loss(lab, lab.probes, lab.cap)
     assert out.recovered, daemon_log(lab)
+    assert out.seconds <= CARRIER_BOUND, (out, daemon_log(lab))
     assert lab.cap.leaks(since=out.fault_time - 1) == []
+    rules = lab.ip("router", "rule", "show").stdout
+    assert "to %s lookup 2" % topology.VPN_ADDRESSES[0] in rules, rules
+    assert tunnel_wan_after(lab, out.fault_time + out.seconds) == "wanb"
+
+
+def test_mwan3_silent_failure_moves_the_flow_despite_connmark(wlab):
+    """mwan3 keeps a marked flow on its WAN; wgrouter's rule and conntrack
+    flush must still move the tunnel when wan dies silently."""
+    lab = wlab(lab_kwargs={"mwan3": True}, mwan3=True)
+    out = scenarios.silent_failure(lab, lab.probes, lab.cap)
+    assert out.recovered, daemon_log(lab)
+    assert out.seconds <= SILENT_BOUND, (out, daemon_log(lab))
+    assert tunnel_wan_after(lab, out.fault_time + out.seconds) == "wanb"

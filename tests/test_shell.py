@@ -235,6 +235,7 @@ def test_state_path_option(tmp_path):
 
 def test_resolve_child(sh):
     s, fake = sh
+    s.resolve_in_process = False
     fake.on([sys.executable, "-m", "wgrouter.resolve"], out=json.dumps({"addresses": ["198.51.100.7"], "ttl": 60}))
     sel = selectors.DefaultSelector()
     assert s.execute(model.Resolve("vpn.example.net", "wanb", "wwan0", ("192.0.2.53",)), sel) == []

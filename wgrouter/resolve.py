@@ -173,33 +173,118 @@ def main(argv=None):
     return 0
 
 
-# ----------------------------------------------------------------- parent
+# ------------------------------------------------------------- in process
 
 
-def child_argv(action, port=None, timeout=SERVER_TIMEOUT, python=None):
-    argv = [python or sys.executable, "-m", "wgrouter.resolve", "--timeout", "%g" % timeout]
-    if action.device:
-        argv += ["--device", action.device]
-    for server in action.servers:
-        argv += ["--server", server]
-    if port is not None:
-        argv += ["--port", str(port)]
-    argv.append(action.host)
-    return argv
+class Query:
+    """A non-blocking A query, answered in the daemon's own selectors loop.
+
+    The resident daemon imports dnspython's message code (not its resolver,
+    which pulls in ssl) the first time an endpoint name has to be resolved:
+    starting a child costs ~0.1 CPU s per lookup, which TTL-honouring
+    refreshes would turn into most of the idle budget.  The query goes to
+    every server at once from one socket bound to the WAN device; the first
+    definite answer wins.  It quacks like runner.Child, so the shell
+    watches, times out and reaps it the same way.
+    """
+
+    def __init__(self, action, deadline, finish, on_timeout, port=53):
+        import socket
+
+        import dns.message
+        import dns.rdatatype
+
+        self.finish = finish
+        self.on_timeout = on_timeout
+        self.deadline = deadline
+        self.group = None
+        self.name = "resolve %s" % action.host
+        self.query = dns.message.make_query(action.host, dns.rdatatype.A)
+        self.reply = None
+        self.errors = []
+        self.servers = list(action.servers)
+        device = action.device
+        if not self.servers:
+            self.servers = nameservers()
+            device = None
+        if not self.servers:
+            raise ResolveFailed("no name servers")
+        v6 = ":" in self.servers[0]
+        self.sock = _socket(self.servers[0], None if v6 else device, socket.SOCK_DGRAM)
+        if any(_is_loopback(srv) for srv in self.servers) and device:
+            # a local resolver picks its own uplink: do not bind to the WAN
+            self.sock.close()
+            self.sock = _socket(self.servers[0], None, socket.SOCK_DGRAM)
+        self.sock.setblocking(False)
+        wire = self.query.to_wire()
+        sent = 0
+        for server in self.servers:
+            if (":" in server) != v6:
+                continue
+            try:
+                self.sock.sendto(wire, (server, port))
+                sent += 1
+            except OSError as e:
+                self.errors.append("%s: %s" % (server, e))
+        if not sent:
+            self.sock.close()
+            raise ResolveFailed("; ".join(self.errors) or "no name servers")
+        self.pending = sent
+
+    @property
+    def fileobj(self):
+        return self.sock
+
+    def read(self):
+        """Take one datagram; False once there is a definite outcome."""
+        import dns.exception
+        import dns.message
+
+        try:
+            data, peer = self.sock.recvfrom(65535)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError as e:
+            self.errors.append(str(e))
+            self.pending -= 1
+            return self.pending > 0
+        try:
+            response = dns.message.from_wire(data)
+            if not self.query.is_response(response):
+                return True  # not ours: keep waiting
+            addresses, ttl = answer(self.query, response)
+        except ResolveFailed as e:
+            self.errors.append("%s: %s" % (peer[0], e))
+            if str(e) in ("SERVFAIL", "REFUSED"):
+                self.pending -= 1
+                return self.pending > 0
+            self.reply = {"error": "; ".join(self.errors)}
+            return False
+        except dns.exception.DNSException as e:
+            self.errors.append("%s: %s" % (peer[0], e))
+            self.pending -= 1
+            return self.pending > 0
+        self.reply = {"addresses": addresses, "ttl": ttl}
+        return False
+
+    def reap(self, kill=False):
+        self.sock.close()
+        reply = self.reply or {"error": "; ".join(self.errors) or "no answer"}
+        return (0 if "addresses" in reply else 1), json.dumps(reply), ""
 
 
-def start_resolve(runner, action, port=None, timeout=SERVER_TIMEOUT, now=None):
-    """Start the child for a model.Resolve action; returns a runner.Child whose
-    finish() yields Event("resolved") or Event("resolve_failed")."""
-    argv = child_argv(action, port=port, timeout=timeout)
-    # `-m` puts the working directory first on sys.path: run from the
-    # directory holding the package so the child imports this very copy.
-    cwd = os.path.dirname(os.path.dirname(os.path.abspath(wgrouter.__file__)))
-    proc = runner.spawn(argv, cwd=cwd)
-    tries = max(1, len(action.servers))
-    # UDP then TCP on truncation, per server.
-    limit = 2 * timeout * tries + CHILD_OVERHEAD
+def start_query(action, port=None, timeout=SERVER_TIMEOUT, now=None):
+    """In-process counterpart of start_resolve (same events)."""
     start = time.monotonic() if now is None else now
+    finish, on_timeout = _outcome(action, timeout)
+    try:
+        return Query(action, start + timeout, finish, on_timeout, port=port or 53)
+    except (OSError, ResolveFailed) as e:
+        raise ResolveFailed(str(e))
+
+
+def _outcome(action, limit):
+    """finish() and on_timeout() turning a resolver's JSON line into events."""
 
     def failed(error):
         return [model.Event("resolve_failed", {"host": action.host, "wan": action.wan, "error": error})]
@@ -228,6 +313,39 @@ def start_resolve(runner, action, port=None, timeout=SERVER_TIMEOUT, now=None):
 
     def on_timeout():
         return failed("resolver timed out after %gs" % limit)
+
+    return finish, on_timeout
+
+
+# ----------------------------------------------------------------- parent
+
+
+def child_argv(action, port=None, timeout=SERVER_TIMEOUT, python=None):
+    argv = [python or sys.executable, "-m", "wgrouter.resolve", "--timeout", "%g" % timeout]
+    if action.device:
+        argv += ["--device", action.device]
+    for server in action.servers:
+        argv += ["--server", server]
+    if port is not None:
+        argv += ["--port", str(port)]
+    argv.append(action.host)
+    return argv
+
+
+def start_resolve(runner, action, port=None, timeout=SERVER_TIMEOUT, now=None):
+    """Start the child for a model.Resolve action; returns a runner.Child whose
+    finish() yields Event("resolved") or Event("resolve_failed")."""
+    argv = child_argv(action, port=port, timeout=timeout)
+    # `-m` puts the working directory first on sys.path: run from the
+    # directory holding the package so the child imports this very copy.
+    cwd = os.path.dirname(os.path.dirname(os.path.abspath(wgrouter.__file__)))
+    proc = runner.spawn(argv, cwd=cwd)
+    tries = max(1, len(action.servers))
+    # UDP then TCP on truncation, per server.
+    limit = 2 * timeout * tries + CHILD_OVERHEAD
+    start = time.monotonic() if now is None else now
+
+    finish, on_timeout = _outcome(action, limit)
 
     return runner_mod.Child(proc, start + limit, finish, on_timeout, name="resolve %s" % action.host)
 

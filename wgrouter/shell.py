@@ -50,6 +50,11 @@ class _Group:
         self.done = False
 
 
+def _fileobj(child):
+    """What the selector watches: a child's stdout, or an in-process query's socket."""
+    return getattr(child, "fileobj", None) or child.proc.stdout
+
+
 class Shell:
     """Observation and action for the daemon.
 
@@ -79,6 +84,9 @@ class Shell:
         self._selector = None
         # for tests: where the resolve child sends its queries
         self.resolve_port = None
+        # Resolve endpoint names in this process (see resolve.Query); False
+        # runs a short-lived child per lookup instead.
+        self.resolve_in_process = True
         self.reconfigure(config)
 
     def reconfigure(self, config):
@@ -235,8 +243,14 @@ class Shell:
 
     def _resolve(self, a, selector):
         try:
-            child = resolve.start_resolve(self.runner, a, port=self.resolve_port)
-        except runner_mod.CommandMissing as e:
+            if self.resolve_in_process:
+                child = resolve.start_query(a, port=self.resolve_port)
+            else:
+                child = resolve.start_resolve(self.runner, a, port=self.resolve_port)
+        except ImportError as e:
+            return [model.Event("resolve_failed", {"host": a.host, "wan": a.wan,
+                                                   "error": "dnspython missing: %s" % e})]
+        except (runner_mod.CommandMissing, wgrouter.Error) as e:
             return [model.Event("resolve_failed", {"host": a.host, "wan": a.wan, "error": str(e)})]
         self._start(child, selector)
         return []
@@ -245,16 +259,17 @@ class Shell:
 
     def _start(self, child, selector):
         self._selector = selector
-        os.set_blocking(child.proc.stdout.fileno(), False)
+        fileobj = _fileobj(child)
+        os.set_blocking(fileobj.fileno(), False)
         self.children.append(child)
-        selector.register(child.proc.stdout, selectors.EVENT_READ, lambda: self._readable(child))
+        selector.register(fileobj, selectors.EVENT_READ, lambda: self._readable(child))
 
     def _forget(self, child):
         if child in self.children:
             self.children.remove(child)
         if self._selector is not None:
             try:
-                self._selector.unregister(child.proc.stdout)
+                self._selector.unregister(_fileobj(child))
             except (KeyError, ValueError):
                 pass
 

@@ -567,17 +567,21 @@ table ip mwan3lab {
 
     def write_wgrouter_config(self, check_interval=1, failback_holddown=5, wan_keepalive=25,
                               wanb_keepalive=15, endpoints=None, probe=PROBE_TARGET,
-                              extra=""):
+                              extra="", mwan3=False, dns_ttl_min=None):
         if endpoints is None:
             endpoints = ["vpn.%s:%d" % (DOMAIN, VPN_ALT_PORT),
                          "%s:%d" % (VPN_ADDRESSES[1], VPN_PORT)]
         sections = [
             ("wgrouter", "main", [("check_interval", str(check_interval)),
-                                  ("failback_holddown", str(failback_holddown))]),
+                                  ("failback_holddown", str(failback_holddown))]
+             + ([("mwan3", "1")] if mwan3 else [])
+             + ([("dns_ttl_min", str(dns_ttl_min))] if dns_ttl_min is not None else [])),
             ("wan", "wan", [("device", "wan"), ("keepalive", str(wan_keepalive)),
-                            ("track_ip", [ISPA_INET]), ("dns_server", [DNS_SERVER])]),
+                            ("track_ip", [ISPA_INET]), ("dns_server", [DNS_SERVER])]
+             + ([("table", str(WANS["wan"]["table"]))] if mwan3 else [])),
             ("wan", "wanb", [("device", "wanb"), ("keepalive", str(wanb_keepalive)),
-                             ("track_ip", [ISPB_INET]), ("dns_server", [DNS_SERVER])]),
+                             ("track_ip", [ISPB_INET]), ("dns_server", [DNS_SERVER])]
+             + ([("table", str(WANS["wanb"]["table"]))] if mwan3 else [])),
             ("tunnel", self.router_wg, [("probe", probe)]),
             ("peer", None, [("tunnel", self.router_wg),
                             ("public_key", self.keys["vpn"]["public"]),
@@ -604,11 +608,13 @@ table ip mwan3lab {
         self.watchdog.start()
         return self
 
-    def start_wgrouter(self, hotplug_dir=None, cmd=None, **config):
-        """netifd with nohostroute=1, then ``python3 -m wgrouter run --root ROOT``."""
+    def start_wgrouter(self, hotplug_dir=None, cmd=None, endpoint_host=None, **config):
+        """netifd with nohostroute=1, then ``python3 -m wgrouter run --root ROOT``.
+        endpoint_host: netifd's endpoint_host (default: the vpn's DNS name)."""
         if hotplug_dir is None:
             hotplug_dir = os.path.join(REPO, "files/etc/hotplug.d/iface")
-        self.write_network_config(nohostroute=True)
+        net = {"endpoint_host": endpoint_host} if endpoint_host else {}
+        self.write_network_config(nohostroute=True, **net)
         self.write_wgrouter_config(**config)
         self.netifd.configure(mode="wgrouter", hotplug_dir=hotplug_dir)
         self.netifd.setup_tunnel()
