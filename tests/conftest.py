@@ -2,6 +2,7 @@
 cannot run here: not root, no network namespaces, a tool missing."""
 
 import contextlib
+import os
 
 import pytest
 
@@ -23,6 +24,10 @@ def lab_unavailable():
 def require_lab():
     reason = lab_unavailable()
     if reason:
+        # In CI the lab is the point: a machine that cannot run it fails
+        # loudly instead of passing with everything skipped.
+        if os.environ.get("CI"):
+            pytest.fail("CI=%s but the lab cannot run: %s" % (os.environ["CI"], reason))
         pytest.skip(reason)
 
 

@@ -16,6 +16,7 @@ to wireguard-go (a foreground child per device) everywhere else.
 """
 
 import os
+import shutil
 import subprocess
 import time
 
@@ -64,7 +65,8 @@ def kernel_has_wireguard():
 
 def _probe_kernel():
     # modprobe first: a modular kernel loads it on demand only for some paths
-    subprocess.run(["modprobe", "wireguard"], capture_output=True)
+    if shutil.which("modprobe"):
+        subprocess.run(["modprobe", "wireguard"], capture_output=True)
     ns = "twgk%d" % os.getpid()
     if subprocess.run(["ip", "netns", "add", ns], capture_output=True).returncode != 0:
         return False
