@@ -14,6 +14,7 @@ import selectors
 import signal
 import socket
 import sys
+import threading
 import time
 
 import wgrouter
@@ -241,6 +242,12 @@ class Daemon:
                         break
                     buf += chunk
                 request = json.loads(buf.decode() or "{}")
+                if request.get("method") == "diagnose":
+                    # it only reads but may wait seconds on a dead WAN's
+                    # DNS: answer from a thread, never block the loop
+                    threading.Thread(target=self._diagnose_reply, args=(conn.detach(),),
+                                     daemon=True).start()
+                    return []
                 reply, events = self.handle_request(request)
             except (OSError, ValueError) as e:
                 reply = {"error": "bad request: %s" % e}
@@ -249,6 +256,20 @@ class Daemon:
             except OSError:
                 pass
         return events
+
+    def _diagnose_reply(self, fd):
+        conn = socket.socket(fileno=fd)
+        try:
+            from wgrouter import diagnose
+            try:
+                reply = diagnose.run(self.root, self.config)
+            except Exception as e:  # a report, never a dead daemon
+                reply = {"error": "diagnose failed: %s" % e}
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+        except OSError:
+            pass
+        finally:
+            conn.close()
 
     def handle_request(self, request):
         """Answer one CLI/ubus request; returns (reply, events for the core)."""
