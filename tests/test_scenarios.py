@@ -268,3 +268,30 @@ def test_mwan3_silent_failure_moves_the_flow_despite_connmark(wlab):
     assert out.recovered, daemon_log(lab)
     assert out.seconds <= SILENT_BOUND, (out, daemon_log(lab))
     assert tunnel_wan_after(lab, out.fault_time + out.seconds) == "wanb"
+
+
+def test_dns_answer_inside_allowed_ips_is_refused_and_logged(wlab):
+    lab = wlab(dns_ttl_min=1)
+    scenarios.steady(lab.probes)
+    before = scenarios.peer_status(lab)["endpoint"]
+    t = time.time()
+    lab.set_dns("vpn", "10.99.0.5")  # inside the peer's own AllowedIPs: a routing loop
+    assert lab.wait_for(lambda: "10.99.0.5" in daemon_log(lab), 10 * SCALE), daemon_log(lab)
+    line = [x for x in daemon_log(lab).splitlines() if "10.99.0.5" in x][0]
+    assert lab.router_wg in line and "allowed" in line.lower(), line
+    assert scenarios.peer_status(lab)["endpoint"] == before
+    assert lab.probes.outage(since=t) <= 0.3
+    assert observe.route_device(lab, "10.99.0.5") == lab.router_wg  # nothing pinned to it
+
+
+def test_reload_keeps_healthy_tunnel_untouched(wlab):
+    lab = wlab()
+    scenarios.steady(lab.probes)
+    applied_before = daemon_log(lab).count("now wan")
+    t = time.time()
+    lab.wgrouter.send_signal(signal.SIGHUP)
+    assert lab.wait_for(lambda: "configuration reloaded" in daemon_log(lab), 5), daemon_log(lab)
+    time.sleep(1.5)
+    assert lab.probes.outage(since=t) <= 0.3
+    assert daemon_log(lab).count("now wan") == applied_before
+    assert scenarios.peer_status(lab)["state"] == "up"
