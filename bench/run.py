@@ -296,6 +296,8 @@ def main(argv=None):
     ap.add_argument("--idle-seconds", type=float, default=300.0, help="idle CPU measurement (>= 300 for the README)")
     ap.add_argument("--only", help="comma-separated scenario names")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--merge", action="store_true",
+                    help="update the scenarios run now in an existing results file")
     ap.add_argument("--out", default=os.path.join(HERE, "results.json"))
     args = ap.parse_args(argv)
     reason = topology.can_run()
@@ -305,6 +307,13 @@ def main(argv=None):
     results = {"scenarios": {}, "generated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0],
                            "wireguard": "wireguard-go"}}
+    if args.merge and os.path.exists(args.out):
+        # re-run some scenarios, keep the rest of an earlier full run
+        with open(args.out) as f:
+            earlier = json.load(f)
+        earlier["scenarios"].update(results["scenarios"])
+        earlier["generated_partial"] = results["generated"]
+        results = earlier
     names = args.only.split(",") if args.only else list(scenarios.ALL)
     for name in names:
         log("scenario %s" % name)
@@ -315,14 +324,20 @@ def main(argv=None):
         for key in ("cpu_s_per_hour", "wakeups_per_min", "context_switches_per_min", "idle_seconds"):
             results[key] = m.pop(key)
         results["memory"] = m
+    if args.merge and args.skip_memory and "ipk_bytes" in results:
+        return _write(results, args.out)
     log("ipk and hotplug")
     results["ipk_bytes"], results["ipk_sizes"] = bench_ipk()
     results["hotplug_ms"], results["busybox_true_ms"] = bench_hotplug()
-    with open(args.out, "w") as f:
+    return _write(results, args.out)
+
+
+def _write(results, out):
+    with open(out, "w") as f:
         json.dump(results, f, indent=2, sort_keys=True)
         f.write("\n")
     md = table(results)
-    with open(os.path.splitext(args.out)[0] + ".md", "w") as f:
+    with open(os.path.splitext(out)[0] + ".md", "w") as f:
         f.write(md)
     print(md)
     return 0

@@ -20,6 +20,9 @@ from tests.lab import topology
 # tests short while still being far longer than a flap period.
 LAB_CHECK_INTERVAL = 1.0
 LAB_HOLDDOWN = 5.0
+# The defaults are a 10 s check and a 2 s probe timeout; the lab scales both
+# down (a probe across veths answers in well under a millisecond).
+LAB_PROBE_TIMEOUT = 1.0
 
 
 @dataclasses.dataclass
@@ -38,6 +41,7 @@ def start(lab, mode, **config):
     if mode == "wgrouter":
         config.setdefault("check_interval", LAB_CHECK_INTERVAL)
         config.setdefault("failback_holddown", LAB_HOLDDOWN)
+        config.setdefault("probe_timeout", LAB_PROBE_TIMEOUT)
         lab.start_wgrouter(**config)
     elif mode == "baseline":
         lab.start_baseline(**config)

@@ -567,7 +567,7 @@ table ip mwan3lab {
 
     def write_wgrouter_config(self, check_interval=1, failback_holddown=5, wan_keepalive=25,
                               wanb_keepalive=15, endpoints=None, probe=PROBE_TARGET,
-                              extra="", mwan3=False, dns_ttl_min=None):
+                              extra="", mwan3=False, dns_ttl_min=None, probe_timeout=None):
         if endpoints is None:
             endpoints = ["vpn.%s:%d" % (DOMAIN, VPN_ALT_PORT),
                          "%s:%d" % (VPN_ADDRESSES[1], VPN_PORT)]
@@ -575,7 +575,8 @@ table ip mwan3lab {
             ("wgrouter", "main", [("check_interval", str(check_interval)),
                                   ("failback_holddown", str(failback_holddown))]
              + ([("mwan3", "1")] if mwan3 else [])
-             + ([("dns_ttl_min", str(dns_ttl_min))] if dns_ttl_min is not None else [])),
+             + ([("dns_ttl_min", str(dns_ttl_min))] if dns_ttl_min is not None else [])
+             + ([("probe_timeout", str(probe_timeout))] if probe_timeout is not None else [])),
             ("wan", "wan", [("device", "wan"), ("keepalive", str(wan_keepalive)),
                             ("track_ip", [ISPA_INET]), ("dns_server", [DNS_SERVER])]
              + ([("table", str(WANS["wan"]["table"]))] if mwan3 else [])),
