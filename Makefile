@@ -15,6 +15,9 @@ test-unit:
 test-lab:
 	$(PYTEST) -q -m lab tests
 
+test-qemu:
+	PYTHON=$(PYTHON) sh tests/qemu/run.sh
+
 demo:
 	$(PYTHON) -m tests.lab.demo
 

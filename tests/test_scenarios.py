@@ -145,8 +145,8 @@ def test_failback_after_holddown_without_outage(wlab):
 def test_flapping_primary_bounded_actions_and_stable_end(wlab):
     lab = wlab()
     scenarios.steady(lab.probes)
-    flap = faults.flap(lab, "wan", period=0.7, duration=6.0)
-    flap.join(30)
+    flap = faults.flap(lab, "wan", period=0.7, duration=6.0 * SCALE)
+    flap.join(30 * SCALE)
     assert flap.error is None and len(flap.transitions) >= 8
     # wan is up again at the end of the flapping; wait past hold-down growth
     time.sleep(2)

@@ -1,0 +1,86 @@
+#!/bin/sh
+# The kernel WireGuard tier: boot a QEMU VM (virtme-ng, Debian's 6.1 kernel,
+# which has WireGuard; the host kernel may not) that sees this checkout, and
+# run the lab tests inside it with in-kernel WireGuard.  Exit code = pytest's.
+#
+#   tests/qemu/run.sh                    # tests/test_kernel_wg.py + tests/test_scenarios.py
+#   tests/qemu/run.sh tests/test_lab.py  # any pytest arguments instead
+#
+# Environment: PYTHON (host interpreter to use in the VM, default python3),
+# WGROUTER_QEMU_KERNEL (default: newest /boot/vmlinuz-6.1.0-*-amd64),
+# WGROUTER_QEMU_CPUS (2), WGROUTER_QEMU_MEMORY (2G), WGROUTER_QEMU_TIMEOUT
+# (seconds, 2400), WGROUTER_LAB_SCALE (time-bound factor for the lab, 5).
+# Needs root, qemu-system-x86, virtme-ng, a Debian 6.1 kernel image with its
+# modules, and a static busybox (fetched with apt-get download if missing).
+set -eu
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+
+die() { echo "qemu tier: $*" >&2; exit 2; }
+
+[ "$(id -u)" = 0 ] || die "needs root (the VM runs the lab as root on this checkout)"
+command -v vng >/dev/null || die "needs virtme-ng (pip install virtme-ng)"
+command -v qemu-system-x86_64 >/dev/null || die "needs qemu-system-x86 (apt-get install qemu-system-x86)"
+kernel=${WGROUTER_QEMU_KERNEL:-$(find /boot -maxdepth 1 -name 'vmlinuz-6.1.0-*-amd64' | sort -V | tail -n 1)}
+if [ -z "$kernel" ] || [ ! -r "$kernel" ]; then
+    die "needs a kernel with WireGuard: apt-get install linux-image-6.1.0-<N>-amd64"
+fi
+kver=${kernel#*/vmlinuz-}
+[ -d "/lib/modules/$kver" ] || die "no /lib/modules/$kver for $kernel"
+
+# virtme-ng builds its initramfs from a statically linked busybox.  Debian's
+# busybox-static conflicts with busybox (both are /bin/busybox; either serves
+# the lab), so if the dynamic one is installed, keep a private static copy.
+static_busybox() {
+    for b in "$cache/busybox" /usr/bin/busybox /bin/busybox; do
+        if [ -x "$b" ] && ! ldd "$b" >/dev/null 2>&1; then
+            echo "$b"
+            return 0
+        fi
+    done
+    command -v apt-get >/dev/null || return 1
+    d=$(mktemp -d)
+    (cd "$d" && apt-get download -q busybox-static >/dev/null 2>&1 &&
+        dpkg-deb -x busybox-static_*.deb root) || { rm -rf "$d"; return 1; }
+    mkdir -p "$cache" && cp "$d/root/bin/busybox" "$cache/busybox"
+    rm -rf "$d"
+    echo "$cache/busybox"
+}
+cache=${XDG_CACHE_HOME:-$HOME/.cache}/wgrouter-qemu
+busybox=$(static_busybox) || die "needs a static busybox (apt-get install busybox-static)"
+
+# The VM shares the host's filesystem, so the host's interpreter (and the
+# pytest/dnspython/paho-mqtt installed for it) works inside unchanged; resolve
+# it to a real path because shims such as pyenv's need the host's PATH.
+py=$("${PYTHON:-python3}" -c 'import sys; print(sys.executable)') || die "no ${PYTHON:-python3}"
+"$py" -c 'import pytest' 2>/dev/null || die "$py has no pytest"
+
+q() { printf "'%s'" "$(printf %s "$1" | sed "s/'/'\\\\''/g")"; }
+args=""
+if [ $# -eq 0 ]; then
+    set -- tests/test_kernel_wg.py
+    [ -e "$repo/tests/test_scenarios.py" ] && set -- "$@" tests/test_scenarios.py
+fi
+for a in "$@"; do args="$args $(q "$a")"; done
+
+guest="cd $(q "$repo") && WGROUTER_LAB_KERNEL_WG=1 WGROUTER_LAB_SCALE=$(q "${WGROUTER_LAB_SCALE:-5}")"
+guest="$guest sh tests/qemu/guest.sh $(q "$py")$args"
+
+start=$(date +%s)
+echo "qemu tier: booting $kernel (TCG, ${WGROUTER_QEMU_CPUS:-2} cpus) to run:$args"
+rcfile=$(mktemp)
+# KVM is not used on purpose: with it the guest hangs on this setup.  TCG
+# emulation is several times slower, hence WGROUTER_LAB_SCALE.  The pipe through
+# cat matters: QEMU reopens its stdout/stderr, which on a plain log file would
+# give each its own offset and make them overwrite each other.
+{
+    rc=0
+    timeout --kill-after=30 "${WGROUTER_QEMU_TIMEOUT:-2400}" \
+        vng --run "$kernel" --disable-kvm --cpus "${WGROUTER_QEMU_CPUS:-2}" \
+            --memory "${WGROUTER_QEMU_MEMORY:-2G}" --busybox "$busybox" --user root --rw \
+            -- "$guest" </dev/null || rc=$?
+    echo "$rc" >"$rcfile"
+} 2>&1 | cat
+rc=$(cat "$rcfile")
+rm -f "$rcfile"
+echo "qemu tier: exit $rc after $(( $(date +%s) - start )) s wall"
+exit "$rc"
