@@ -173,11 +173,23 @@ def test_start_refuses_invalid_settings():
 
 
 @needs_busybox
-def test_reload_sends_sighup_without_restart():
-    rc, lines, err = run_init("reload_service")
+def test_reload_sends_sighup_without_restart(tmp_path):
+    os.makedirs(tmp_path / "var/run")
+    (tmp_path / "var/run/wgrouter.pid").write_text("4242\n")
+    rc, lines, err = run_init("reload_service", {"WGROUTER_ROOT": str(tmp_path)})
     assert rc == 0, err
     assert lines[-1] == "send_signal wgrouter main HUP"
     # the instance is re-declared unchanged, so procd keeps it running
+    assert "set_param command /usr/bin/wgrouter run" in lines
+
+
+@needs_busybox
+def test_reload_of_a_daemon_not_yet_running_sends_no_hup(tmp_path):
+    # a HUP reaching a daemon still starting would kill it; it reads the
+    # new configuration anyway
+    rc, lines, err = run_init("reload_service", {"WGROUTER_ROOT": str(tmp_path)})
+    assert rc == 0, err
+    assert "send_signal wgrouter main HUP" not in lines
     assert "set_param command /usr/bin/wgrouter run" in lines
 
 

@@ -295,3 +295,27 @@ def test_reload_keeps_healthy_tunnel_untouched(wlab):
     assert lab.probes.outage(since=t) <= 0.3
     assert daemon_log(lab).count("now wan") == applied_before
     assert scenarios.peer_status(lab)["state"] == "up"
+
+
+def test_control_socket_survives_malformed_and_slow_requests(wlab):
+    import socket as socket_mod
+    from wgrouter import control
+    lab = wlab()
+    path = os.path.join(lab.root, control.CONTROL)
+    for payload in (b"[1, 2]\n", b"\"status\"\n", b"{not json\n", b"\xff\xfe\n"):
+        s = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM)
+        s.settimeout(5)
+        s.connect(path)
+        s.sendall(payload)
+        reply = s.makefile("rb").readline()
+        s.close()
+        assert b"error" in reply, (payload, reply)
+    # a client that connects and says nothing is dropped after a bound
+    idle = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM)
+    idle.connect(path)
+    try:
+        assert scenarios.status(lab)["version"]
+    finally:
+        idle.close()
+    assert lab.wgrouter.poll() is None
+    assert scenarios.peer_status(lab)["state"] == "up"

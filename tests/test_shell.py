@@ -329,3 +329,15 @@ def test_observe_netlink_failure_keeps_last_view_and_retries(sh, monkeypatch):
     wans, _, _ = s.observe(True)
     assert len(calls) == 3 and wans["wan"].up  # last good view kept
     assert s.kernel_error
+
+
+def test_child_cancelled_by_a_sibling_in_the_same_select_batch_is_ignored(sh):
+    # select() can hand back a child whose sibling's answer already
+    # cancelled it (and closed its pipe): it must be skipped, not read
+    s, fake = sh
+
+    class Closed:
+        def read(self):
+            raise ValueError("I/O operation on closed file")
+
+    assert s._readable(Closed()) == []

@@ -56,13 +56,18 @@ _path = control.path
 
 
 def pid_alive(pid):
+    """A live wgrouter process (a pid reused by something else is not)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return b"wgrouter" in f.read()
+    except OSError:
         return True
-    return True
 
 
 def read_pid(root):
@@ -120,6 +125,7 @@ class Daemon:
         self.monitor = None
         self.control = None
         self.wake_r = self.wake_w = None
+        self.observe_errors = ()  # wg / netlink failures, logged when they change
         self.wakeups = 0  # loop iterations: the idle cost the benchmark reports
 
     # ------------------------------------------------------------ setup
@@ -129,11 +135,6 @@ class Daemon:
         pid = read_pid(self.root)
         if pid and pid != os.getpid() and pid_alive(pid):
             raise AlreadyRunning("another wgrouter daemon is running (pid %d)" % pid)
-        tmp = _path(self.root, PIDFILE) + ".tmp"
-        with open(tmp, "w") as f:
-            f.write("%d\n" % os.getpid())
-        os.rename(tmp, _path(self.root, PIDFILE))
-
         # Signals arrive through a socketpair so the select() wakes up.
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
@@ -163,6 +164,13 @@ class Daemon:
             state_path=_path(self.root, STATE))
         now = time.time()
         self.engine = core.Engine(self.config, now, rng=random.Random())
+        # published last, once the signal handlers are in place (the hotplug
+        # script sends SIGUSR1 to this pid); then take what it spooled meanwhile
+        tmp = _path(self.root, PIDFILE) + ".tmp"
+        with open(tmp, "w") as f:
+            f.write("%d\n" % os.getpid())
+        os.rename(tmp, _path(self.root, PIDFILE))
+
         self.pending.extend(read_spool(self.root))
         if self.use_ubus:
             self._start_ubus()
@@ -194,7 +202,7 @@ class Daemon:
         try:
             telemetry = mqtt.Telemetry(self.config.mqtt, identity, log=log)
             telemetry.start()
-        except wgrouter.Error as e:
+        except (wgrouter.Error, ImportError) as e:
             log("mqtt: telemetry off: %s" % e)
             return
         self.mqtt = telemetry
@@ -233,15 +241,21 @@ class Daemon:
             return []
         events = []
         with conn:
-            conn.settimeout(CONTROL_TIMEOUT)
+            deadline = time.monotonic() + CONTROL_TIMEOUT
             try:
                 buf = b""
                 while not buf.endswith(b"\n") and len(buf) < 4096:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise OSError("request not received within %gs" % CONTROL_TIMEOUT)
+                    conn.settimeout(remaining)
                     chunk = conn.recv(4096)
                     if not chunk:
                         break
                     buf += chunk
                 request = json.loads(buf.decode() or "{}")
+                if not isinstance(request, dict):
+                    raise ValueError("a request is a JSON object")
                 if request.get("method") == "diagnose":
                     # it only reads but may wait seconds on a dead WAN's
                     # DNS: answer from a thread, never block the loop
@@ -251,6 +265,9 @@ class Daemon:
                 reply, events = self.handle_request(request)
             except (OSError, ValueError) as e:
                 reply = {"error": "bad request: %s" % e}
+            except Exception as e:  # a bad request never stops failover
+                log("control: request failed: %r" % (e,))
+                reply = {"error": "request failed: %s" % e}
             try:
                 conn.sendall(json.dumps(reply).encode() + b"\n")
             except OSError:
@@ -294,6 +311,8 @@ class Daemon:
         snap["pid"] = os.getpid()
         snap["uptime"] = round(time.time() - self.started, 1)
         snap["wakeups"] = self.wakeups
+        if self.observe_errors:
+            snap["errors"] = list(self.observe_errors)
         return snap
 
     # -------------------------------------------------------------- loop
@@ -315,6 +334,14 @@ class Daemon:
     def _step(self, now):
         wans, peers, tunnels = self.shell.observe(self.kernel_changed)
         self.kernel_changed = False
+        errors = tuple(e for e in (self.shell.wg_error, self.shell.kernel_error) if e)
+        if errors != self.observe_errors:
+            for e in errors:
+                if e not in self.observe_errors:
+                    log("observation failed: %s" % e)
+            if not errors:
+                log("observation works again")
+            self.observe_errors = errors
         events, self.pending = tuple(self.pending), []
         obs = model.Observation(wans=wans, peers=peers, tunnels=tunnels, events=events)
         decision = self.engine.step(obs, now)
@@ -349,7 +376,11 @@ class Daemon:
         return max(0.0, min(candidates) - now)
 
     def run(self):
-        self._setup()
+        try:
+            self._setup()
+        except BaseException:
+            self._abort_setup()
+            raise
         self.running = True
         log("started (pid %d, %d tunnel(s), WANs: %s)" % (
             os.getpid(), len(self.config.tunnels),
@@ -376,6 +407,18 @@ class Daemon:
         finally:
             self._shutdown()
 
+    def _abort_setup(self):
+        """Undo a half-done start: nothing was applied yet, only run files."""
+        if self.control is not None:
+            self.control.close()
+        if self.shell is not None:
+            self.shell.stop()
+        if read_pid(self.root) == os.getpid():
+            try:
+                os.unlink(_path(self.root, PIDFILE))
+            except OSError:
+                pass
+
     def _shutdown(self):
         log("stopping")
         try:
@@ -386,13 +429,20 @@ class Daemon:
                 self.shell.cleanup()
                 self.shell.stop()
         finally:
+            # no new requests from the CLI or the ubus thread from here on
+            if self.control is not None:
+                self.control.close()
+                try:
+                    os.unlink(_path(self.root, CONTROL))
+                except OSError:
+                    pass
             if self.mqtt is not None:
                 self.mqtt.stop()
             if self.ubus is not None:
                 self.ubus.stop()
-            for rel in (PIDFILE, CONTROL):
+            if read_pid(self.root) == os.getpid():
                 try:
-                    os.unlink(_path(self.root, rel))
+                    os.unlink(_path(self.root, PIDFILE))
                 except OSError:
                     pass
             log("stopped")

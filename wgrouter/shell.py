@@ -274,6 +274,10 @@ class Shell:
                 pass
 
     def _readable(self, child):
+        # select() may report a child that a sibling's answer has already
+        # cancelled (ProbeWan: first answer wins) in the same batch
+        if child not in self.children:
+            return []
         if child.read():
             return []
         self._forget(child)

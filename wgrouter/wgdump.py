@@ -21,7 +21,7 @@ def parse(text, interface=None):
     (no name column).  Every interface appears, even one without peers.
     """
     result = {}
-    for line in text.splitlines():
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         fields = line.split("\t")
@@ -32,7 +32,8 @@ def parse(text, interface=None):
             result.setdefault(name, {})
             continue
         if len(fields) != 9:
-            raise BadDump("unexpected line in wg dump output: %r" % line)
+            # never quote the line: dump lines carry private and preshared keys
+            raise BadDump("unexpected line %d in wg dump output (%d fields)" % (lineno, len(fields)))
         peers = result.setdefault(name, {})
         try:
             peers[fields[1]] = model.PeerStats(
@@ -43,7 +44,8 @@ def parse(text, interface=None):
                 keepalive=0 if fields[8] == "off" else int(fields[8]),
             )
         except ValueError:
-            raise BadDump("unexpected line in wg dump output: %r" % line) from None
+            raise BadDump("unexpected line %d in wg dump output (a number field is not a number)"
+                          % lineno) from None
     return result
 
 
