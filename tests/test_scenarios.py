@@ -319,3 +319,29 @@ def test_control_socket_survives_malformed_and_slow_requests(wlab):
         idle.close()
     assert lab.wgrouter.poll() is None
     assert scenarios.peer_status(lab)["state"] == "up"
+
+
+@pytest.mark.mqtt
+def test_reload_switches_mqtt_on_without_restart(wlab):
+    import shutil
+    if not shutil.which("mosquitto") or not shutil.which("mosquitto_sub"):
+        pytest.skip("needs mosquitto and mosquitto_sub")
+    lab = wlab()
+    pid = lab.wgrouter.pid
+    conf = os.path.join(lab.logdir, "mosquitto.conf")
+    with open(conf, "w") as f:
+        f.write("listener 1883 127.0.0.1\nallow_anonymous true\n")
+    lab.popen("router", "mosquitto", "-c", conf, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.5)  # mosquitto listening
+    path = os.path.join(lab.root, "etc/config/wgrouter")
+    with open(path, "a") as f:
+        f.write("\nconfig mqtt 'mqtt'\n\toption enabled '1'\n\toption host '127.0.0.1'\n"
+                "\toption identity 'labrouter'\n")
+    t = time.time()
+    lab.wgrouter.send_signal(signal.SIGHUP)
+    got = lab.run("router", "mosquitto_sub", "-h", "127.0.0.1", "-t", "wgrouter/labrouter/#",
+                  "-v", "-W", str(int(8 * SCALE)), "-C", "2", check=False, timeout=20 * SCALE).stdout
+    assert "wgrouter/labrouter/status online" in got, (got, daemon_log(lab))
+    assert "wgrouter/labrouter/tunnel/%s/state" % lab.router_wg in got, got
+    assert lab.wgrouter.pid == pid and lab.wgrouter.poll() is None
+    assert lab.probes.outage(since=t) <= 0.3

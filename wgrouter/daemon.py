@@ -324,11 +324,20 @@ class Daemon:
         except wgrouter.Error as e:
             log("reload refused, keeping the running configuration: %s" % e)
             return
-        self.config = cfg
+        old_mqtt, self.config = self.config.mqtt, cfg
         self.engine.reconfigure(cfg, time.time())
         self.shell.reconfigure(cfg)
         self.kernel_changed = True
         self.pending.append(model.Event("link", {}))  # step now; reconfigure applies only what changed
+        if cfg.mqtt != old_mqtt:
+            # a new broker, new credentials or MQTT switched on/off: the old
+            # session says "offline" (bounded flush), a new one starts
+            if self.mqtt is not None:
+                self.mqtt.stop()
+                self.mqtt = None
+            self._start_mqtt()
+            if self.mqtt is not None and self.snapshot:
+                self.mqtt.publish_state(self.snapshot)
         log("configuration reloaded")
 
     def _step(self, now):
