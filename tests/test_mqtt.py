@@ -663,6 +663,14 @@ def test_mqtt5_auth_failure_logged(running):
 def test_home_assistant_discovery_on_the_broker(broker, running):
     t = running(telemetry("gw9", port=broker.port, ha_discovery=True, ha_prefix="ha"))
     t.publish_state(snapshot())
+    # the configs must be on the broker before the subscriber comes, so that
+    # it gets them as retained messages (not as live ones)
+    settled = threading.Event()
+    for _ in range(100):
+        if t.connected and not t.queued() and not t._inflight:
+            break
+        settled.wait(0.05)
+    assert t.connected and not t.queued()
     with mosquitto.Subscriber(broker, "ha/#") as sub:
         assert sub.wait(lambda ms: len(ms) >= 3)
         got = {topic: (retain, json.loads(payload)) for retain, topic, payload in sub.messages}
