@@ -86,7 +86,7 @@ def test_dns_move_and_address_down(lab):
                 "endpoint", "vpn.lab.test:51820")
         t2 = time.time()
         assert ps.wait_reply_after(t2, 15) is not None
-        assert VPN_B in {p["dst"] for p in cap.tunnel_packets(t2)}
+        assert lab.wait_for(lambda: VPN_B in {p["dst"] for p in cap.tunnel_packets(t2)}, 3)
         ps.stop()
     finally:
         cap.stop()
@@ -172,6 +172,7 @@ def test_carrier_loss_failover_leak_no_failback_nat_reset(lab_factory):
     lab.netifd.ifupdate("wanb")
     assert lab.netifd.dep == ("wanb", VPN_A)
     assert ps.wait_reply_after(t_up, 10) is not None
+    time.sleep(0.3)  # the capture file lags the reply a little
     assert cap.tunnel_devices(t_up) == ["wanb"]
     assert lab.vpn_endpoint().startswith(topology.ISPB_PUBLIC[0] + ":")
     # wan returns: stock does not fail back
@@ -295,6 +296,7 @@ def test_stale_source_after_failover_without_hostroute(lab_factory):
     lab.run("router", "wg", "set", lab.router_wg, "peer", lab.keys["vpn"]["public"],
             "endpoint", "%s:%d" % (VPN_A, topology.VPN_PORT))
     assert ps.wait_reply_after(t2, 5) is not None
+    time.sleep(0.3)  # the capture file lags the reply a little
     assert cap.tunnel_devices(t2) == ["wanb"]
     ps.stop()
     cap.stop()

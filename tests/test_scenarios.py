@@ -106,9 +106,15 @@ def test_udp_blocked_on_backup_recovers_through_alternate_port(wlab):
     lab = wlab()
     out = scenarios.udp_blocked_backup(lab, lab.probes, lab.cap, limit=40)
     assert out.recovered, daemon_log(lab)
-    ports = {p["dport"] for p in lab.cap.tunnel_packets(since=out.fault_time + out.seconds)
-             if p["dev"] == "wanb"}
-    assert topology.VPN_ALT_PORT in ports, ports
+    ports = set()
+
+    def alt_port_seen():
+        # the capture file may lag the first reply: wait for it
+        ports.update(p["dport"] for p in lab.cap.tunnel_packets(since=out.fault_time + out.seconds)
+                     if p["dev"] == "wanb")
+        return topology.VPN_ALT_PORT in ports
+
+    assert lab.wait_for(alt_port_seen, 3 * SCALE), ports
     assert scenarios.peer_status(lab)["endpoint"].endswith(":%d" % topology.VPN_ALT_PORT)
     assert faults.dropped(lab, "wanb") > 0  # the block was real
 
