@@ -144,6 +144,67 @@ def test_hotplug_ifdown_holds_until_ifup():
     assert rig.engine.snapshot(rig.t)["wans"]["wan"]["usable"]
 
 
+
+# ------------------------------------------------------------ mwan3 verdicts
+
+
+def test_mwan3_disconnected_fails_over_in_the_same_step():
+    rig = Rig()
+    rig.step()
+    d = rig.step(hotplug("disconnected", "wan"), dt=1)  # link, address, route all still there
+    (ap,) = of(d, model.ApplyPath)
+    assert (ap.wan, ap.old_address) == ("wanb", IP1)
+    (tr,) = transitions(d, "failover")
+    assert "mwan3 reports it disconnected" in tr.because, tr
+    (wtr,) = transitions(d, "wan")
+    assert (wtr.tunnel, wtr.was, wtr.now) == ("wan", "up", "unhealthy"), wtr
+    snap = rig.engine.snapshot(rig.t)["wans"]["wan"]
+    assert (snap["up"], snap["healthy"], snap["usable"]) == (True, False, False)
+
+
+def test_mwan3_verdict_is_not_overruled_by_our_wan_probe():
+    rig = Rig(failback_holddown=5.0)
+    rig.step()
+    rig.step(hotplug("disconnected", "wan"), dt=1)
+    rig.step(wan_probe("wan", True), dt=1)
+    for _ in range(5):
+        assert not [a for a in of(rig.check(), model.ApplyPath) if a.wan == "wan"]
+        # and it is not probed again while mwan3 holds it down
+        assert not [a for a in of(rig.step(dt=1), model.ProbeWan) if a.wan == "wan"]
+    assert not rig.engine.snapshot(rig.t)["wans"]["wan"]["usable"]
+
+
+@pytest.mark.parametrize("clear", ["connected", "ifup"])
+def test_mwan3_connected_or_ifup_ends_the_verdict_and_failback_follows(clear):
+    rig = Rig(failback_holddown=20.0)
+    rig.step()
+    rig.step(hotplug("disconnected", "wan"), dt=1)
+    d = rig.step(hotplug(clear, "wan"), dt=1)
+    assert not of(d, model.ApplyPath)  # hold-down first
+    (wtr,) = transitions(d, "wan")
+    assert (wtr.was, wtr.now) == ("unhealthy", "up"), wtr
+    if clear == "connected":
+        assert "mwan3 reports it connected" in wtr.because, wtr
+    (ap,) = of(rig.step(dt=20), model.ApplyPath)
+    assert ap.wan == "wan"
+
+
+def test_mwan3_connected_without_disconnected_changes_nothing():
+    rig = Rig()
+    rig.step()
+    d = rig.step(hotplug("connected", "wan"), hotplug("connected", "wanb"), dt=1)
+    assert not of(d, model.ApplyPath) and not transitions(d)
+    assert rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["wan"] == "wan"
+
+
+def test_mwan3_both_disconnected_keeps_the_tunnel_on_a_wan():
+    rig = Rig()
+    rig.step()
+    rig.step(hotplug("disconnected", "wan"), dt=1)
+    rig.step(hotplug("disconnected", "wanb"), dt=1)
+    assert rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["wan"] in ("wan", "wanb")
+
+
 def test_failback_only_after_holddown():
     rig = Rig(failback_holddown=60.0)
     rig.step()

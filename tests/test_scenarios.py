@@ -276,6 +276,33 @@ def test_mwan3_silent_failure_moves_the_flow_despite_connmark(wlab):
     assert tunnel_wan_after(lab, out.fault_time + out.seconds) == "wanb"
 
 
+
+def test_mwan3_disconnected_event_moves_the_tunnel_before_our_own_check(wlab):
+    """mwan3track's verdict arrives through the real hotplug script; with a
+    30 s check interval, only that event can move the tunnel this fast."""
+    lab = wlab(lab_kwargs={"mwan3": True}, mwan3=True, check_interval=30)
+    scenarios.steady(lab.probes)
+    faults.silent_failure(lab, "wan")
+    time.sleep(0.5)
+    t = time.time()
+    lab.netifd.mwan3_event("disconnected", "wan")
+    run = lab.netifd.hotplug_runs[-1]
+    assert (run["action"], run["rc"]) == ("disconnected", 0), run
+    d = lab.probes.wait_reply_after(t, 10 * SCALE)
+    assert d is not None and d <= CARRIER_BOUND, (d, daemon_log(lab))
+    assert tunnel_wan_after(lab, t + d) == "wanb"
+    assert lab.cap.leaks(since=t - 1) == []
+    assert "mwan3 reports it disconnected" in daemon_log(lab)
+    # mwan3 says connected again: back to wan once the hold-down has passed
+    faults.restore_upstream(lab, "wan")
+    t = time.time()
+    lab.netifd.mwan3_event("connected", "wan")
+    hold = scenarios.LAB_HOLDDOWN
+    assert lab.wait_for(lambda: lab.cap.tunnel_wan(since=time.time() - 0.5) == "wan",
+                        (hold + 5) * SCALE), daemon_log(lab)
+    assert time.time() - t >= hold - 0.5
+
+
 def test_dns_answer_inside_allowed_ips_is_refused_and_logged(wlab):
     lab = wlab(dns_ttl_min=1)
     scenarios.steady(lab.probes)

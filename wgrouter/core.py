@@ -78,7 +78,8 @@ class BadEvent(wgrouter.Error):
 class _WanTrack:
     up: bool = False  # obs says up and no hotplug ifdown is pending
     forced_down: bool = False  # hotplug ifdown seen, kernel may not show it yet
-    unhealthy: bool = False  # last ProbeWan failed
+    unhealthy: bool = False  # last ProbeWan failed, or mwan3 says disconnected
+    mwan3_down: bool = False  # mwan3 reported disconnected; only its connected (or ifup) clears it
     usable: bool = False  # up and not unhealthy
     usable_since: typing.Optional[float] = None
     changes: typing.Deque[float] = dataclasses.field(default_factory=collections.deque)
@@ -443,7 +444,7 @@ class Engine:
                 wt.forced_down = False
                 if action != "ifup":
                     return  # a DHCP renewal: address and gateway are compared anyway
-                wt.unhealthy = False
+                wt.unhealthy = wt.mwan3_down = False
                 # The kernel flushes a device's routes when it goes down; a
                 # quick bounce may have taken our host routes without us ever
                 # observing the WAN down.
@@ -451,6 +452,17 @@ class Engine:
                     if ts.wan == iface:
                         for ps in self._tunnel_peers(ts):
                             ps.force = ps.force or "%s %s" % (iface, action)
+            elif action == "disconnected":
+                # mwan3track's verdict from its own track IPs and thresholds:
+                # the user's tuning of when this uplink is dead.  It holds
+                # until mwan3 says connected again (or the WAN comes up anew);
+                # our own WAN probe does not overrule it.
+                wt.mwan3_down = wt.unhealthy = True
+                wt.why = "unhealthy (mwan3 reports it disconnected)"
+            elif action == "connected":
+                if wt.mwan3_down:
+                    wt.mwan3_down = wt.unhealthy = False
+                    wt.why = "connected (mwan3)"
         elif iface in self._tunnels:
             ts = self._tunnels[iface]
             if action == "ifdown":
@@ -488,7 +500,7 @@ class Engine:
             return
         wt.probe_until = None
         if ok:
-            if wt.unhealthy:
+            if wt.unhealthy and not wt.mwan3_down:
                 wt.unhealthy = False
             for ts, ps in self._waiting_on(wan):
                 ps.evidence += "; wan probe ok"
@@ -504,6 +516,8 @@ class Engine:
         if not wt.unhealthy:
             wt.unhealthy = True
             wt.why = "unhealthy (track ips do not answer)"
+        elif wt.mwan3_down:
+            wt.why = "unhealthy (mwan3 reports it disconnected; track ips do not answer)"
         for ts, ps in list(self._waiting_on(wan)):
             self._verdict(ts, ps)
 
@@ -622,9 +636,12 @@ class Engine:
                 wt.usable = usable
                 wt.usable_since = now if usable else None
             if label != wt.label:
-                because = {UP: "link, address and default route present" + (
-                    "; track ips answer" if wt.label == "unhealthy" else ""),
-                    "unhealthy": "track ips do not answer"}.get(label, wt.why.partition("(")[2].rstrip(")") or wt.why)
+                if label == UP:
+                    because = "link, address and default route present" + (
+                        "" if wt.label != "unhealthy" else
+                        "; mwan3 reports it connected" if wt.why == "connected (mwan3)" else "; track ips answer")
+                else:
+                    because = wt.why.partition("(")[2].rstrip(")") or wt.why
                 self._transition(wan.name, None, wt.label, label, because, "wan")
                 wt.label = label
 
@@ -688,7 +705,7 @@ class Engine:
         # failback hold-down can start as soon as it answers again.
         for wan in self._config.wans:
             wt = self._wans[wan.name]
-            if wt.unhealthy and wt.up and wan.track_ips and wt.probe_until is None:
+            if wt.unhealthy and not wt.mwan3_down and wt.up and wan.track_ips and wt.probe_until is None:
                 self._probe_wan(wan, probed)
 
     def _judge(self, ps: _PeerState, st: model.PeerStats) -> typing.Tuple[str, str]:

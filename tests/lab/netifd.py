@@ -122,6 +122,17 @@ class NetifdStandin:
             self._hotplug("ifupdate", wan, DEVICE=w["device"])
             self._dependency_event()
 
+    def mwan3_event(self, action, wan):
+        """What mwan3track does when a WAN's track IPs stop (or start again)
+        answering: ACTION=disconnected (connected) through the iface hotplug
+        scripts, while netifd still reports the interface up."""
+        if action not in ("connected", "disconnected"):
+            raise ValueError(action)
+        w = topology.WANS[wan]
+        with self._lock:
+            self._event("mwan3 %s %s" % (action, wan))
+            self._hotplug(action, wan, DEVICE=w["device"])
+
     def _dependency_event(self):
         if self.mode == "stock" and self.pending:
             self._setup()
