@@ -280,11 +280,15 @@ def control_text(name, version, depends, data, source, section, mtime):
 
 # ------------------------------------------------------------ packages
 
-def strip_function_docstrings(tree):
-    """Drop function docstrings (only help() reads them); keep module and class
-    docstrings, which wgrouter uses as messages and argparse descriptions."""
+def strip_docstrings(tree):
+    """Drop the docstrings of the module, its functions and its plain classes,
+    as ``python -OO`` does (only help() reads them).  Keep them on classes with
+    a base class: wgrouter's exceptions use their docstring as the message."""
     for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        if isinstance(node, ast.ClassDef) and node.bases:
+            continue
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) \
+                and node.body:
             first = node.body[0]
             if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) \
                     and isinstance(first.value.value, str):
@@ -298,7 +302,7 @@ def pyc_bytes(source, dfile):
     Unchecked hash: no source mtime inside, and the router never rewrites it
     (there is no source to compare with, and site-packages may be read-only).
     """
-    tree = strip_function_docstrings(ast.parse(source, dfile))
+    tree = strip_docstrings(ast.parse(source, dfile))
     code = compile(tree, dfile, "exec", dont_inherit=True)
     flags = 0b01  # hash-based, not checked
     return (importlib.util.MAGIC_NUMBER + struct.pack("<I", flags)

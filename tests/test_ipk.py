@@ -231,6 +231,11 @@ def test_compiled_package_imports(main_ipk, tmp_path):
             "import wgrouter\n"
             "# class docstrings are messages: they must survive compilation\n"
             "assert str(wgrouter.Error()) == 'wgrouter error', str(wgrouter.Error())\n"
+            "from wgrouter import core\n"
+            "assert str(core.BadEvent()) == 'malformed event ignored', str(core.BadEvent())\n"
+            "# other docstrings are dropped, as python -OO would\n"
+            "assert core.__doc__ is None and core.Engine.step.__doc__ is None\n"
+            "assert core.Engine.__doc__ is None, core.Engine.__doc__\n"
             "print('ok')\n" % str(site))
     env = {"PYTHONPATH": str(site), "PATH": os.environ.get("PATH", "")}
     r = subprocess.run([sys.executable, "-S", "-c", code] +
