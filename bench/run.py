@@ -52,27 +52,27 @@ def _median(xs):
     return round(statistics.median(xs), 3) if xs else None
 
 
+def _runs(name, who, count, limit, start_kwargs=None):
+    """Run one scenario ``count`` times for ``who``; (seconds, recovered, leaks)."""
+    seconds, recovered, leaks = [], [], 0
+    for i in range(count):
+        out = scenarios.run(name, who, limit=limit, start_kwargs=start_kwargs)
+        log("  %s %s run %d: %s %.3f s, leaks %d" % (
+            name, who, i + 1, "recovered" if out.recovered else "NOT recovered", out.seconds,
+            out.notes.get("leaks", 0)))
+        seconds.append(out.seconds)
+        recovered.append(out.recovered)
+        leaks += out.notes.get("leaks", 0)
+    return seconds, recovered, leaks
+
+
 def bench_scenario(name, runs, baseline_runs):
     limit = LIMITS[name]
-    w, b, w_ok, b_ok, leaks = [], [], [], [], {"wgrouter": 0, "baseline": 0}
-    for i in range(runs):
-        out = scenarios.run(name, "wgrouter", limit=limit)
-        log("  %s wgrouter run %d: %s %.3f s, leaks %d" % (
-            name, i + 1, "recovered" if out.recovered else "NOT recovered", out.seconds,
-            out.notes.get("leaks", 0)))
-        w.append(out.seconds)
-        w_ok.append(out.recovered)
-        leaks["wgrouter"] += out.notes.get("leaks", 0)
-    for i in range(baseline_runs):
-        out = scenarios.run(name, "baseline", limit=limit,
-                            start_kwargs={"watchdog_interval": 60, "stale_after": 150,
-                                          "update_every": STOCK_UPDATE_EVERY})
-        log("  %s baseline run %d: %s %.3f s, leaks %d" % (
-            name, i + 1, "recovered" if out.recovered else "NOT recovered", out.seconds,
-            out.notes.get("leaks", 0)))
-        b.append(out.seconds)
-        b_ok.append(out.recovered)
-        leaks["baseline"] += out.notes.get("leaks", 0)
+    w, w_ok, w_leaks = _runs(name, "wgrouter", runs, limit)
+    b, b_ok, b_leaks = _runs(name, "baseline", baseline_runs, limit,
+                             start_kwargs={"watchdog_interval": 60, "stale_after": 150,
+                                           "update_every": STOCK_UPDATE_EVERY})
+    leaks = {"wgrouter": w_leaks, "baseline": b_leaks}
     baseline_recovered = bool(b_ok) and all(b_ok)
     res = {
         "wgrouter_s": _median(w),

@@ -5,8 +5,6 @@ import os
 import socket
 import threading
 
-import pytest
-
 from wgrouter import cli
 from wgrouter import control
 
@@ -81,8 +79,3 @@ def test_format_status_names_peer_wan_and_events():
     assert "wan (down)" in text and "wanb (up, active)" in text
     assert "peer office" in text and "192.0.2.10:51820" in text and "handshake 4s ago" in text
     assert "was wan, now wanb" in text
-
-
-@pytest.mark.parametrize("seconds,text", [(None, "never"), (5, "5s"), (125, "2m05s"), (7300, "2h01m")])
-def test_age(seconds, text):
-    assert cli._age(seconds) == text

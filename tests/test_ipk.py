@@ -243,9 +243,10 @@ def test_compiled_package_imports(main_ipk, tmp_path):
                        env=env, capture_output=True, text=True, cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     # `python3 -m wgrouter` runs from the sourceless package too
-    r = subprocess.run([sys.executable, "-S", "-m", "wgrouter", "--help"], env=env,
-                       capture_output=True, text=True, cwd=str(tmp_path))
-    assert r.returncode == 0, r.stderr
+    for module in ("wgrouter", "wgrouter.resolve"):  # the second is what diagnose runs
+        r = subprocess.run([sys.executable, "-S", "-m", module, "--help"], env=env,
+                           capture_output=True, text=True, cwd=str(tmp_path))
+        assert r.returncode == 0, (module, r.stderr)
 
 
 def test_mqtt_subpackage(dist):

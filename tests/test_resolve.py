@@ -1,6 +1,5 @@
 import json
 import os
-import selectors
 import socket
 import subprocess
 import sys
@@ -12,7 +11,6 @@ from tests.fakerunner import REPO, NetNS, netns_unavailable
 from wgrouter import model
 from wgrouter import resolve
 from wgrouter import shell as shell_mod
-from wgrouter import runner
 
 dns_message = pytest.importorskip("dns.message")
 
@@ -219,66 +217,6 @@ def test_servfail_tries_next():
     finally:
         resolve._query = original
     assert calls == ["192.0.2.1", "192.0.2.2"]
-
-
-# ------------------------------------------------------------ parent side
-
-
-def run_child(c):
-    sel = selectors.DefaultSelector()
-    os.set_blocking(c.proc.stdout.fileno(), False)
-    sel.register(c.proc.stdout, selectors.EVENT_READ)
-    try:
-        while True:
-            if not sel.select(30):
-                raise AssertionError("child never finished")
-            if not c.read():
-                break
-    finally:
-        sel.close()
-    return c.finish(*c.reap())
-
-
-def test_child_argv():
-    action = model.Resolve("vpn.example.net", "wanb", "wwan0", ("192.0.2.53", "192.0.2.54"))
-    argv = resolve.child_argv(action, port=5353, timeout=1.5, python="python3")
-    assert argv == [
-        "python3", "-m", "wgrouter.resolve", "--timeout", "1.5", "--device", "wwan0",
-        "--server", "192.0.2.53", "--server", "192.0.2.54", "--port", "5353", "vpn.example.net",
-    ]
-
-
-def test_start_resolve_event(dnsmasq):
-    action = model.Resolve("alias.test", "wan", "lo", ("127.0.0.1",))
-    c = resolve.start_resolve(runner.Runner(), action, port=dnsmasq, now=1000.0)
-    assert c.deadline == 1000.0 + 2 * resolve.SERVER_TIMEOUT + resolve.CHILD_OVERHEAD
-    events = run_child(c)
-    assert events == [model.Event("resolved", {"host": "alias.test", "wan": "wan", "addresses": ["10.0.0.1"], "ttl": 5})]
-
-
-def test_start_resolve_failure_event(dnsmasq):
-    action = model.Resolve("missing.test", "wanb", "lo", ("127.0.0.1",))
-    events = run_child(resolve.start_resolve(runner.Runner(), action, port=dnsmasq))
-    assert events == [model.Event("resolve_failed", {"host": "missing.test", "wan": "wanb", "error": "NXDOMAIN"})]
-
-
-@pytest.mark.parametrize(
-    "rc,out,err,error",
-    [
-        (1, "", "Traceback: boom\n", "resolver exited 1: Traceback: boom"),
-        (0, "not json\n", "", "resolver exited 0: not json"),
-        (0, '{"addresses": [], "ttl": 5}\n', "", "resolver exited 0"),
-        (1, '{"error": "timeout"}\n', "", "timeout"),
-    ],
-)
-def test_start_resolve_bad_child_output(rc, out, err, error):
-    from tests.fakerunner import FakeRunner
-
-    fake = FakeRunner().on([sys.executable, "-m", "wgrouter.resolve"], rc=rc, out=out, err=err)
-    action = model.Resolve("x.test", "wan", "eth1", ())
-    events = run_child(resolve.start_resolve(fake, action))
-    assert events == [model.Event("resolve_failed", {"host": "x.test", "wan": "wan", "error": error})]
-    assert fake.spawned[0][-3:] == ["--device", "eth1", "x.test"]
 
 
 # ------------------------------------------------------------ lab: bound to the WAN

@@ -1,6 +1,5 @@
 import json
 import selectors
-import sys
 import time
 
 import pytest
@@ -231,18 +230,6 @@ def test_state_path_option(tmp_path):
     s.execute(model.ApplyPath("wg0", KEY, "wan", "eth1", "10.1.0.1", "198.51.100.7", 51820, 0), None)
     with open(tmp_path / "applied.json") as f:
         assert "198.51.100.7 main" in json.load(f)["routes"]
-
-
-def test_resolve_child(sh):
-    s, fake = sh
-    s.resolve_in_process = False
-    fake.on([sys.executable, "-m", "wgrouter.resolve"], out=json.dumps({"addresses": ["198.51.100.7"], "ttl": 60}))
-    sel = selectors.DefaultSelector()
-    assert s.execute(model.Resolve("vpn.example.net", "wanb", "wwan0", ("192.0.2.53",)), sel) == []
-    assert fake.spawned[0][-5:] == ["--device", "wwan0", "--server", "192.0.2.53", "vpn.example.net"]
-    events = loop(s, sel)
-    assert events == [model.Event("resolved", {"host": "vpn.example.net", "wan": "wanb",
-                                               "addresses": ["198.51.100.7"], "ttl": 60})]
 
 
 def test_stop_kills_children(sh):

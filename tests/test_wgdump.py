@@ -48,14 +48,3 @@ def test_parse_empty():
 def test_parse_rejects_garbage(line):
     with pytest.raises(wgdump.BadDump):
         wgdump.parse(line)
-
-
-@pytest.mark.parametrize(
-    "endpoint,expected",
-    [
-        ("198.51.100.7:51820", ("198.51.100.7", 51820)),
-        ("[2001:db8::7]:4500", ("2001:db8::7", 4500)),
-    ],
-)
-def test_split_endpoint(endpoint, expected):
-    assert wgdump.split_endpoint(endpoint) == expected

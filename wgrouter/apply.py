@@ -43,12 +43,6 @@ def _host(address):
     return "%s/%d" % (address, 128 if _family(address) == 6 else 32)
 
 
-def _endpoint(address, port):
-    if _family(address) == 6:
-        return "[%s]:%d" % (address, port)
-    return "%s:%d" % (address, port)
-
-
 def _ip(address, *args):
     argv = ["ip"]
     if _family(address) == 6:
@@ -295,7 +289,7 @@ class Applier:
             self._run(
                 [
                     "wg", "set", a.tunnel, "peer", a.peer,
-                    "endpoint", _endpoint(a.address, a.port),
+                    "endpoint", str(model.Endpoint(a.address, a.port)),
                     "persistent-keepalive", str(a.keepalive),
                 ]
             )

@@ -56,18 +56,9 @@ def _ask(args, request):
     return reply
 
 
-def _age(seconds):
-    if seconds is None:
-        return "never"
-    seconds = int(seconds)
-    if seconds < 120:
-        return "%ds" % seconds
-    if seconds < 7200:
-        return "%dm%02ds" % divmod(seconds, 60)
-    return "%dh%02dm" % (seconds // 3600, seconds % 3600 // 60)
-
-
 def format_status(st):
+    from wgrouter import model
+
     lines = ["wgrouter %s, pid %s, up %ss" % (st.get("version"), st.get("pid"), st.get("uptime"))]
     wans = st.get("wans") or {}
     if wans:
@@ -86,7 +77,7 @@ def format_status(st):
             lines.append(
                 "  peer %-12s %-10s wan %-6s endpoint %s (%s) keepalive %ss handshake %s ago rx %s tx %s%s" % (
                     p.get("label") or pname[:8], p.get("state"), p.get("wan") or "-", p.get("endpoint") or "-",
-                    p.get("endpoint_source") or "-", p.get("keepalive"), _age(p.get("handshake_age")),
+                    p.get("endpoint_source") or "-", p.get("keepalive"), model.age(p.get("handshake_age")),
                     p.get("rx"), p.get("tx"),
                     ", last step: %s" % p["last_step"] if p.get("last_step") else ""))
     events = st.get("events") or []

@@ -157,10 +157,11 @@ def _ip(text: typing.Optional[str]):
 
 def _endpoint_ip(endpoint: typing.Optional[str]) -> typing.Optional[str]:
     """The IP of a ``wg show`` endpoint "1.2.3.4:51820" / "[::1]:51820"."""
-    if not endpoint:
+    try:
+        split = model.split_endpoint(endpoint)
+    except ValueError:
         return None
-    host, _, _ = endpoint.rpartition(":")
-    ip = _ip(host)
+    ip = _ip(split[0]) if split else None
     return str(ip) if ip is not None else None
 
 

@@ -22,6 +22,7 @@ import time
 import typing
 
 import wgrouter
+from wgrouter import model
 from wgrouter import wgdump
 
 OK = "ok"
@@ -267,7 +268,7 @@ def gather(root, config, runner, dumps=None, sysctls=None):
             info = dev.peers.get(peer.public_key) if dev else None
             if info and info["stats"].endpoint:
                 try:
-                    endpoints.add(wgdump.split_endpoint(info["stats"].endpoint) + (dev.fwmark,))
+                    endpoints.add(model.split_endpoint(info["stats"].endpoint) + (dev.fwmark,))
                 except ValueError:
                     pass
     for address, port, fwmark in sorted(endpoints):
@@ -335,15 +336,6 @@ def finding(check, status, summary, evidence="", fix=None, tunnel=None, peer=Non
             "summary": summary, "evidence": evidence, "fix": fix}
 
 
-def _age(seconds):
-    seconds = int(seconds)
-    if seconds < 120:
-        return "%ds" % seconds
-    if seconds < 7200:
-        return "%dm%02ds" % divmod(seconds, 60)
-    return "%dh%02dm" % (seconds // 3600, seconds % 3600 // 60)
-
-
 def _net(text):
     try:
         return ipaddress.ip_network(text, strict=False)
@@ -395,7 +387,7 @@ def check_handshake(config, peer, info, now):
     who = dict(tunnel=peer.tunnel, peer=peer.label)
     limit = config.settings.handshake_timeout
     evidence = "latest handshake %s, rx %d B, tx %d B, keepalive %s" % (
-        "never" if not stats.latest_handshake else "%s ago" % _age(now - stats.latest_handshake),
+        "never" if not stats.latest_handshake else "%s ago" % model.age(now - stats.latest_handshake),
         stats.rx, stats.tx, "%ds" % stats.keepalive if stats.keepalive else "off")
     if not stats.latest_handshake:
         return finding("handshake", FAIL, "no handshake with the peer ever", evidence,
@@ -407,14 +399,14 @@ def check_handshake(config, peer, info, now):
     if age > limit:
         if stats.keepalive:
             return finding("handshake", FAIL, "last handshake %s ago (limit %gs) despite keepalive: "
-                           "the peer does not answer" % (_age(age), limit), evidence,
+                           "the peer does not answer" % (model.age(age), limit), evidence,
                            "check the path to the endpoint (route, WAN, conntrack findings), that the "
                            "server is up, and re-set the endpoint: wgrouter apply", **who)
         return finding("handshake", WARN, "last handshake %s ago (limit %gs), keepalive off: an idle "
-                       "tunnel or a dead peer" % (_age(age), limit), evidence,
+                       "tunnel or a dead peer" % (model.age(age), limit), evidence,
                        "send traffic through the tunnel or set persistent_keepalive to tell them apart",
                        **who)
-    return finding("handshake", OK, "last handshake %s ago" % _age(age), evidence, None, **who)
+    return finding("handshake", OK, "last handshake %s ago" % model.age(age), evidence, None, **who)
 
 
 def check_keepalive(config, peer, info, wan_in_use, facts):
@@ -464,7 +456,7 @@ def check_endpoint_dns(peer, info, facts):
                        "set endpoint_host on the peer in /etc/config/network, or run: wgrouter apply",
                        **who)
     try:
-        address, port = wgdump.split_endpoint(in_use)
+        address, port = model.split_endpoint(in_use)
     except ValueError:
         return finding("endpoint", WARN, "cannot parse endpoint %r" % in_use, in_use, None, **who)
     current = set()
@@ -507,7 +499,7 @@ def check_route(config, peer, info, facts):
     endpoint = info["stats"].endpoint
     if not endpoint:
         return None, []
-    address, _port = wgdump.split_endpoint(endpoint)
+    address, _port = model.split_endpoint(endpoint)
     route = facts.routes.get(address)
     if route is None:
         return None, []
@@ -564,7 +556,7 @@ def check_conntrack(config, peer, info, facts, wan_in_use):
     endpoint = info["stats"].endpoint
     if not endpoint:
         return None
-    address, port = wgdump.split_endpoint(endpoint)
+    address, port = model.split_endpoint(endpoint)
     ct = facts.conntrack.get((address, port))
     if ct is None:
         return None

@@ -288,3 +288,34 @@ Action = typing.Union[ApplyPath, RemovePath, Probe, ProbeWan, Resolve, RestartTu
 class Decision:
     actions: typing.Tuple[Action, ...]
     deadline: typing.Optional[float]  # when to call step() again, None = only on events
+
+
+# ------------------------------------------------------------------ text
+
+
+def split_endpoint(text: typing.Optional[str]) -> typing.Optional[typing.Tuple[str, int]]:
+    """'1.2.3.4:51820' or '[2001:db8::1]:51820' -> ('1.2.3.4', 51820).
+
+    The form `wg` reports and takes: the port is always there.  None for no
+    endpoint (None, "" or wg's "(none)"); ValueError when the port is not a
+    number.  User-written endpoints, where the port is optional, are parsed
+    by ``config.parse_endpoint``; ``str(Endpoint(host, port))`` is the inverse.
+    """
+    if not text or text == "(none)":
+        return None
+    host, _, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def age(seconds: typing.Optional[float]) -> str:
+    """A duration for people: "42s", "5m07s", "3h20m"; None is "never"."""
+    if seconds is None:
+        return "never"
+    seconds = int(seconds)
+    if seconds < 120:
+        return "%ds" % seconds
+    if seconds < 7200:
+        return "%dm%02ds" % divmod(seconds, 60)
+    return "%dh%02dm" % (seconds // 3600, seconds % 3600 // 60)

@@ -223,32 +223,28 @@ def discovery_payloads(topics: Topics, tunnel: str, device: dict) -> dict:
         "payload_not_available": "offline",
         "device": device,
     }
+
+    def entity(key, label, **fields):
+        ident = "wgrouter_%s_%s" % (node, key)
+        return dict(common, name="%s %s" % (tunnel, label), unique_id=ident, object_id=ident, **fields)
+
     configs = {
-        "connectivity": dict(
-            common,
-            name="%s connectivity" % tunnel,
-            unique_id="wgrouter_%s_connectivity" % node,
-            object_id="wgrouter_%s_connectivity" % node,
+        "connectivity": entity(
+            "connectivity", "connectivity",
             device_class="connectivity",
             value_template="{{ 'ON' if value_json.connected else 'OFF' }}",
             payload_on="ON",
             payload_off="OFF",
         ),
-        "handshake_age": dict(
-            common,
-            name="%s handshake age" % tunnel,
-            unique_id="wgrouter_%s_handshake_age" % node,
-            object_id="wgrouter_%s_handshake_age" % node,
+        "handshake_age": entity(
+            "handshake_age", "handshake age",
             device_class="duration",
             state_class="measurement",
             unit_of_measurement="s",
             value_template="{{ value_json.handshake_age }}",
         ),
-        "wan": dict(
-            common,
-            name="%s active WAN" % tunnel,
-            unique_id="wgrouter_%s_wan" % node,
-            object_id="wgrouter_%s_wan" % node,
+        "wan": entity(
+            "wan", "active WAN",
             icon="mdi:wan",
             value_template="{{ value_json.wan }}",
         ),

@@ -1,24 +1,22 @@
-"""Resolve an endpoint name through one WAN, in a short-lived child process.
+"""Resolve an endpoint name through one WAN.
 
-The child (``python3 -m wgrouter.resolve --device DEV --server IP HOST``)
-asks each server in turn for A records from a socket bound to the WAN
-device, so the query leaves through that WAN even while the other one holds
-the default route.  It prints one JSON line, {"addresses": [...], "ttl": N}
-or {"error": "..."}, and exits 0 or 1.  dnspython is imported only in the
-child, so the resident daemon never pays for it.
+The daemon resolves in its own loop: ``start_query`` sends a non-blocking A
+query for a ``model.Resolve`` action from a socket bound to the WAN device,
+so the query leaves through that WAN even while the other one holds the
+default route, and turns the answer into an Event.
 
-The parent side, ``start_resolve``, runs that child for a ``model.Resolve``
-action and turns its line into an Event.
+``python3 -m wgrouter.resolve --device DEV --server IP HOST`` (what
+``wgrouter diagnose`` runs, with a hard timeout) asks each server in turn
+and prints one JSON line, {"addresses": [...], "ttl": N} or {"error":
+"..."}, and exits 0 or 1.
 """
 
 import json
-import os
 import sys
 import time
 
 import wgrouter
 from wgrouter import model
-from wgrouter import runner as runner_mod
 
 
 class ResolveFailed(wgrouter.Error):
@@ -28,8 +26,6 @@ class ResolveFailed(wgrouter.Error):
 # One server gets this long before the next is asked; a WAN whose resolver
 # is silent for 2 s is not one to trust for the endpoint either.
 SERVER_TIMEOUT = 2.0
-# Python start-up and imports on a small router CPU, on top of the queries.
-CHILD_OVERHEAD = 3.0
 RESOLV_CONF = "/etc/resolv.conf"
 
 
@@ -148,7 +144,8 @@ def resolve(host, servers, device=None, port=53, timeout=SERVER_TIMEOUT):
 def main(argv=None):
     import argparse
 
-    parser = argparse.ArgumentParser(prog="wgrouter.resolve", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="wgrouter.resolve", description="Resolve a name through one WAN's DNS servers; "
+                                     "print one JSON line.")
     parser.add_argument("--device", help="WAN device the queries go out of")
     parser.add_argument("--server", action="append", default=[], help="name server (repeatable)")
     parser.add_argument("--port", type=int, default=53)
@@ -274,7 +271,8 @@ class Query:
 
 
 def start_query(action, port=None, timeout=SERVER_TIMEOUT, now=None):
-    """In-process counterpart of start_resolve (same events)."""
+    """Start a Query for a model.Resolve action; its finish() yields
+    Event("resolved") or Event("resolve_failed")."""
     start = time.monotonic() if now is None else now
     finish, on_timeout = _outcome(action, timeout)
     try:
@@ -315,39 +313,6 @@ def _outcome(action, limit):
         return failed("resolver timed out after %gs" % limit)
 
     return finish, on_timeout
-
-
-# ----------------------------------------------------------------- parent
-
-
-def child_argv(action, port=None, timeout=SERVER_TIMEOUT, python=None):
-    argv = [python or sys.executable, "-m", "wgrouter.resolve", "--timeout", "%g" % timeout]
-    if action.device:
-        argv += ["--device", action.device]
-    for server in action.servers:
-        argv += ["--server", server]
-    if port is not None:
-        argv += ["--port", str(port)]
-    argv.append(action.host)
-    return argv
-
-
-def start_resolve(runner, action, port=None, timeout=SERVER_TIMEOUT, now=None):
-    """Start the child for a model.Resolve action; returns a runner.Child whose
-    finish() yields Event("resolved") or Event("resolve_failed")."""
-    argv = child_argv(action, port=port, timeout=timeout)
-    # `-m` puts the working directory first on sys.path: run from the
-    # directory holding the package so the child imports this very copy.
-    cwd = os.path.dirname(os.path.dirname(os.path.abspath(wgrouter.__file__)))
-    proc = runner.spawn(argv, cwd=cwd)
-    tries = max(1, len(action.servers))
-    # UDP then TCP on truncation, per server.
-    limit = 2 * timeout * tries + CHILD_OVERHEAD
-    start = time.monotonic() if now is None else now
-
-    finish, on_timeout = _outcome(action, limit)
-
-    return runner_mod.Child(proc, start + limit, finish, on_timeout, name="resolve %s" % action.host)
 
 
 if __name__ == "__main__":

@@ -82,11 +82,8 @@ class Shell:
         self.kernel_error = ""
         self.children = []  # running runner.Child objects
         self._selector = None
-        # for tests: where the resolve child sends its queries
+        # for tests: where endpoint name queries go
         self.resolve_port = None
-        # Resolve endpoint names in this process (see resolve.Query); False
-        # runs a short-lived child per lookup instead.
-        self.resolve_in_process = True
         self.reconfigure(config)
 
     def reconfigure(self, config):
@@ -243,14 +240,11 @@ class Shell:
 
     def _resolve(self, a, selector):
         try:
-            if self.resolve_in_process:
-                child = resolve.start_query(a, port=self.resolve_port)
-            else:
-                child = resolve.start_resolve(self.runner, a, port=self.resolve_port)
+            child = resolve.start_query(a, port=self.resolve_port)
         except ImportError as e:
             return [model.Event("resolve_failed", {"host": a.host, "wan": a.wan,
                                                    "error": "dnspython missing: %s" % e})]
-        except (runner_mod.CommandMissing, wgrouter.Error) as e:
+        except wgrouter.Error as e:
             return [model.Event("resolve_failed", {"host": a.host, "wan": a.wan, "error": str(e)})]
         self._start(child, selector)
         return []

@@ -47,11 +47,3 @@ def parse(text, interface=None):
             raise BadDump("unexpected line %d in wg dump output (a number field is not a number)"
                           % lineno) from None
     return result
-
-
-def split_endpoint(endpoint):
-    """'1.2.3.4:51820' or '[2001:db8::1]:51820' -> ('1.2.3.4', 51820)."""
-    host, _, port = endpoint.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
