@@ -15,6 +15,9 @@ IP1 = "198.51.100.10"
 GW = {"wan": "192.0.2.1", "wanb": "100.64.0.1"}
 ADDR = {"wan": "192.0.2.2", "wanb": "100.64.0.2"}
 DEV = {"wan": "eth1", "wanb": "wwan0"}
+GW6 = {"wan": "fe80::1", "wanb": "fe80::a"}
+ADDR6 = {"wan": "2001:db8:1::2", "wanb": "2001:db8:2::2"}
+IP6 = "2001:db8:100::10"
 
 
 def make_config(endpoints=(model.Endpoint(IP1), model.Endpoint(IP1, 443)), probe="10.9.0.1", peers=None,
@@ -42,6 +45,8 @@ class Rig:
         self.config = config or make_config(**kw)
         self.t = T0
         self.up = {w.name: True for w in self.config.wans}
+        self.v6 = set()  # WANs that also carry IPv6
+        self.no4 = set()  # WANs without IPv4
         self.addr = dict(ADDR)
         self.stats = stats if stats is not None else {
             p.key: model.PeerStats(endpoint=None, latest_handshake=0, rx=0, tx=0, keepalive=0)
@@ -49,9 +54,16 @@ class Rig:
         self.engine = core.Engine(self.config, self.t, rng=rng)
 
     def obs(self, events=()):
-        wans = {w.name: model.WanState(w.name, DEV.get(w.name, w.device), self.up[w.name],
-                                       gateway=GW.get(w.name), address=self.addr.get(w.name))
-                for w in self.config.wans}
+        wans = {}
+        for w in self.config.wans:
+            up4 = self.up[w.name] and w.name not in self.no4
+            up6 = self.up[w.name] and w.name in self.v6
+            wans[w.name] = model.WanState(
+                w.name, DEV.get(w.name, w.device), up4 or up6,
+                gateway=GW.get(w.name) if up4 else None, address=self.addr.get(w.name) if up4 else None,
+                up6=up6, gateway6=GW6.get(w.name) if up6 else None,
+                address6=ADDR6.get(w.name) if up6 else None,
+                up4=None if up4 == (up4 or up6) else up4)
         return model.Observation(wans=wans, peers=dict(self.stats), tunnels=frozenset(), events=tuple(events))
 
     def step(self, *events, at=None, dt=0.0):
@@ -143,6 +155,78 @@ def test_hotplug_ifdown_holds_until_ifup():
     rig.step(hotplug("ifup", "wan"), dt=1)
     assert rig.engine.snapshot(rig.t)["wans"]["wan"]["usable"]
 
+
+
+# ------------------------------------------------------------ IPv6 endpoints
+
+
+def test_ipv6_endpoint_uses_the_ipv6_gateway_on_each_wan():
+    rig = Rig(endpoints=(model.Endpoint(IP6),))
+    rig.v6 = {"wan", "wanb"}
+    (ap,) = of(rig.step(), model.ApplyPath)
+    assert (ap.wan, ap.address, ap.gateway, ap.device) == ("wan", IP6, GW6["wan"], "eth1")
+    rig.up["wan"] = False
+    (ap,) = of(rig.step(dt=1), model.ApplyPath)
+    assert (ap.wan, ap.address, ap.gateway, ap.old_address) == ("wanb", IP6, GW6["wanb"], IP6)
+
+
+def test_ipv4_only_backup_takes_the_ipv4_candidate():
+    rig = Rig(endpoints=(model.Endpoint(IP6), model.Endpoint(IP1)))
+    rig.v6 = {"wan"}
+    (ap,) = of(rig.step(), model.ApplyPath)
+    assert (ap.wan, ap.address) == ("wan", IP6)
+    rig.up["wan"] = False
+    d = rig.step(dt=1)
+    (ap,) = of(d, model.ApplyPath)
+    assert (ap.wan, ap.address, ap.gateway, ap.port) == ("wanb", IP1, GW["wanb"], 51820)
+    assert any("wanb has no IPv6 path" in t.because for t in transitions(d)), transitions(d)
+    assert rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["peers"][KEY]["candidate"] == 1
+
+
+def test_ipv6_only_wan_carries_the_ipv6_candidate():
+    rig = Rig(endpoints=(model.Endpoint(IP1), model.Endpoint(IP6)))
+    rig.v6 = {"wanb"}
+    rig.no4 = {"wanb"}  # an LTE bearer with IPv6 only
+    (ap,) = of(rig.step(), model.ApplyPath)
+    assert (ap.wan, ap.address) == ("wan", IP1)
+    rig.up["wan"] = False
+    (ap,) = of(rig.step(dt=1), model.ApplyPath)
+    assert (ap.wan, ap.address, ap.gateway) == ("wanb", IP6, GW6["wanb"])
+
+
+def test_wan_without_the_peers_family_is_not_chosen_while_another_can_carry():
+    rig = Rig(endpoints=(model.Endpoint(IP6),), failback_holddown=5.0)
+    rig.v6 = {"wanb"}  # the primary has no IPv6
+    d = rig.step()
+    (ap,) = of(d, model.ApplyPath)
+    assert (ap.wan, ap.gateway) == ("wanb", GW6["wanb"])
+    for _ in range(5):  # and it never fails "back" to a WAN that cannot carry it
+        assert not of(rig.step(dt=5), model.ApplyPath)
+
+
+def test_no_wan_carries_the_family_applies_nothing_and_says_why_once():
+    rig = Rig(endpoints=(model.Endpoint(IP6),))
+    d = rig.step()
+    assert not of(d, model.ApplyPath)
+    why = [t for t in transitions(d) if "no IPv6 path" in t.because]
+    assert len(why) == 1 and why[0].now == "not applied", transitions(d)
+    d = rig.step(dt=1)
+    assert not of(d, model.ApplyPath) and not [t for t in transitions(d) if "IPv6" in t.because]
+    rig.v6 = {"wan"}  # IPv6 arrives (router advertisement): applied at once
+    (ap,) = of(rig.step(dt=1), model.ApplyPath)
+    assert (ap.wan, ap.address, ap.gateway) == ("wan", IP6, GW6["wan"])
+
+
+def test_candidate_step_skips_candidates_the_wan_cannot_carry():
+    ip3 = "198.51.100.30"
+    rig = Rig(endpoints=(model.Endpoint(IP1), model.Endpoint(IP6), model.Endpoint(ip3)))
+    rig.step()
+    engine = rig.engine
+    ts = engine._tunnels["wg0"]
+    ps = engine._peers[("wg0", KEY)]
+    ps.ladder = 1  # the next ladder step is "next endpoint candidate"
+    engine._recover(ts, ps)
+    assert ps.candidate == 2  # IPv6 candidate 1 skipped: wan has no IPv6
 
 
 # ------------------------------------------------------------ mwan3 verdicts

@@ -14,13 +14,13 @@ def link(index, name, up=True, operstate="UP", lower_up=True):
             "pointopoint": False, "carrier": lower_up, "flags": 0, "mtu": 1500, "kind": None}
 
 
-def addr(index, address, family=AF):
+def addr(index, address, family=AF, scope=0, flags=0):
     return {"family": family, "ifindex": index, "address": address, "peer": None, "prefixlen": 24,
-            "scope": 0, "label": None}
+            "scope": scope, "flags": flags, "label": None}
 
 
-def default(oif, gateway, metric=0, table=254, rtype="unicast", nexthops=()):
-    return {"family": AF, "dst": None, "dst_len": 0, "gateway": gateway, "oif": oif, "table": table,
+def default(oif, gateway, metric=0, table=254, rtype="unicast", nexthops=(), family=AF):
+    return {"family": family, "dst": None, "dst_len": 0, "gateway": gateway, "oif": oif, "table": table,
             "metric": metric, "type": rtype, "protocol": 4, "scope": 0, "prefsrc": None,
             "nexthops": list(nexthops)}
 
@@ -78,6 +78,47 @@ ROUTES = [default(2, "10.1.0.1", 10), default(3, None, 20)]
 )
 def test_wan_states(wan, links, addrs, routes, expected):
     assert kernel.wan_states((wan,), links, addrs, routes) == {wan.name: expected}
+
+
+AF6 = socket.AF_INET6
+V6 = addr(2, "2001:db8:1::2", AF6)
+LL = addr(2, "fe80::2", AF6, scope=253)
+DEF6 = default(2, "fe80::1", 1024, family=AF6)
+ADDRS4 = [a for a in ADDRS if a["family"] == AF]
+
+
+@pytest.mark.parametrize(
+    "addrs,routes,up,up4,up6,gateway6,address6",
+    [
+        # dual stack: both families carried
+        (ADDRS4 + [V6], ROUTES + [DEF6], True, None, True, "fe80::1", "2001:db8:1::2"),
+        # IPv6 only (DS-Lite, or an LTE bearer without IPv4): up through IPv6 alone
+        ([V6, LL], [DEF6], True, False, True, "fe80::1", "2001:db8:1::2"),
+        # IPv4 lost, IPv6 stays: still up, but not for IPv4 endpoints
+        ([V6], [DEF6, dict(default(2, "10.1.0.1"))], True, False, True, "fe80::1", "2001:db8:1::2"),
+        # link-local only: no IPv6 path
+        (ADDRS4 + [LL], ROUTES + [DEF6], True, None, False, None, None),
+        # a tentative (DAD pending) or DAD-failed address does not count yet
+        (ADDRS4 + [addr(2, "2001:db8:1::2", AF6, flags=0x40)], ROUTES + [DEF6], True, None, False, None, None),
+        (ADDRS4 + [addr(2, "2001:db8:1::2", AF6, flags=0x08)], ROUTES + [DEF6], True, None, False, None, None),
+        # a global address without an IPv6 default route
+        (ADDRS4 + [V6], ROUTES, True, None, False, None, None),
+        # neither family complete
+        ([V6], ROUTES[:1], False, None, False, None, None),
+    ],
+)
+def test_wan_states_ipv6(addrs, routes, up, up4, up6, gateway6, address6):
+    st = kernel.wan_states((WAN,), LINKS, addrs, routes)["wan"]
+    assert (st.up, st.up4, st.up6, st.gateway6, st.address6) == (up, up4, up6, gateway6, address6)
+    assert st.carries(6) == up6
+    assert st.carries(4) == (up if up4 is None else up4)
+
+
+def test_wan_states_ipv6_in_the_mwan3_table():
+    wan = model.Wan("wan", "eth1", table=1)
+    st = kernel.wan_states((wan,), LINKS, ADDRS4 + [V6],
+                           ROUTES + [dict(DEF6, table=1, gateway="fe80::7")])["wan"]
+    assert (st.up6, st.gateway6) == (True, "fe80::7")
 
 
 def test_link_up_rules():

@@ -54,7 +54,17 @@ def test_parse_addr_point_to_point():
     body += rta(netlink.IFA_LABEL, b"wwan0\0")
     addr = netlink.parse_addr(body)
     assert addr == {"family": socket.AF_INET, "ifindex": 9, "address": "100.64.3.4", "peer": "10.64.0.1",
-                    "prefixlen": 32, "scope": 0, "label": "wwan0"}
+                    "prefixlen": 32, "scope": 0, "flags": 0, "label": "wwan0"}
+
+
+def test_parse_addr_flags_from_ifa_flags_attribute():
+    body = struct.pack("=BBBBi", socket.AF_INET6, 64, netlink.IFA_F_TENTATIVE, 0, 4)
+    body += rta(netlink.IFA_ADDRESS, socket.inet_pton(socket.AF_INET6, "2001:db8:1::2"))
+    assert netlink.parse_addr(body)["flags"] == netlink.IFA_F_TENTATIVE
+    # the u32 attribute, when present, is the whole truth (the 8-bit field is truncated)
+    body += rta(netlink.IFA_FLAGS, struct.pack("=I", 0x200 | netlink.IFA_F_DADFAILED))
+    addr = netlink.parse_addr(body)
+    assert (addr["address"], addr["flags"]) == ("2001:db8:1::2", 0x200 | netlink.IFA_F_DADFAILED)
 
 
 def test_parse_route_big_table_and_multipath():

@@ -124,6 +124,7 @@ class _PeerState:
     ladder: int = 0  # index of the next ladder step
     last_step: typing.Optional[str] = None
     backoff_until: float = 0.0
+    no_family: typing.Optional[str] = None  # WAN already said to lack the candidates' family
 
 
 @dataclasses.dataclass
@@ -163,6 +164,10 @@ def _endpoint_ip(endpoint: typing.Optional[str]) -> typing.Optional[str]:
         return None
     ip = _ip(split[0]) if split else None
     return str(ip) if ip is not None else None
+
+
+def _family(address: str) -> int:
+    return 6 if ":" in address else 4
 
 
 def bad_address(address: str, allowed_ips: typing.Iterable[str] = ()) -> typing.Optional[str]:
@@ -821,7 +826,12 @@ class Engine:
                     hs.refresh_at = None
             ps.force = name
         elif name == STEP_CANDIDATE:
-            ps.candidate = (ps.candidate + 1) % len(ps.peer.endpoints)
+            n = len(ps.peer.endpoints)
+            st = self._obs.wans.get(ts.wan) if ts.wan else None
+            for i in range(1, n + 1):
+                ps.candidate = (ps.candidate + 1) % n
+                if st is None or st.carries(self._candidate_family(ps, ps.candidate)):
+                    break
             ps.force = name
             detail = "%s (candidate %d, %s)" % (name, ps.candidate, ps.peer.endpoints[ps.candidate])
         elif name == STEP_WAN:
@@ -861,6 +871,10 @@ class Engine:
         if not up:
             return None, "no wan is up (%s)" % ", ".join("%s %s" % (w, self._wans[w].why) for w in wans) if wans \
                 else "no wan configured"
+        # A WAN without the address family of any endpoint candidate (an
+        # IPv6-only peer on an IPv4-only uplink) cannot carry the tunnel:
+        # it is a choice only when no other WAN can.
+        up = [w for w in up if self._carries(ts, w)] or up
         if self._pinned in up:
             return self._pinned, "manual switch"
         for w in list(ts.suspect):
@@ -932,7 +946,7 @@ class Engine:
             ts.reapply_at = None
         wan = self._config.wan(choice)
         st = self._obs.wans.get(choice)
-        address = st.address if st is not None else None
+        address = ", ".join(a for a in (st.address, st.address6) if a) if st is not None else None
         if address and ts.wan_address and address != ts.wan_address:
             for ps in peers:
                 ps.force = ps.force or "%s address changed %s -> %s" % (choice, ts.wan_address, address)
@@ -951,16 +965,62 @@ class Engine:
             self._apply(ps, desired)
 
     def _desired(self, ts: _TunnelState, ps: _PeerState, wan: model.Wan) -> typing.Optional[model.ApplyPath]:
+        st = self._obs.wans.get(wan.name)
+        if st is not None and st.up:
+            self._fit_candidate(ts, ps, wan.name, st)
         address, _, endpoint = self._address(ps)
         if address is None:
             return None
-        st = self._obs.wans.get(wan.name)
+        family = _family(address)
+        if st is not None and st.up and not st.carries(family):
+            return None  # _fit_candidate found none this WAN carries; said so
+        gateway = None if st is None else st.gateway6 if family == 6 else st.gateway
         keepalive = wan.keepalive if wan.keepalive is not None else ps.peer.keepalive
         return model.ApplyPath(
             tunnel=ps.peer.tunnel, peer=ps.peer.public_key, wan=wan.name, device=self._device(wan),
-            gateway=st.gateway if st is not None else None, address=address, port=endpoint.port,
+            gateway=gateway, address=address, port=endpoint.port,
             keepalive=keepalive, old_address=None,
             table=wan.table if self._config.settings.mwan3 else None)
+
+    def _candidate_family(self, ps: _PeerState, index: int) -> int:
+        """4 or 6: the family candidate ``index`` would use (a name not
+        resolved yet counts as IPv4: A records are asked first)."""
+        host = ps.peer.endpoints[index].host
+        ip = _ip(host)
+        if ip is not None:
+            return ip.version
+        hs = self._hosts.get(_hostkey(host))
+        if hs is not None and hs.address is not None:
+            return _family(hs.address)
+        if index == 0 and ps.adopted is not None:
+            return _family(ps.adopted)
+        return 4
+
+    def _carries(self, ts: _TunnelState, wan: str) -> bool:
+        st = self._obs.wans.get(wan)
+        if st is None:
+            return True  # not observed yet: judged as before
+        return any(st.carries(self._candidate_family(ps, i))
+                   for ps in self._tunnel_peers(ts) for i in range(len(ps.peer.endpoints)))
+
+    def _fit_candidate(self, ts: _TunnelState, ps: _PeerState, wan: str, st: model.WanState) -> None:
+        """Move the peer to a candidate whose address family ``wan`` carries."""
+        if st.carries(self._candidate_family(ps, ps.candidate)):
+            ps.no_family = None
+            return
+        family = self._candidate_family(ps, ps.candidate)
+        for i in range(len(ps.peer.endpoints)):
+            if st.carries(self._candidate_family(ps, i)):
+                self._transition(ps.peer.tunnel, ps.peer.label, "candidate %d (%s)" % (
+                    ps.candidate, ps.peer.endpoints[ps.candidate]), "candidate %d (%s)" % (
+                    i, ps.peer.endpoints[i]), "%s has no IPv%d path" % (wan, family), "state")
+                ps.candidate = i
+                ps.no_family = None
+                return
+        if ps.no_family != wan:
+            ps.no_family = wan
+            self._transition(ps.peer.tunnel, ps.peer.label, ps.state, "not applied",
+                             "%s has no IPv%d path and no other endpoint candidate" % (wan, family), "state")
 
     def _apply(self, ps: _PeerState, path: model.ApplyPath) -> None:
         self._out.append(dataclasses.replace(path, old_address=ps.last_address))

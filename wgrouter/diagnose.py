@@ -16,7 +16,6 @@ import dataclasses
 import ipaddress
 import json
 import os
-import socket
 import sys
 import time
 import typing
@@ -199,7 +198,7 @@ def _sysctl_names(config, links):
 def _dumps():
     from wgrouter import netlink
     return (netlink.dump_links(), netlink.dump_addrs(),
-            netlink.dump_routes(family=socket.AF_INET))
+            netlink.dump_routes())
 
 
 def _resolve(runner, host, wan=None, python=None):
@@ -244,8 +243,7 @@ def gather(root, config, runner, dumps=None, sysctls=None):
     facts = Facts()
     links, addrs, routes = (dumps or _dumps)()
     facts.links, facts.addrs = links, addrs
-    v4 = [a for a in addrs if a["family"] == socket.AF_INET]
-    facts.wans = kernel.wan_states(config.wans, links, v4, routes, mwan3=config.settings.mwan3)
+    facts.wans = kernel.wan_states(config.wans, links, addrs, routes, mwan3=config.settings.mwan3)
     present = {link["ifname"] for link in links}
 
     try:

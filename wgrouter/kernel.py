@@ -23,10 +23,10 @@ def link_up(link) -> bool:
     return link["operstate"] == "UNKNOWN" and link["lower_up"]
 
 
-def _default_route(routes, ifindex, table):
+def _default_route(routes, ifindex, table, family=socket.AF_INET):
     best = None
     for route in routes:
-        if route["family"] != socket.AF_INET or route["dst_len"] != 0 or route["type"] != "unicast":
+        if route["family"] != family or route["dst_len"] != 0 or route["type"] != "unicast":
             continue
         if route["table"] != table:
             continue
@@ -42,12 +42,43 @@ def _default_route(routes, ifindex, table):
     return best
 
 
+# IPv6 addresses that cannot carry a tunnel to the Internet: not yet
+# confirmed by duplicate address detection, or refused by it.
+_UNUSABLE6 = netlink.IFA_F_TENTATIVE | netlink.IFA_F_DADFAILED
+RT_SCOPE_UNIVERSE = 0
+
+
+def _address(addrs, ifindex, family):
+    for a in addrs:
+        if a["ifindex"] != ifindex or a["family"] != family or not a["address"]:
+            continue
+        if family == socket.AF_INET6 and (a["scope"] != RT_SCOPE_UNIVERSE
+                                          or a.get("flags", 0) & _UNUSABLE6):
+            continue  # link-local, or not usable yet
+        return a["address"]
+    return None
+
+
+def _route(routes, ifindex, wan, family):
+    tables = [wan.table] if wan.table is not None else []
+    if RT_MAIN not in tables:
+        tables.append(RT_MAIN)
+    for table in tables:
+        route = _default_route(routes, ifindex, table, family)
+        if route is not None:
+            return route
+    return None
+
+
 def wan_states(wans, links, addrs, routes, mwan3=False):
     """{wan name: WanState} from netlink dumps.
 
-    A WAN is up when its device exists, is up with carrier, has an IPv4
-    address and a default route through it: in the WAN's own table when one
-    is set (mwan3), else, or when that table has none, in the main table.
+    A WAN carries IPv4 when its device exists, is up with carrier, has an
+    IPv4 address and a default route through it: in the WAN's own table when
+    one is set (mwan3), else, or when that table has none, in the main table.
+    It carries IPv6 likewise, with a global IPv6 address that passed duplicate
+    address detection and an IPv6 default route.  It is up when it carries
+    either.
     """
     by_name = {link["ifname"]: link for link in links}
     states = {}
@@ -57,21 +88,19 @@ def wan_states(wans, links, addrs, routes, mwan3=False):
             states[wan.name] = model.WanState(wan.name, wan.device, False)
             continue
         index = link["ifindex"]
-        address = next(
-            (a["address"] for a in addrs if a["ifindex"] == index and a["family"] == socket.AF_INET),
-            None,
-        )
-        tables = [wan.table] if wan.table is not None else []
-        if RT_MAIN not in tables:
-            tables.append(RT_MAIN)
-        route = None
-        for table in tables:
-            route = _default_route(routes, index, table)
-            if route is not None:
-                break
-        up = link_up(link) and address is not None and route is not None
-        gateway = route[1] if route is not None else None
-        states[wan.name] = model.WanState(wan.name, wan.device, up, gateway=gateway, address=address)
+        carrier = link_up(link)
+        address = _address(addrs, index, socket.AF_INET)
+        route = _route(routes, index, wan, socket.AF_INET)
+        address6 = _address(addrs, index, socket.AF_INET6)
+        route6 = _route(routes, index, wan, socket.AF_INET6) if address6 else None
+        up4 = carrier and address is not None and route is not None
+        up6 = carrier and address6 is not None and route6 is not None
+        states[wan.name] = model.WanState(
+            wan.name, wan.device, up4 or up6,
+            gateway=route[1] if route is not None else None, address=address,
+            up6=up6, gateway6=route6[1] if route6 is not None else None,
+            address6=address6 if up6 else None,
+            up4=None if up4 == (up4 or up6) else up4)  # only said when it differs
     return states
 
 
@@ -83,8 +112,8 @@ def observe_wans(wans, mwan3=False):
     return wan_states(
         wans,
         netlink.dump_links(),
-        netlink.dump_addrs(socket.AF_INET),
-        netlink.dump_routes(family=socket.AF_INET),
+        netlink.dump_addrs(),
+        netlink.dump_routes(),
         mwan3=mwan3,
     )
 

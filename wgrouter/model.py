@@ -142,9 +142,21 @@ class WanState:
 
     name: str
     device: str
-    up: bool  # link up, has an address and a default route
-    gateway: typing.Optional[str] = None  # next hop of its default route
+    up: bool  # link up, has an address and a default route (IPv4 or IPv6)
+    gateway: typing.Optional[str] = None  # next hop of its IPv4 default route
     address: typing.Optional[str] = None  # its IPv4 address
+    # IPv6: the WAN carries IPv6 endpoints only with a global address and a
+    # default route of its own (the gateway is often link-local: fe80::1).
+    up6: bool = False
+    gateway6: typing.Optional[str] = None
+    address6: typing.Optional[str] = None
+    up4: typing.Optional[bool] = None  # IPv4 complete; None = same as ``up``
+
+    def carries(self, family: int) -> bool:
+        """Whether a path of this address family (4 or 6) can leave here."""
+        if family == 6:
+            return self.up6
+        return self.up if self.up4 is None else self.up4
 
 
 @dataclasses.dataclass(frozen=True)

@@ -69,6 +69,9 @@ OPERSTATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DOR
 IFA_ADDRESS = 1
 IFA_LOCAL = 2
 IFA_LABEL = 3
+IFA_FLAGS = 8  # u32, supersedes the 8-bit ifa_flags
+IFA_F_DADFAILED = 0x08
+IFA_F_TENTATIVE = 0x40
 
 # route attributes and values
 RTA_DST = 1
@@ -170,6 +173,7 @@ def parse_addr(payload):
         "peer": _ip(family, peer) if peer and peer != raw else None,
         "prefixlen": prefixlen,
         "scope": scope,
+        "flags": _u32(attrs[IFA_FLAGS]) if IFA_FLAGS in attrs else flags,
         "label": _str(attrs[IFA_LABEL]) if IFA_LABEL in attrs else None,
     }
 
@@ -243,7 +247,7 @@ def dump_links():
 
 
 def dump_addrs(family=socket.AF_UNSPEC):
-    """All addresses: [{family, ifindex, address, peer, prefixlen, scope, label}]."""
+    """All addresses: [{family, ifindex, address, peer, prefixlen, scope, flags, label}]."""
     return _dump(RTM_GETADDR, _IFADDRMSG.pack(family, 0, 0, 0, 0), parse_addr)
 
 
