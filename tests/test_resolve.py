@@ -33,7 +33,8 @@ def free_port():
     raise RuntimeError("no free port")
 
 
-HOSTS = "10.0.0.1 a.test\n10.0.0.2 multi.test\n10.0.0.3 multi.test\n" + "".join(
+HOSTS = "10.0.0.1 a.test\n10.0.0.2 multi.test\n10.0.0.3 multi.test\n" \
+    "2001:db8::5 six.test\n10.0.0.9 dual.test\n2001:db8::9 dual.test\n" + "".join(
     "10.1.%d.%d big.test\n" % (i // 250, i % 250 + 1) for i in range(60)
 )
 
@@ -201,7 +202,7 @@ def test_answer_without_address(answer, error):
 def test_servfail_tries_next():
     calls = []
 
-    def fake_query(host, server, port, device, timeout):
+    def fake_query(host, server, port, device, timeout, rdtype="A"):
         calls.append(server)
         query = message(QUERY)
         rcode = "SERVFAIL" if server == "192.0.2.1" else "NOERROR"
@@ -293,6 +294,28 @@ def test_query_in_process_follows_cnames(dnsmasq):
     events = run_query(resolve.start_query(action, port=dnsmasq))
     assert events == [model.Event("resolved", {"host": "chain.test", "wan": "wan",
                                                "addresses": ["10.0.0.1"], "ttl": 5})]
+
+
+def test_name_without_a_record_is_asked_for_aaaa(dnsmasq):
+    action = model.Resolve("six.test", "wan", "lo", ("127.0.0.1",))
+    events = run_query(resolve.start_query(action, port=dnsmasq))
+    assert events == [model.Event("resolved", {"host": "six.test", "wan": "wan",
+                                               "addresses": ["2001:db8::5"], "ttl": 7})]
+    assert ask(dnsmasq, "six.test") == (0, {"addresses": ["2001:db8::5"], "ttl": 7})  # diagnose's child
+
+
+def test_a_record_is_preferred_over_aaaa(dnsmasq):
+    action = model.Resolve("dual.test", "wan", "lo", ("127.0.0.1",))
+    events = run_query(resolve.start_query(action, port=dnsmasq))
+    assert events[0].kind == "resolved" and events[0].data["addresses"] == ["10.0.0.9"]
+    assert ask(dnsmasq, "dual.test")[1]["addresses"] == ["10.0.0.9"]
+
+
+def test_name_with_neither_record_fails(dnsmasq):
+    # dangling.test is a CNAME to a name that does not exist in the zone
+    action = model.Resolve("dangling.test", "wan", "lo", ("127.0.0.1",))
+    events = run_query(resolve.start_query(action, port=dnsmasq))
+    assert [e.kind for e in events] == ["resolve_failed"], events
 
 
 def test_query_in_process_nxdomain(dnsmasq):

@@ -259,7 +259,8 @@ class ProbeWan:
 
 @dataclasses.dataclass(frozen=True)
 class Resolve:
-    """Resolve ``host`` (A records) through ``wan``; Event("resolved"/"resolve_failed")."""
+    """Resolve ``host`` (A records; AAAA when it has none) through ``wan``;
+    Event("resolved"/"resolve_failed")."""
 
     host: str
     wan: str

@@ -23,6 +23,10 @@ class ResolveFailed(wgrouter.Error):
     """name resolution failed"""
 
 
+class NoRecord(ResolveFailed):
+    """the name exists but has no record of the type asked"""
+
+
 # One server gets this long before the next is asked; a WAN whose resolver
 # is silent for 2 s is not one to trust for the endpoint either.
 SERVER_TIMEOUT = 2.0
@@ -61,15 +65,14 @@ def _socket(server, device, kind):
     return sock
 
 
-def _query(host, server, port, device, timeout):
+def _query(host, server, port, device, timeout, rdtype="A"):
     import socket
 
     import dns.flags
     import dns.message
     import dns.query
-    import dns.rdatatype
 
-    query = dns.message.make_query(host, dns.rdatatype.A)
+    query = dns.message.make_query(host, rdtype)
     sock = _socket(server, device, socket.SOCK_DGRAM)
     try:
         sock.setblocking(False)
@@ -88,14 +91,16 @@ def _query(host, server, port, device, timeout):
 
 
 def answer(query, response):
-    """(addresses, ttl) from a response, following CNAMEs; ttl is the
-    smallest TTL of the RRsets used.  Raises ResolveFailed."""
+    """(addresses, ttl) from a response to an A or AAAA query, following
+    CNAMEs; ttl is the smallest TTL of the RRsets used.  Raises
+    ResolveFailed (NoRecord: the name has no record of that type)."""
     import dns.rcode
     import dns.rdatatype
 
     rcode = response.rcode()
     if rcode != dns.rcode.NOERROR:
         raise ResolveFailed(dns.rcode.to_text(rcode))
+    rdtype = query.question[0].rdtype
     name = query.question[0].name
     ttls = []
     seen = set()
@@ -103,7 +108,7 @@ def answer(query, response):
         seen.add(name)
         found = None
         for rrset in response.answer:
-            if rrset.name == name and rrset.rdtype == dns.rdatatype.A:
+            if rrset.name == name and rrset.rdtype == rdtype:
                 addresses = [rdata.address for rdata in rrset]
                 ttls.append(rrset.ttl)
                 return addresses, min(ttls)
@@ -113,18 +118,27 @@ def answer(query, response):
             break
         ttls.append(found.ttl)
         name = found[0].target
-    raise ResolveFailed("no A record for %s" % query.question[0].name.to_text(omit_final_dot=True))
+    raise NoRecord("no %s record for %s" % (dns.rdatatype.to_text(rdtype),
+                                           query.question[0].name.to_text(omit_final_dot=True)))
 
 
 def resolve(host, servers, device=None, port=53, timeout=SERVER_TIMEOUT):
     """Ask each server in turn; the first definite answer wins (NXDOMAIN
-    included: another server of the same zone would say the same)."""
+    included: another server of the same zone would say the same).  A name
+    without an A record is asked again for AAAA (IPv4 first, as the daemon)."""
+    try:
+        return _resolve(host, servers, device, port, timeout, "A")
+    except NoRecord:
+        return _resolve(host, servers, device, port, timeout, "AAAA")
+
+
+def _resolve(host, servers, device, port, timeout, rdtype):
     import dns.exception
 
     errors = []
     for server in servers:
         try:
-            query, response = _query(host, server, port, device, timeout)
+            query, response = _query(host, server, port, device, timeout, rdtype)
         except dns.exception.Timeout:
             errors.append("%s: timeout" % server)
             continue
@@ -176,6 +190,9 @@ def main(argv=None):
 class Query:
     """A non-blocking A query, answered in the daemon's own selectors loop.
 
+    A name that has no A record is asked again for AAAA: IPv4 first, since
+    most uplinks carry it, and IPv6 endpoints still work by name.
+
     The resident daemon imports dnspython's message code (not its resolver,
     which pulls in ssl) the first time an endpoint name has to be resolved:
     starting a child costs ~0.1 CPU s per lookup, which TTL-honouring
@@ -197,6 +214,7 @@ class Query:
         self.group = None
         self.name = "resolve %s" % action.host
         self.query = dns.message.make_query(action.host, dns.rdatatype.A)
+        self.port = port
         self.reply = None
         self.errors = []
         self.servers = list(action.servers)
@@ -213,20 +231,33 @@ class Query:
             self.sock.close()
             self.sock = _socket(self.servers[0], None, socket.SOCK_DGRAM)
         self.sock.setblocking(False)
+        self.v6 = v6
+        self.pending = self._send()
+        if not self.pending:
+            self.sock.close()
+            raise ResolveFailed("; ".join(self.errors) or "no name servers")
+
+    def _send(self):
         wire = self.query.to_wire()
         sent = 0
         for server in self.servers:
-            if (":" in server) != v6:
+            if (":" in server) != self.v6:
                 continue
             try:
-                self.sock.sendto(wire, (server, port))
+                self.sock.sendto(wire, (server, self.port))
                 sent += 1
             except OSError as e:
                 self.errors.append("%s: %s" % (server, e))
-        if not sent:
-            self.sock.close()
-            raise ResolveFailed("; ".join(self.errors) or "no name servers")
-        self.pending = sent
+        return sent
+
+    def _ask_aaaa(self):
+        """The name has no A record: ask the same servers for AAAA."""
+        import dns.message
+        import dns.rdatatype
+
+        self.query = dns.message.make_query(self.query.question[0].name, dns.rdatatype.AAAA)
+        self.pending = self._send()
+        return self.pending > 0
 
     @property
     def fileobj(self):
@@ -250,6 +281,14 @@ class Query:
             if not self.query.is_response(response):
                 return True  # not ours: keep waiting
             addresses, ttl = answer(self.query, response)
+        except NoRecord as e:
+            import dns.rdatatype
+
+            if self.query.question[0].rdtype == dns.rdatatype.A and self._ask_aaaa():
+                return True
+            self.errors.append("%s: %s" % (peer[0], e))
+            self.reply = {"error": "; ".join(self.errors)}
+            return False
         except ResolveFailed as e:
             self.errors.append("%s: %s" % (peer[0], e))
             if str(e) in ("SERVFAIL", "REFUSED"):
