@@ -535,6 +535,24 @@ def test_gather_asks_the_system_resolver_once_for_wans_without_servers(tmp_path)
     assert f["status"] == "warn" and "the system resolver -> 192.0.2.11" in f["evidence"]
 
 
+def test_gather_asks_the_servers_netifd_learned_on_each_wan(tmp_path):
+    auto = tmp_path / "tmp/resolv.conf.d/resolv.conf.auto"
+    auto.parent.mkdir(parents=True)
+    auto.write_text("# Interface wan\nnameserver 198.51.100.53\n"
+                    "# Interface wanb\nnameserver 100.64.0.53\nnameserver fe80::1%wwan0\n")
+    fake = FakeRunner()
+    fake.on(["wg", "show", "all", "dump"], out=WG_DUMP)
+    fake.on([sys.executable], out='{"addresses": ["192.0.2.10"], "ttl": 5}\n')
+    cfg = make_config()
+    cfg = dataclasses.replace(cfg, wans=tuple(dataclasses.replace(w, dns_servers=()) for w in cfg.wans))
+    facts = diagnose.gather(str(tmp_path), cfg, fake, dumps=fake_dumps, sysctls=lambda n: {})
+    resolves = [argv for argv in fake.calls if argv[0] == sys.executable]
+    asked = {argv[argv.index("--device") + 1]: [argv[i + 1] for i, a in enumerate(argv) if a == "--server"]
+             for argv in resolves}
+    assert asked == {"eth1": ["198.51.100.53"], "wwan0": ["100.64.0.53"]}, resolves
+    assert diagnose.SYSTEM_RESOLVER not in facts.dns["vpn.example.net"]
+
+
 def test_resolver_child_failure_is_reported(tmp_path):
     fake = FakeRunner()
     fake.on(["wg", "show", "all", "dump"], out=WG_DUMP)

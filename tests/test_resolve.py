@@ -341,6 +341,45 @@ def test_query_in_process_silent_server_times_out_other_answers(dnsmasq):
         silent.close()
 
 
+AUTO = ("# Interface wan\nnameserver 192.0.2.53\nnameserver 192.0.2.54\nnameserver fe80::1%eth1\nsearch lan\n"
+        "# Interface wanb\nnameserver 100.64.0.53\n"
+        "# Interface wan6\nnameserver 2001:db8::53\n")
+
+
+@pytest.mark.parametrize("path", ["tmp/resolv.conf.d/resolv.conf.auto", "tmp/resolv.conf.auto"])
+def test_wan_nameservers_from_netifd(tmp_path, path):
+    (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / path).write_text(AUTO)
+    assert resolve.wan_nameservers("wan", str(tmp_path)) == ["192.0.2.53", "192.0.2.54"]  # link-local left out
+    assert resolve.wan_nameservers("wanb", str(tmp_path)) == ["100.64.0.53"]
+    assert resolve.wan_nameservers("wan6", str(tmp_path)) == ["2001:db8::53"]
+    assert resolve.wan_nameservers("lte", str(tmp_path)) == []
+
+
+def test_wan_nameservers_without_the_file(tmp_path):
+    assert resolve.wan_nameservers("wan", str(tmp_path)) == []
+
+
+def test_shell_asks_the_servers_netifd_learned_on_the_wan(dnsmasq, tmp_path):
+    import selectors as sel_mod
+    from tests.fakerunner import FakeRunner
+    auto = tmp_path / "tmp/resolv.conf.d/resolv.conf.auto"
+    auto.parent.mkdir(parents=True)
+    auto.write_text("# Interface wanb\nnameserver 127.0.0.9\n# Interface wan\nnameserver 127.0.0.1\n")
+    cfg = model.Config(model.Settings(), (model.Wan("wan", "lo"),), ())
+    s = shell_mod.Shell(cfg, runner=FakeRunner(), root=str(tmp_path), state_path=str(tmp_path / "applied.json"))
+    s.resolve_port = dnsmasq
+    sel = sel_mod.DefaultSelector()
+    assert s.execute(model.Resolve("a.test", "wan", "lo", ()), sel) == []
+    events = []
+    end = time.monotonic() + 3
+    while not events and time.monotonic() < end:
+        for key, _ in sel.select(0.1):
+            events.extend(key.data())
+    assert [e.kind for e in events] == ["resolved"], events
+    assert events[0].data["addresses"] == ["10.0.0.1"]
+
+
 def test_shell_resolves_in_process_without_a_child(dnsmasq):
     import selectors as sel_mod
     from tests.fakerunner import FakeRunner

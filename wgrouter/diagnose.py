@@ -53,7 +53,8 @@ RP_STRICT = 1
 RESOLVE_SERVER_TIMEOUT = 2.0
 RESOLVE_OVERHEAD = 3.0
 FIREWALL = "etc/config/firewall"
-# Key of the DNS answer asked through /etc/resolv.conf (WANs without dns_server).
+# Key of the DNS answer asked through /etc/resolv.conf (WANs with neither
+# dns_server nor servers learned by netifd).
 SYSTEM_RESOLVER = "(system)"
 
 
@@ -201,11 +202,13 @@ def _dumps():
             netlink.dump_routes())
 
 
-def _resolve(runner, host, wan=None, python=None):
+def _resolve(runner, host, wan=None, python=None, servers=None):
     """Ask DNS for ``host`` with the resolver child: through ``wan`` (its
-    dns_servers, bound to its device), or the system resolver when None."""
+    ``servers``, by default its dns_servers, bound to its device), or the
+    system resolver when None."""
     from wgrouter import resolve
-    servers = list(wan.dns_servers) if wan is not None else []
+    if servers is None:
+        servers = list(wan.dns_servers) if wan is not None else []
     # -c with an explicit path: the child imports this very copy of the
     # package whatever the working directory and PYTHONPATH are.
     home = os.path.dirname(os.path.dirname(os.path.abspath(wgrouter.__file__)))
@@ -292,6 +295,7 @@ def gather(root, config, runner, dumps=None, sysctls=None):
         except runner_mod.CommandMissing as e:
             facts.conntrack[(address, port)] = {"entries": [], "error": str(e)}
 
+    from wgrouter import resolve
     hosts = sorted({e.host for p in config.peers() for e in p.endpoints if not _is_ip(e.host)})
     for host in hosts:
         answers = {}
@@ -301,11 +305,12 @@ def gather(root, config, runner, dumps=None, sysctls=None):
             if state is None or not state.up:
                 answers[wan.name] = {"error": "WAN is down, not asked", "via": wan.name, "skipped": True}
                 continue
-            if not wan.dns_servers:
+            servers = list(wan.dns_servers) or resolve.wan_nameservers(wan.name, root)
+            if not servers:
                 system = True  # one unbound query below serves every such WAN
                 continue
             try:
-                answers[wan.name] = _resolve(runner, host, wan)
+                answers[wan.name] = _resolve(runner, host, wan, servers=servers)
             except runner_mod.CommandMissing as e:
                 answers[wan.name] = {"error": str(e), "via": wan.name}
         if system:

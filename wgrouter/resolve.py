@@ -12,6 +12,7 @@ and prints one JSON line, {"addresses": [...], "ttl": N} or {"error":
 """
 
 import json
+import os
 import sys
 import time
 
@@ -31,6 +32,10 @@ class NoRecord(ResolveFailed):
 # is silent for 2 s is not one to trust for the endpoint either.
 SERVER_TIMEOUT = 2.0
 RESOLV_CONF = "/etc/resolv.conf"
+# netifd writes the DNS servers of every interface that is up (learned by
+# DHCP, PPP or RA, or set with option dns) into this file, each group under
+# a "# Interface NAME" line; before OpenWrt 19.07 it was /tmp/resolv.conf.auto.
+NETIFD_RESOLV = ("tmp/resolv.conf.d/resolv.conf.auto", "tmp/resolv.conf.auto")
 
 
 # ------------------------------------------------------------------ child
@@ -47,6 +52,33 @@ def nameservers(path=RESOLV_CONF):
     except OSError:
         pass
     return servers
+
+
+def wan_nameservers(wan, root="/"):
+    """The DNS servers netifd has for interface ``wan`` (may be empty).
+
+    These are the uplink's own resolvers, which often answer only queries
+    from that uplink's addresses: asked through the WAN's device, they work
+    where the other WAN's would not.  Link-local servers ("fe80::1%wan") are
+    left out: a query bound to the WAN device reaches global ones only.
+    """
+    for path in NETIFD_RESOLV:
+        try:
+            with open(os.path.join(root, path)) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue
+        servers = []
+        current = None
+        for line in lines:
+            fields = line.split()
+            if fields[:2] == ["#", "Interface"] and len(fields) == 3:
+                current = fields[2]
+            elif current == wan and len(fields) >= 2 and fields[0] == "nameserver" \
+                    and "%" not in fields[1]:
+                servers.append(fields[1])
+        return servers
+    return []
 
 
 def _is_loopback(server):

@@ -9,6 +9,7 @@ Steady state costs one process per check: `wg show all dump`.  Netlink is
 dumped only when the daemon's monitor saw a change.
 """
 
+import dataclasses
 import math
 import os
 import selectors
@@ -239,6 +240,12 @@ class Shell:
         return []
 
     def _resolve(self, a, selector):
+        if not a.servers:
+            # No dns_server for this WAN: the servers netifd learned on it,
+            # asked through it; only without those the system resolver.
+            learned = tuple(resolve.wan_nameservers(a.wan, self.root))
+            if learned:
+                a = dataclasses.replace(a, servers=learned)
         try:
             child = resolve.start_query(a, port=self.resolve_port)
         except ImportError as e:
