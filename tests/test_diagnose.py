@@ -521,14 +521,19 @@ def test_gather_survives_missing_tools(tmp_path):
     assert "not found" in facts.conntrack[("192.0.2.10", 51820)]["error"]
 
 
-def test_gather_asks_the_system_resolver_once_for_wans_without_servers(tmp_path):
+def gather_without_dns_servers(tmp_path, answer):
+    """gather() for WANs without option dns_server; (config, facts, resolver argvs)."""
     fake = FakeRunner()
     fake.on(["wg", "show", "all", "dump"], out=WG_DUMP)
-    fake.on([sys.executable], out='{"addresses": ["192.0.2.11"], "ttl": 5}\n')
+    fake.on([sys.executable], out='{"addresses": ["%s"], "ttl": 5}\n' % answer)
     cfg = make_config()
     cfg = dataclasses.replace(cfg, wans=tuple(dataclasses.replace(w, dns_servers=()) for w in cfg.wans))
     facts = diagnose.gather(str(tmp_path), cfg, fake, dumps=fake_dumps, sysctls=lambda n: {})
-    resolves = [argv for argv in fake.calls if argv[0] == sys.executable]
+    return cfg, facts, [argv for argv in fake.calls if argv[0] == sys.executable]
+
+
+def test_gather_asks_the_system_resolver_once_for_wans_without_servers(tmp_path):
+    cfg, facts, resolves = gather_without_dns_servers(tmp_path, "192.0.2.11")
     assert len(resolves) == 1 and "--device" not in resolves[0] and "--server" not in resolves[0]
     assert set(facts.dns["vpn.example.net"]) == {diagnose.SYSTEM_RESOLVER}
     [f] = by_check(diagnose.evaluate(cfg, facts, NOW), "endpoint")
@@ -540,13 +545,7 @@ def test_gather_asks_the_servers_netifd_learned_on_each_wan(tmp_path):
     auto.parent.mkdir(parents=True)
     auto.write_text("# Interface wan\nnameserver 198.51.100.53\n"
                     "# Interface wanb\nnameserver 100.64.0.53\nnameserver fe80::1%wwan0\n")
-    fake = FakeRunner()
-    fake.on(["wg", "show", "all", "dump"], out=WG_DUMP)
-    fake.on([sys.executable], out='{"addresses": ["192.0.2.10"], "ttl": 5}\n')
-    cfg = make_config()
-    cfg = dataclasses.replace(cfg, wans=tuple(dataclasses.replace(w, dns_servers=()) for w in cfg.wans))
-    facts = diagnose.gather(str(tmp_path), cfg, fake, dumps=fake_dumps, sysctls=lambda n: {})
-    resolves = [argv for argv in fake.calls if argv[0] == sys.executable]
+    _, facts, resolves = gather_without_dns_servers(tmp_path, "192.0.2.10")
     asked = {argv[argv.index("--device") + 1]: [argv[i + 1] for i, a in enumerate(argv) if a == "--server"]
              for argv in resolves}
     assert asked == {"eth1": ["198.51.100.53"], "wwan0": ["100.64.0.53"]}, resolves
