@@ -391,3 +391,217 @@ def test_cleanup_removes_a_killed_lab():
     assert prefix in cleanup.dead_prefixes()
     assert prefix in cleanup.cleanup_dead()
     assert cleanup.leftovers(prefix) == []
+
+
+# ------------------------------------------------------------ the IPv6 variant
+
+VPN6_A, VPN6_B = topology.VPN_ADDRESSES6
+
+_AAAA_PY = r"""
+import sys
+import dns.message, dns.query, dns.rdatatype
+q = dns.message.make_query(sys.argv[1], sys.argv[3])
+r = dns.query.udp(q, sys.argv[2], timeout=2)
+print(" ".join(sorted(rr.to_text() for rrset in r.answer for rr in rrset
+                      if rrset.rdtype == dns.rdatatype.from_text(sys.argv[3]))))
+"""
+
+
+def _dns_query(lab, name, rtype, ns="router"):
+    """dnspython query from ``ns`` straight to the lab's DNS server."""
+    r = lab.run(ns, sys.executable, "-c", _AAAA_PY, name, topology.DNS_SERVER, rtype)
+    return r.stdout.split()
+
+
+def _global6(lab, ns, dev):
+    return lab.ip(ns, "-6", "addr", "show", "dev", dev, "scope", "global").stdout.strip()
+
+
+def _ping6(lab, target, ns="router"):
+    return lab.run(ns, "ping", "-6", "-n", "-c", "1", "-W", "2", target,
+                   check=False).returncode == 0
+
+
+def test_default_lab_has_no_ipv6(lab):
+    assert lab.ipv6_wans == ()
+    for dev in ("wan", "wanb"):
+        assert _global6(lab, "router", dev) == ""
+    assert lab.ip("router", "-6", "route", "show", "default").stdout.strip() == ""
+    assert lab.run("vpn", "nft", "list", "table", "ip6", "vpn6", check=False).returncode != 0
+    assert lab.dns_records6 == {}
+    with open(os.path.join(lab.root, "etc/config/network")) as f:
+        assert "ip6addr" not in f.read()
+
+
+def test_ipv6_routed_through_both_wans(lab_factory):
+    lab = lab_factory(ipv6=True)
+    assert lab.ipv6_wans == ("wan", "wanb")
+    assert lab.notes["router_accept_ra_0"] is True
+    for name, w in topology.WANS.items():
+        assert "inet6 %s scope global" % w["address6"] in _global6(lab, "router", w["device"])
+    defaults = lab.ip("router", "-6", "route", "show", "default").stdout
+    assert "default via 2001:db8:1::1 dev wan metric 10 " in defaults
+    assert "default via 2001:db8:2::1 dev wanb metric 20 " in defaults
+    for ns in ("ispa", "ispb", "inet"):
+        r = lab.run(ns, "cat", "/proc/sys/net/ipv6/conf/all/forwarding")
+        assert r.stdout.strip() == "1"
+    # both server addresses, usable at once (no DAD)
+    vpn6 = lab.ip("vpn", "-6", "addr", "show", "dev", "inet").stdout
+    assert VPN6_A + "/64" in vpn6 and VPN6_B + "/64" in vpn6 and "tentative" not in vpn6
+    with open(os.path.join(lab.root, "etc/config/network")) as f:
+        net = {s[".name"]: s for s in ucifile.parse(f.read())}
+    assert net["wan"]["ip6addr"] == "2001:db8:1::2/64" and net["wanb"]["ip6gw"] == "2001:db8:2::1"
+    cap = observe.Capture(lab)
+    try:
+        t = time.time()
+        assert _ping6(lab, VPN6_A)
+        assert observe.route_device(lab, VPN6_A) == "wan"
+
+        def echo(since):
+            return [p for p in cap.packets(since)
+                    if p["family"] == 6 and p["proto"] == 58 and p["dst"] == VPN6_A]
+
+        assert lab.wait_for(lambda: echo(t), 3)
+        assert {p["dev"] for p in echo(t)} == {"wan"}
+        # routed, not NATed: the server sees the router's own address
+        assert {p["src"] for p in echo(t)} == {"2001:db8:1::2"}
+        lab.ip("router", "-6", "route", "replace", VPN6_A + "/128", "via",
+               topology.WANS["wanb"]["gateway6"], "dev", "wanb")
+        assert observe.route_device(lab, VPN6_A) == "wanb"
+        t2 = time.time()
+        assert _ping6(lab, VPN6_A)
+        assert lab.wait_for(lambda: echo(t2), 3)
+        assert {p["dev"] for p in echo(t2)} == {"wanb"}
+        assert {p["src"] for p in echo(t2)} == {"2001:db8:2::2"}
+    finally:
+        cap.stop()
+    # AAAA: vpn6.lab.test has only AAAA, vpn.lab.test only A (as in the v4 lab)
+    assert _dns_query(lab, "vpn6.lab.test", "AAAA") == [VPN6_A]
+    assert _dns_query(lab, "vpn6.lab.test", "A") == []
+    assert _dns_query(lab, "vpn.lab.test", "AAAA") == []
+    assert _dns_query(lab, "vpn.lab.test", "A") == [VPN_A]
+    assert lab.resolve6("vpn6", ns="router") == [VPN6_A]
+    assert lab.resolve6("vpn", ns="router") == []
+    # publishing AAAA at run time: set_dns with a v6 address, set_dns6 with a list
+    lab.set_dns("vpn", VPN6_B)
+    assert lab.wait_for(lambda: _dns_query(lab, "vpn.lab.test", "AAAA") == [VPN6_B], 5)
+    assert _dns_query(lab, "vpn.lab.test", "A") == [VPN_A]
+    lab.set_dns6("vpn6", [VPN6_A, VPN6_B])
+    assert lab.wait_for(lambda: _dns_query(lab, "vpn6.lab.test", "AAAA") == [VPN6_A, VPN6_B], 5)
+    lab.set_dns6("vpn", None)
+    assert lab.wait_for(lambda: lab.resolve6("vpn") == [], 5)
+
+
+def test_ipv6_tunnel_literal_endpoint_faults(lab_factory):
+    """A tunnel to [VPN_ADDRESSES6[0]]:51820: carries the probe over wan;
+    carrier loss and a re-set endpoint move it to wanb; a silent failure
+    drops the v6 tunnel too."""
+    lab = lab_factory(ipv6=True)
+    lab.start_wgrouter(cmd=["sleep", "120"], hotplug_dir=os.devnull, endpoint_host=VPN6_A)
+    with open(os.path.join(lab.root, "etc/config/network")) as f:
+        peer = [s for s in ucifile.parse(f.read()) if s[".type"] == "wireguard_" + lab.router_wg]
+    assert peer[0]["endpoint_host"] == VPN6_A  # unbracketed in UCI, as on OpenWrt
+    r = lab.run("router", "wg", "show", lab.router_wg, "endpoints")
+    assert r.stdout.split("\t")[1].strip() == "[%s]:%d" % (VPN6_A, topology.VPN_PORT)
+    cap = observe.Capture(lab)
+    ps = observe.ProbeStream(lab)
+    try:
+        t = time.time()
+        assert observe.tunnel_works(lab, 10)
+        assert ps.wait_reply_after(t, 10) is not None
+        assert lab.wait_for(lambda: cap.tunnel_wan(t, family=6) == "wan", 3)
+        assert cap.tunnel_devices(t) == ["wan"]
+        assert {p["family"] for p in cap.tunnel_packets(t)} == {6}
+        assert {p["dst"] for p in cap.tunnel_packets(t)} == {VPN6_A}
+        assert cap.leaks(t) == []
+        # the server answered on its v6 address and sees the router's own one
+        assert lab.vpn_endpoint().startswith("[2001:db8:1::2]:")
+        # carrier loss: netifd drops wan's v6 too
+        faults.carrier_loss(lab, "wan")
+        assert _global6(lab, "router", "wan") == ""
+        assert "dev wan " not in lab.ip("router", "-6", "route", "show", "default").stdout
+        assert observe.route_device(lab, VPN6_A) == "wanb"
+        t2 = time.time()
+        lab.run("router", "wg", "set", lab.router_wg, "peer", lab.keys["vpn"]["public"],
+                "endpoint", topology.endpoint_text(VPN6_A, topology.VPN_PORT))
+        assert ps.wait_reply_after(t2, 10) is not None
+        assert lab.wait_for(lambda: cap.tunnel_wan(t2) == "wanb", 3)
+        assert lab.wait_for(lambda: (lab.vpn_endpoint() or "").startswith("[2001:db8:2::2]:"), 5)
+        # silent failure on wanb: v6 is dropped as well
+        t3 = faults.silent_failure(lab, "wanb")
+        assert _no_reply_for(ps, t3, 2) == 0
+        assert faults.dropped(lab, "wanb") > 0
+        assert not _ping6(lab, VPN6_A)
+        t4 = faults.restore_upstream(lab, "wanb")
+        assert ps.wait_reply_after(t4, 20) is not None
+        # carrier return restores wan's v6 (address usable at once, default route)
+        faults.carrier_return(lab, "wan")
+        assert "inet6 2001:db8:1::2/64 scope global" in _global6(lab, "router", "wan")
+        assert "2001:db8:1::1/64" in _global6(lab, "ispa", "cpe")
+        lab.ip("router", "-6", "route", "replace", VPN6_A + "/128", "via",
+               topology.WANS["wan"]["gateway6"], "dev", "wan")
+        assert _ping6(lab, VPN6_A)
+        t5 = time.time()
+        lab.run("router", "wg", "set", lab.router_wg, "peer", lab.keys["vpn"]["public"],
+                "endpoint", topology.endpoint_text(VPN6_A, topology.VPN_PORT))
+        assert ps.wait_reply_after(t5, 10) is not None
+        assert lab.wait_for(lambda: cap.tunnel_wan(t5, family=6) == "wan", 3)
+    finally:
+        faults.restore_upstream(lab, "wanb")
+        ps.stop()
+        cap.stop()
+
+
+def test_ipv6_stock_host_dependency_by_name(lab_factory):
+    """Stock netifd with endpoint_host vpn6.lab.test (AAAA only): the host
+    dependency is a /128 pinned to wan, moved to wanb by the next event."""
+    lab = lab_factory(ipv6=True)
+    lab.start_baseline(watchdog_interval=1, stale_after=5, endpoint_host="vpn6.lab.test")
+    assert lab.netifd.dep == ("wan", VPN6_A)
+    routes = lab.ip("router", "-6", "route", "show", VPN6_A + "/128").stdout
+    assert "via 2001:db8:1::1 dev wan" in routes
+    assert observe.tunnel_works(lab, 10)
+    faults.carrier_loss(lab, "wan")
+    assert not lab.netifd.tunnel_up
+    assert lab.ip("router", "-6", "route", "show", VPN6_A + "/128").stdout.strip() == ""
+    lab.netifd.ifupdate("wanb")
+    assert lab.netifd.dep == ("wanb", VPN6_A)
+    assert "dev wanb" in lab.ip("router", "-6", "route", "show", VPN6_A + "/128").stdout
+    assert observe.tunnel_works(lab, 10)
+    assert lab.vpn_endpoint().startswith("[2001:db8:2::2]:")
+    # a faulty v6 server address: vpn_address_down/up work on the ip6 table
+    faults.vpn_address_down(lab, VPN6_A)
+    assert not observe.tunnel_works(lab, 2)
+    assert _ping6(lab, VPN6_A)  # only UDP to that address is dropped
+    faults.vpn_address_up(lab)
+    assert "drop" not in lab.run("vpn", "nft", "list", "chain", "ip6", "vpn6", "faults").stdout
+    assert observe.tunnel_works(lab, 10)
+
+
+def test_ipv6_on_one_wan_only_and_mwan3(lab_factory):
+    lab = lab_factory(ipv6=("wan",), mwan3=True)
+    assert lab.ipv6_wans == ("wan",)
+    assert _global6(lab, "router", "wanb") == "" and _global6(lab, "ispb", "cpe") == ""
+    defaults = lab.ip("router", "-6", "route", "show", "default").stdout
+    assert "dev wan " in defaults and "wanb" not in defaults
+    # (an IPv6 table that never had a route does not even exist)
+    assert lab.ip("router", "-6", "route", "show", "table", "2", check=False).stdout.strip() == ""
+    assert "dev wan " in lab.ip("router", "-6", "route", "show", "table", "1").stdout
+    rules = lab.ip("router", "-6", "rule", "show").stdout
+    assert "1001:\tfrom all iif wan lookup 1" in rules and "iif wanb" not in rules
+    with open(os.path.join(lab.root, "etc/config/network")) as f:
+        net = {s[".name"]: s for s in ucifile.parse(f.read())}
+    assert "ip6addr" in net["wan"] and "ip6addr" not in net["wanb"]
+    assert lab.mwan3_members6 == ["wan"]
+    assert _ping6(lab, VPN6_A)
+    assert observe.route_device(lab, VPN6_A) == "wan"
+    faults.carrier_loss(lab, "wan")
+    # no v6 uplink left: v6 is unreachable, v4 fails over as always
+    assert lab.ip("router", "-6", "route", "show", "default").stdout.strip() == ""
+    assert lab.ip("router", "-6", "route", "show", "table", "1", check=False).stdout.strip() == ""
+    assert lab.mwan3_members6 == [] and lab.mwan3_members == ["wanb"]
+    assert not _ping6(lab, VPN6_A)
+    assert lab.run("router", "ping", "-c", "1", "-W", "2", VPN_A, check=False).returncode == 0
+    faults.carrier_return(lab, "wan")
+    assert lab.mwan3_members6 == ["wan"]
+    assert _ping6(lab, VPN6_A)

@@ -1,10 +1,12 @@
 """The lab's pure helpers, without root: UCI files, pcap parsing, probe math."""
 
+import ipaddress
 import struct
 import threading
 
 from tests.lab import baseline
 from tests.lab import cleanup
+from tests.lab import netifd
 from tests.lab import observe
 from tests.lab import topology
 from tests.lab import ucifile
@@ -108,3 +110,132 @@ def test_prefixes_and_names():
 def test_can_run_says_why_not_without_root(monkeypatch):
     monkeypatch.setattr(topology.os, "geteuid", lambda: 1000)
     assert "root" in topology.can_run()
+
+
+# ------------------------------------------------------------ the IPv6 variant
+
+def _frame6(src, dst, nh=17, sport=1000, dport=51820, ext=b"", ext_type=0, cooked=False):
+    """An IPv6 frame; with ``ext`` (an extension header of type ``ext_type``
+    whose own next-header byte says what follows) before the transport header."""
+    payload = ext + (struct.pack("!HHHH", sport, dport, 8, 0) if nh in (6, 17) else b"")
+    first_nh = ext_type if ext else nh
+    ip = struct.pack("!IHBB16s16s", 6 << 28, len(payload), first_nh, 64,
+                     ipaddress.IPv6Address(src).packed, ipaddress.IPv6Address(dst).packed)
+    if cooked:
+        return b"\x00" * 14 + b"\x86\xdd" + ip + payload
+    return b"\x00" * 12 + b"\x86\xdd" + ip + payload
+
+
+def test_parse_ipv6_frames():
+    f = _frame6("2001:db8:1::2", "2001:db8:100::10", dport=443)
+    assert observe.parse_ipv6(1, f) == ("2001:db8:1::2", "2001:db8:100::10", 17, 1000, 443)
+    assert observe.parse_ipv4(1, f) is None
+    assert observe.parse_ip(1, f) == (6, ("2001:db8:1::2", "2001:db8:100::10", 17, 1000, 443))
+    # Linux cooked capture and raw IP
+    c = _frame6("2001:db8:2::2", "2001:db8:100::11", cooked=True)
+    assert observe.parse_ipv6(113, c)[:2] == ("2001:db8:2::2", "2001:db8:100::11")
+    assert observe.parse_ipv6(101, f[14:])[4] == 443
+    # a hop-by-hop header (8 bytes, next header UDP) is skipped to the ports
+    hbh = bytes([17, 0]) + b"\x00" * 6
+    h = _frame6("2001:db8:1::2", "2001:db8:100::10", ext=hbh, dport=51820)
+    assert observe.parse_ipv6(1, h) == ("2001:db8:1::2", "2001:db8:100::10", 17, 1000, 51820)
+    # a non-first fragment has no ports
+    frag = bytes([17, 0]) + struct.pack("!HI", 185 << 3, 7)
+    g = _frame6("2001:db8:1::2", "2001:db8:100::10", ext=frag, ext_type=44)
+    assert observe.parse_ipv6(1, g) == ("2001:db8:1::2", "2001:db8:100::10", 17, None, None)
+    # ICMPv6 (neighbour discovery, echo): no ports
+    n = _frame6("fe80::1", "ff02::1:ff00:1", nh=58)
+    assert observe.parse_ipv6(1, n) == ("fe80::1", "ff02::1:ff00:1", 58, None, None)
+    # an IPv4 frame is not IPv6, a truncated one is nothing
+    v4 = _frame("10.0.1.2", "192.0.2.10")
+    assert observe.parse_ipv6(1, v4) is None and observe.parse_ip(1, v4)[0] == 4
+    assert observe.parse_ipv6(1, f[:14 + 39]) is None
+
+
+def test_capture_sees_ipv6_tunnel_packets(tmp_path):
+    wan, wanb = tmp_path / "wan.pcap", tmp_path / "wanb.pcap"
+    vpn6 = topology.VPN_ADDRESSES6
+    _pcap(wan, [(10.0, _frame6("2001:db8:1::2", vpn6[0])),
+                (10.5, _frame("10.0.1.2", "192.0.2.10")),
+                (11.0, _frame6("2001:db8:1::2", "2001:db8:100::99")),  # not the server
+                (11.5, _frame6("2001:db8:1::2", vpn6[0], dport=53)),  # not WireGuard's port
+                (12.0, _frame("10.0.1.2", "10.99.0.1", proto=1))])
+    _pcap(wanb, [(13.0, _frame6("2001:db8:2::2", vpn6[1], dport=443)),
+                 (14.0, _frame("100.64.2.2", "192.0.2.10"))])
+    cap = observe.Capture.__new__(observe.Capture)
+    cap.files = {"wan": str(wan), "wanb": str(wanb)}
+    tp = cap.tunnel_packets()
+    assert [(p["time"], p["dev"], p["family"], p["dst"]) for p in tp] == [
+        (10.0, "wan", 6, vpn6[0]), (10.5, "wan", 4, "192.0.2.10"), (13.0, "wanb", 6, vpn6[1]),
+        (14.0, "wanb", 4, "192.0.2.10")]
+    assert cap.tunnel_wan() == "wanb"
+    assert cap.tunnel_wan(family=6) == "wanb" and cap.tunnel_wan(since=13.5, family=6) is None
+    assert cap.tunnel_devices(family=6) == ["wan", "wanb"]
+    assert cap.tunnel_devices(since=12, family=4) == ["wanb"]
+    # leaks are IPv4 LAN traffic to the remote subnet; v6 packets never count
+    assert [p["dst"] for p in cap.leaks()] == ["10.99.0.1"]
+    assert len(cap.packets()) == 7
+
+
+def test_ipv6_lab_arguments_and_helpers():
+    assert topology.Lab(prefix="t1a").ipv6_wans == ()
+    assert topology.Lab(prefix="t1a", ipv6=True).ipv6_wans == ("wan", "wanb")
+    assert topology.Lab(prefix="t1a", ipv6=("wanb", "wan")).ipv6_wans == ("wan", "wanb")
+    assert topology.Lab(prefix="t1a", ipv6="wanb").ipv6_wans == ("wanb",)
+    try:
+        topology.Lab(prefix="t1a", ipv6=("lte",))
+    except topology.LabError as e:
+        assert "lte" in str(e)
+    else:
+        raise AssertionError("an unknown WAN was accepted")
+    assert topology.wan6_net("wan") == "2001:db8:1::/64"
+    assert topology.wan6_net("wanb") == "2001:db8:2::/64"
+    for w in topology.WANS.values():
+        assert topology.is_ipv6(w["address6"]) and not topology.is_ipv6(w["address"])
+    assert topology.endpoint_text("2001:db8:100::10", 51820) == "[2001:db8:100::10]:51820"
+    assert topology.endpoint_text("[2001:db8::1]", 443) == "[2001:db8::1]:443"
+    assert topology.endpoint_text("vpn.lab.test", "51820") == "vpn.lab.test:51820"
+    assert netifd._host("2001:db8:100::10") == "2001:db8:100::10/128"
+    assert netifd._host("192.0.2.10") == "192.0.2.10/32"
+
+
+class _Signals:
+    def __init__(self):
+        self.sent = []
+
+    def send_signal(self, sig):
+        self.sent.append(sig)
+
+
+def test_dns_records_aaaa(tmp_path):
+    lab = topology.Lab(prefix="t1a", ipv6=True)
+    lab.hosts_file = str(tmp_path / "hosts")
+    lab._dnsmasq = _Signals()
+    lab.dns_records = {"vpn": "192.0.2.10"}
+    lab.set_dns("vpn6", "2001:db8:100::10")  # a v6 address: AAAA
+    lab.set_dns6("vpn", ["2001:db8:100::10", "2001:db8:100::11"])
+    lab.set_dns("vpn", "192.0.2.11")  # A changes, AAAA stays
+    lines = (tmp_path / "hosts").read_text().splitlines()
+    assert lines == ["192.0.2.11 vpn.lab.test", "2001:db8:100::10 vpn.lab.test",
+                     "2001:db8:100::11 vpn.lab.test", "2001:db8:100::10 vpn6.lab.test"]
+    lab.set_dns6("vpn", [])
+    lab.set_dns("vpn6", None)  # no A to remove: nothing changes for vpn6's AAAA
+    assert (tmp_path / "hosts").read_text().splitlines() == [
+        "192.0.2.11 vpn.lab.test", "2001:db8:100::10 vpn6.lab.test"]
+    assert len(lab._dnsmasq.sent) == 5
+
+
+def test_network_config_ipv6_options(tmp_path):
+    lab = topology.Lab(prefix="t1a", ipv6=("wanb",))
+    lab.root = str(tmp_path)
+    (tmp_path / "etc/config").mkdir(parents=True)
+    lab.keys = {"router": {"private": "r="}, "vpn": {"public": "v="}}
+    lab.write_network_config(endpoint_host="2001:db8:100::10")
+    by = {s[".name"]: s for s in ucifile.parse((tmp_path / "etc/config/network").read_text())}
+    assert "ip6addr" not in by["wan"] and "ip6gw" not in by["wan"]
+    assert by["wanb"]["ip6addr"] == "2001:db8:2::2/64" and by["wanb"]["ip6gw"] == "2001:db8:2::1"
+    assert by["vpn"]["endpoint_host"] == "2001:db8:100::10"
+    v4 = topology.Lab(prefix="t1a")
+    v4.root, v4.keys = lab.root, lab.keys
+    v4.write_network_config()
+    assert "ip6" not in (tmp_path / "etc/config/network").read_text()

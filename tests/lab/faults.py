@@ -33,6 +33,10 @@ def carrier_loss(lab, wan="wan"):
 
 def carrier_return(lab, wan="wan"):
     lab.ip(_isp(wan), "link", "set", "dev", "cpe", "up")
+    if wan in lab.ipv6_wans:
+        # the lab keeps v6 addresses on link down; this makes sure of it
+        lab.ip(_isp(wan), "-6", "addr", "replace", topology.WANS[wan]["gateway6"] + "/64",
+               "dev", "cpe", "nodad")
     lab.wait_for(lambda: "NO-CARRIER" not in lab.ip("router", "link", "show",
                                                      topology.WANS[wan]["device"]).stdout, 5,
                  step=0.02)
@@ -43,12 +47,13 @@ def carrier_return(lab, wan="wan"):
 
 def silent_failure(lab, wan="wan", udp_port=None):
     """The ISP drops everything the router sends upstream (or only UDP to
-    ``udp_port``).  Link and addresses stay up: netifd sees nothing."""
+    ``udp_port``), IPv4 and IPv6 alike (an inet table).  Link and addresses
+    stay up: netifd sees nothing."""
     match = 'iifname "cpe"' + (" udp dport %d" % udp_port if udp_port else "")
     lab.nft(_isp(wan), """
-table ip labfault
-delete table ip labfault
-table ip labfault {
+table inet labfault
+delete table inet labfault
+table inet labfault {
     chain forward {
         type filter hook forward priority filter; policy accept;
         %s counter drop
@@ -59,13 +64,13 @@ table ip labfault {
 
 
 def restore_upstream(lab, wan="wan"):
-    lab.run(_isp(wan), "nft", "delete", "table", "ip", "labfault", check=False)
+    lab.run(_isp(wan), "nft", "delete", "table", "inet", "labfault", check=False)
     return _record(lab, "restore_upstream", wan)
 
 
 def dropped(lab, wan="wan"):
-    """Packets the silent failure has dropped so far (nft counter)."""
-    r = lab.run(_isp(wan), "nft", "list", "table", "ip", "labfault", check=False)
+    """Packets the silent failure has dropped so far (nft counter, both families)."""
+    r = lab.run(_isp(wan), "nft", "list", "table", "inet", "labfault", check=False)
     for word_before, word in zip(r.stdout.split(), r.stdout.split()[1:]):
         if word_before == "packets":
             return int(word)
@@ -91,14 +96,22 @@ def dns_move(lab, name="vpn", address=topology.VPN_ADDRESSES[1]):
 
 
 def vpn_address_down(lab, address=topology.VPN_ADDRESSES[0]):
-    """The server stops answering UDP on ADDRESS (so a DNS move is observable)."""
-    lab.run("vpn", "nft", "add", "rule", "ip", "vpn", "faults", "ip", "daddr", address,
-            "meta", "l4proto", "udp", "drop")
+    """The server stops answering UDP on ADDRESS (so a DNS move is observable).
+    An IPv6 address (VPN_ADDRESSES6, ipv6 labs) goes into the ip6 table."""
+    if topology.is_ipv6(address):
+        lab.run("vpn", "nft", "add", "rule", "ip6", "vpn6", "faults", "ip6", "daddr", address,
+                "meta", "l4proto", "udp", "drop")
+    else:
+        lab.run("vpn", "nft", "add", "rule", "ip", "vpn", "faults", "ip", "daddr", address,
+                "meta", "l4proto", "udp", "drop")
     return _record(lab, "vpn_address_down", address)
 
 
 def vpn_address_up(lab, address=topology.VPN_ADDRESSES[0]):
+    """Every address answers again (both families)."""
     lab.run("vpn", "nft", "flush", "chain", "ip", "vpn", "faults")
+    if lab.ipv6_wans:
+        lab.run("vpn", "nft", "flush", "chain", "ip6", "vpn6", "faults")
     return _record(lab, "vpn_address_up", address)
 
 

@@ -3,13 +3,15 @@
 netifd itself cannot run here, so this stand-in does what it does with real
 commands (rules from OPENWRT.md, "What netifd does with a host dependency"):
 
-* ifdown(wan): flush the WAN's addresses and routes, then run the iface
-  hotplug scripts (ACTION=ifdown INTERFACE=wan).
-* ifup(wan) / ifupdate(wan): restore address and routes, run hotplug.
-* mode "stock": the tunnel's endpoint gets a host dependency: a /32 pinned to
-  the WAN routing to it at setup.  When that WAN goes down the tunnel is torn
-  down, and set up again from scratch on the next up/update event of any
-  interface, pinned to whatever routes to the endpoint then.  No failback.
+* ifdown(wan): flush the WAN's addresses and routes (IPv4, and in an ipv6
+  lab its global IPv6 address and v6 routes), then run the iface hotplug
+  scripts (ACTION=ifdown INTERFACE=wan).
+* ifup(wan) / ifupdate(wan): restore address and routes (v6 too), run hotplug.
+* mode "stock": the tunnel's endpoint gets a host dependency: a /32 (a /128
+  for an IPv6 endpoint) pinned to the WAN routing to it at setup.  When that
+  WAN goes down the tunnel is torn down, and set up again from scratch on
+  the next up/update event of any interface, pinned to whatever routes to
+  the endpoint then.  No failback.
 * mode "wgrouter": nohostroute=1, the tunnel is set up once and WAN events
   never touch it.
 
@@ -82,11 +84,15 @@ class NetifdStandin:
         w = topology.WANS[wan]
         with self._lock:
             self.up.discard(wan)
-            lab.ip("router", "addr", "flush", "dev", w["device"], check=False)
+            # an IPv6 WAN keeps its link-local address, as the kernel does
+            family = ["-4"] if wan in lab.ipv6_wans else []
+            lab.ip("router", *family, "addr", "flush", "dev", w["device"], check=False)
             lab.ip("router", "route", "flush", "dev", w["device"], check=False)
             if lab.mwan3:
                 lab.ip("router", "route", "flush", "dev", w["device"], "table", w["table"],
                        check=False)
+            if wan in lab.ipv6_wans:
+                lab.router_wan6_down(wan)
             if lab.mwan3:
                 lab.mwan3_policy(self.up)
             self._event("ifdown %s" % wan)
@@ -106,6 +112,8 @@ class NetifdStandin:
             if lab.mwan3:
                 lab.ip("router", "route", "replace", "default", "via", w["gateway"], "dev",
                        w["device"], "table", w["table"])
+            if wan in lab.ipv6_wans:
+                lab.router_wan6_up(wan)
             self.up.add(wan)
             if lab.mwan3:
                 lab.mwan3_policy(self.up)
@@ -191,7 +199,9 @@ class NetifdStandin:
         for p in peers:
             argv += ["peer", p["public_key"]]
             if p.get("endpoint_host"):
-                argv += ["endpoint", "%s:%s" % (p["endpoint_host"], p.get("endpoint_port", 51820))]
+                # wireguard.sh brackets an IPv6 literal the same way
+                argv += ["endpoint", topology.endpoint_text(p["endpoint_host"],
+                                                            p.get("endpoint_port", 51820))]
             if p.get("allowed_ips"):
                 argv += ["allowed-ips", ",".join(_as_list(p["allowed_ips"]))]
             if p.get("persistent_keepalive"):
@@ -220,14 +230,14 @@ class NetifdStandin:
                     self.pending = True
                     return False
                 wan, gw, metric = route
-                argv = ["route", "replace", ep + "/32", "dev", topology.WANS[wan]["device"]]
+                argv = ["route", "replace", _host(ep), "dev", topology.WANS[wan]["device"]]
                 if gw:
                     argv += ["via", gw]
                 if metric is not None:
                     argv += ["metric", metric]
                 lab.ip("router", *argv)
                 self.dep = (wan, ep)
-                self._event("host route %s/32 pinned to %s" % (ep, wan))
+                self._event("host route %s pinned to %s" % (_host(ep), wan))
         self.tunnel_up = True
         self.pending = False
         self._event("setup %s%s" % (dev, " on %s" % self.dep[0] if self.dep else ""))
@@ -244,16 +254,19 @@ class NetifdStandin:
 
     def route_to(self, address):
         """The WAN whose main-table route best matches address: (wan, gateway, metric)."""
-        r = self.lab.ip("router", "-j", "route", "show", "table", "main")
-        best = None
         target = ipaddress.ip_address(address)
+        family = "-6" if target.version == 6 else "-4"
+        r = self.lab.ip("router", family, "-j", "route", "show", "table", "main")
+        best = None
         devices = {w["device"]: name for name, w in topology.WANS.items()}
         for route in json.loads(r.stdout or "[]"):
             dev = route.get("dev")
             if dev not in devices or devices[dev] not in self.up:
                 continue
             dst = route.get("dst", "default")
-            net = ipaddress.ip_network("0.0.0.0/0" if dst == "default" else dst, strict=False)
+            if dst == "default":
+                dst = "::/0" if target.version == 6 else "0.0.0.0/0"
+            net = ipaddress.ip_network(dst, strict=False)
             if target not in net:
                 continue
             key = (net.prefixlen, -route.get("metric", 0))
@@ -265,12 +278,17 @@ class NetifdStandin:
         lab = self.lab
         if self.dep:
             wan, ep = self.dep
-            lab.ip("router", "route", "del", ep + "/32", check=False)
+            lab.ip("router", "route", "del", _host(ep), check=False)
         self.dep = None
         if self.wg is not None:
             lab.stop_wg(self.wg)
             self.wg = None
         self.tunnel_up = False
+
+
+def _host(address):
+    """The host route prefix of an endpoint address: /32 or /128."""
+    return address + ("/128" if ":" in address else "/32")
 
 
 def _as_list(v):

@@ -193,21 +193,35 @@ def read_pcap(path):
         yield sec + frac / (1e9 if nano else 1e6), linktype, frame
 
 
-def parse_ipv4(linktype, frame):
-    """(src, dst, proto, sport, dport) of an IPv4 frame, or None."""
+_ETHERTYPES = {4: b"\x08\x00", 6: b"\x86\xdd"}
+# IPv6 extension headers a packet may carry before its transport header
+_IPV6_EXTENSIONS = (0, 43, 60)  # hop-by-hop, routing, destination options
+_IPV6_FRAGMENT = 44
+
+
+def _ip_payload(linktype, frame, version):
+    """The IP packet of version ``version`` inside a captured frame, or None."""
     if linktype == 1:  # Ethernet
-        if len(frame) < 14 or frame[12:14] != b"\x08\x00":
+        if len(frame) < 14 or frame[12:14] != _ETHERTYPES[version]:
             return None
         ip = frame[14:]
     elif linktype == 113:  # Linux cooked
-        if len(frame) < 16 or frame[14:16] != b"\x08\x00":
+        if len(frame) < 16 or frame[14:16] != _ETHERTYPES[version]:
             return None
         ip = frame[16:]
     elif linktype in (12, 101):  # raw IP
         ip = frame
     else:
         return None
-    if len(ip) < 20 or ip[0] >> 4 != 4:
+    if not ip or ip[0] >> 4 != version:
+        return None
+    return ip
+
+
+def parse_ipv4(linktype, frame):
+    """(src, dst, proto, sport, dport) of an IPv4 frame, or None."""
+    ip = _ip_payload(linktype, frame, 4)
+    if ip is None or len(ip) < 20:
         return None
     ihl = (ip[0] & 15) * 4
     proto = ip[9]
@@ -217,6 +231,45 @@ def parse_ipv4(linktype, frame):
     if proto in (6, 17) and len(ip) >= ihl + 4:
         sport, dport = struct.unpack("!HH", ip[ihl:ihl + 4])
     return src, dst, proto, sport, dport
+
+
+def parse_ipv6(linktype, frame):
+    """(src, dst, proto, sport, dport) of an IPv6 frame, or None.  proto is
+    the upper-layer protocol after any extension headers (17 UDP, 58 ICMPv6);
+    ports are None for a non-first fragment or a header cut by the snap length."""
+    ip = _ip_payload(linktype, frame, 6)
+    if ip is None or len(ip) < 40:
+        return None
+    src = str(ipaddress.IPv6Address(ip[8:24]))
+    dst = str(ipaddress.IPv6Address(ip[24:40]))
+    proto = ip[6]
+    i = 40
+    first = True
+    while proto in _IPV6_EXTENSIONS + (_IPV6_FRAGMENT,) and i + 8 <= len(ip):
+        nxt = ip[i]
+        if proto == _IPV6_FRAGMENT:
+            offset = struct.unpack("!H", ip[i + 2:i + 4])[0] >> 3
+            first = offset == 0
+            length = 8
+        else:
+            length = (ip[i + 1] + 1) * 8
+        proto = nxt
+        i += length
+    sport = dport = None
+    if first and proto in (6, 17) and len(ip) >= i + 4:
+        sport, dport = struct.unpack("!HH", ip[i:i + 4])
+    return src, dst, proto, sport, dport
+
+
+def parse_ip(linktype, frame):
+    """(version, (src, dst, proto, sport, dport)) of an IPv4 or IPv6 frame, or None."""
+    p = parse_ipv4(linktype, frame)
+    if p:
+        return 4, p
+    p = parse_ipv6(linktype, frame)
+    if p:
+        return 6, p
+    return None
 
 
 class Capture:
@@ -244,16 +297,18 @@ class Capture:
             self.lab.stop_process(p, sig=signal.SIGINT)
 
     def packets(self, since=None):
-        """All IPv4 packets: dicts time, dev, src, dst, proto, sport, dport."""
+        """All IPv4 and IPv6 packets: dicts time, dev, family (4 or 6), src,
+        dst, proto, sport, dport."""
         out = []
         for dev, path in self.files.items():
             for t, linktype, frame in read_pcap(path):
                 if since is not None and t < since:
                     continue
-                p = parse_ipv4(linktype, frame)
-                if p:
-                    out.append(dict(time=t, dev=dev, src=p[0], dst=p[1], proto=p[2],
-                                    sport=p[3], dport=p[4]))
+                parsed = parse_ip(linktype, frame)
+                if parsed:
+                    family, p = parsed
+                    out.append(dict(time=t, dev=dev, family=family, src=p[0], dst=p[1],
+                                    proto=p[2], sport=p[3], dport=p[4]))
         out.sort(key=lambda p: p["time"])
         return out
 
@@ -264,18 +319,22 @@ class Capture:
                 if any(ipaddress.ip_address(p["dst"]) in n for n in nets)]
 
     def tunnel_packets(self, since=None):
-        """WireGuard UDP from the router to the server (any address/port)."""
+        """WireGuard UDP from the router to the server (any address/port, over
+        IPv4 or IPv6; a packet's ``family`` says which)."""
         ports = (topology.VPN_PORT, topology.VPN_ALT_PORT)
+        servers = topology.VPN_ADDRESSES + topology.VPN_ADDRESSES6
         return [p for p in self.packets(since) if p["proto"] == 17
-                and p["dst"] in topology.VPN_ADDRESSES and p["dport"] in ports]
+                and p["dst"] in servers and p["dport"] in ports]
 
-    def tunnel_wan(self, since=None):
-        """Device that carried the latest tunnel packet (after since), or None."""
-        pk = self.tunnel_packets(since)
+    def tunnel_wan(self, since=None, family=None):
+        """Device that carried the latest tunnel packet (after since; of IP
+        version ``family`` if given), or None."""
+        pk = [p for p in self.tunnel_packets(since) if family in (None, p["family"])]
         return pk[-1]["dev"] if pk else None
 
-    def tunnel_devices(self, since=None):
-        return sorted({p["dev"] for p in self.tunnel_packets(since)})
+    def tunnel_devices(self, since=None, family=None):
+        return sorted({p["dev"] for p in self.tunnel_packets(since)
+                       if family in (None, p["family"])})
 
 
 # ------------------------------------------------------------ helpers

@@ -3,13 +3,20 @@
     lan --- router ==wan===  ispa --- inet --- vpn
                    ==wanb==  ispb ---/  (dnsmasq 192.0.2.53)
 
+``Lab(ipv6=True)`` (or a tuple of WAN names) adds routed IPv6 in
+2001:db8::/32 on those WANs, their ISPs, inet and vpn: no NAT66, the server
+reachable at VPN_ADDRESSES6, AAAA records in dnsmasq.  Without it the lab is
+IPv4 only, exactly as before.
+
 Everything is done by ip, nft, wg, wireguard-go and dnsmasq run through
 subprocess.  Only netifd has a stand-in (tests/lab/netifd.py).  ``Lab`` is a
 context manager; each instance has its own prefix, so labs can run side by
 side.  ``__exit__`` tears everything down even after errors or Ctrl-C.
 """
 
+import ipaddress
 import itertools
+import json
 import os
 import shutil
 import signal
@@ -39,10 +46,15 @@ LAN_ROUTER = "192.168.1.1"
 LAN_NET = "192.168.1.0/24"
 WANS = {
     # name: device, router address, gateway (ISP), metric, mwan3 table, mwan3 mark, ISP ns
+    # (ipv6 labs only: address6, gateway6 and the ISP's uplink/inet-side v6)
     "wan": dict(device="wan", address="10.0.1.2/24", gateway="10.0.1.1", metric=10,
-                table=1, mark=0x100, isp="ispa"),
+                table=1, mark=0x100, isp="ispa",
+                address6="2001:db8:1::2/64", gateway6="2001:db8:1::1",
+                isp_up6="2001:db8:a::2", inet6="2001:db8:a::1"),
     "wanb": dict(device="wanb", address="100.64.2.2/24", gateway="100.64.2.1", metric=20,
-                 table=2, mark=0x200, isp="ispb"),
+                 table=2, mark=0x200, isp="ispb",
+                 address6="2001:db8:2::2/64", gateway6="2001:db8:2::1",
+                 isp_up6="2001:db8:b::2", inet6="2001:db8:b::1"),
 }
 ISPA_UP = "198.51.100.2"
 ISPA_INET = "198.51.100.1"
@@ -51,6 +63,10 @@ ISPB_INET = "203.0.113.1"
 INET_VPN = "192.0.2.1"
 DNS_SERVER = "192.0.2.53"
 VPN_ADDRESSES = ("192.0.2.10", "192.0.2.11")
+# IPv6 (ipv6 labs only): routed, no NAT66, documentation prefix 2001:db8::/32
+INET_VPN6 = "2001:db8:100::1"
+VPN_ADDRESSES6 = ("2001:db8:100::10", "2001:db8:100::11")
+VPN_NET6 = "2001:db8:100::/64"
 VPN_PORT = 51820
 VPN_ALT_PORT = 443
 REMOTE_NET = "10.99.0.0/24"
@@ -106,10 +122,14 @@ class Lab:
     mwan3: add mwan3-style policy routing on the router.
     keepalive: PersistentKeepalive of the router's peer (netifd config).
     dns_ttl: TTL dnsmasq gives lab.test records.
+    ipv6: False (IPv4 only, the default), True (IPv6 on both WANs) or a
+    tuple of WAN names that get IPv6; ``ipv6_wans`` says which did.
     """
 
-    def __init__(self, prefix=None, mwan3=False, keepalive=25, dns_ttl=5, keep_tmp=False):
+    def __init__(self, prefix=None, mwan3=False, keepalive=25, dns_ttl=5, keep_tmp=False,
+                 ipv6=False):
         self.prefix = prefix or new_prefix()
+        self.ipv6_wans = _ipv6_wans(ipv6)
         self.mwan3 = mwan3
         self.keepalive = keepalive
         self.dns_ttl = dns_ttl
@@ -130,7 +150,10 @@ class Lab:
         self.watchdog = None
         self.wgrouter = None
         self.ispb_public = ISPB_PUBLIC[0]
-        self.dns_records = {}
+        self.dns_records = {}  # name: IPv4 address (A)
+        self.dns_records6 = {}  # name: [IPv6 addresses] (AAAA)
+        self._mwan3_v6_on = False
+        self.mwan3_members6 = []
         self._dnsmasq = None
         self._built = False
         self._lock = threading.Lock()
@@ -234,12 +257,25 @@ class Lab:
         for n in NAMESPACES:
             subprocess.run(["ip", "netns", "add", self.ns(n)], check=True, capture_output=True)
             self.ip(n, "link", "set", "lo", "up")
+            if self.ipv6_wans:
+                # before any link exists: new devices inherit 'default', so
+                # link-local addresses skip DAD too.  keep_addr_on_down: the
+                # ISP's v6 address survives its 'link set cpe down' (carrier
+                # faults), as an IPv4 address does.
+                self.sysctl(n, **{"net.ipv6.conf.default.accept_dad": 0,
+                                  "net.ipv6.conf.all.accept_dad": 0,
+                                  "net.ipv6.conf.default.keep_addr_on_down": 1,
+                                  "net.ipv6.conf.all.keep_addr_on_down": 1})
         self._links()
         self._addresses()
         self._sysctls()
+        if self.ipv6_wans:
+            self._addresses6()
         self._nat()
         if self.mwan3:
             self._mwan3()
+            if self.ipv6_wans:
+                self._mwan3_v6()
         self._keys()
         self._dns()
         self._vpn_wg()
@@ -292,6 +328,59 @@ class Lab:
         ip("vpn", "route", "add", "default", "via", INET_VPN)
         ip("vpn", "addr", "add", PROBE_TARGET + "/24", "dev", "remote")
 
+    def _addresses6(self):
+        """Routed IPv6 (no NAT66) on the WANs in ipv6_wans, their ISPs, inet
+        and vpn.  Every address is 'nodad': usable at once."""
+        ip = self.ip
+        for name in self.ipv6_wans:
+            w = WANS[name]
+            isp = w["isp"]
+            self.router_wan6_up(name)
+            ip(isp, "-6", "addr", "add", w["gateway6"] + "/64", "dev", "cpe", "nodad")
+            ip(isp, "-6", "addr", "add", w["isp_up6"] + "/64", "dev", "uplink", "nodad")
+            ip(isp, "-6", "route", "add", "default", "via", w["inet6"], "dev", "uplink")
+            ip("inet", "-6", "addr", "add", w["inet6"] + "/64", "dev", isp, "nodad")
+            # return traffic for the router's prefix goes back through its ISP
+            ip("inet", "-6", "route", "add", wan6_net(name), "via", w["isp_up6"], "dev", isp)
+        ip("inet", "-6", "addr", "add", INET_VPN6 + "/64", "dev", "vpn", "nodad")
+        for a in VPN_ADDRESSES6:
+            ip("vpn", "-6", "addr", "add", a + "/64", "dev", "inet", "nodad")
+        ip("vpn", "-6", "route", "add", "default", "via", INET_VPN6, "dev", "inet")
+
+    def router_wan6_up(self, wan):
+        """The router's IPv6 on WAN (address, default route, mwan3 table
+        route), as netifd's static proto sets ip6addr and ip6gw."""
+        w = WANS[wan]
+        dev = w["device"]
+        self.ip("router", "-6", "addr", "replace", w["address6"], "dev", dev, "nodad")
+        self.ip("router", "-6", "route", "replace", "default", "via", w["gateway6"], "dev", dev,
+                "metric", w["metric"])
+        if self.mwan3:
+            self.ip("router", "-6", "route", "replace", "default", "via", w["gateway6"],
+                    "dev", dev, "table", w["table"])
+
+    def router_wan6_down(self, wan):
+        """Remove the router's global IPv6 addresses and v6 routes on WAN.
+        The kernel's link-local address and fe80::/64 route stay, as on a
+        router (a flushed fe80::/64 could not be added back: the kernel
+        refuses a second same-metric device route for a prefix)."""
+        w = WANS[wan]
+        dev = w["device"]
+        self.ip("router", "-6", "addr", "flush", "dev", dev, "scope", "global", check=False)
+        tables = ["main"] + ([str(w["table"])] if self.mwan3 else [])
+        for table in tables:
+            r = self.ip("router", "-6", "-j", "route", "show", "dev", dev, "table", table,
+                        check=False)
+            for route in json.loads(r.stdout or "[]"):
+                if route.get("protocol") == "kernel":
+                    continue  # fe80::/64, and prefix routes that went with the address
+                argv = ["-6", "route", "del", route["dst"], "dev", dev, "table", table]
+                if route.get("gateway"):
+                    argv += ["via", route["gateway"]]
+                if route.get("metric") is not None:
+                    argv += ["metric", route["metric"]]
+                self.ip("router", *argv, check=False)
+
     def _sysctls(self):
         for n in ("router", "ispa", "ispb", "inet", "vpn"):
             self.sysctl(n, **{"net.ipv4.ip_forward": 1})
@@ -299,6 +388,15 @@ class Lab:
                                  "net.ipv4.conf.default.rp_filter": 2,
                                  "net.ipv4.conf.wan.rp_filter": 2,
                                  "net.ipv4.conf.wanb.rp_filter": 2})
+        if self.ipv6_wans:
+            for n in ("router", "ispa", "ispb", "inet", "vpn"):
+                self.sysctl(n, **{"net.ipv6.conf.all.forwarding": 1})
+            # the router's v6 is static (netifd ip6addr/ip6gw): no SLAAC, no RA routes
+            failed = self.sysctl("router", **{"net.ipv6.conf.all.accept_ra": 0,
+                                              "net.ipv6.conf.default.accept_ra": 0,
+                                              "net.ipv6.conf.wan.accept_ra": 0,
+                                              "net.ipv6.conf.wanb.accept_ra": 0})
+            self.notes["router_accept_ra_0"] = not failed
 
     def _nat(self):
         # The router: fw4's wan zone masquerades everything leaving wan/wanb
@@ -334,6 +432,18 @@ table ip isp {
         # The server answers WireGuard on an alternate port too.
         self.nft("vpn", """
 table ip vpn {
+    chain dstnat {
+        type nat hook prerouting priority dstnat; policy accept;
+        udp dport %d redirect to :%d
+    }
+    chain faults {
+        type filter hook prerouting priority raw; policy accept;
+    }
+}
+""" % (VPN_ALT_PORT, VPN_PORT))
+        if self.ipv6_wans:
+            self.nft("vpn", """
+table ip6 vpn6 {
     chain dstnat {
         type nat hook prerouting priority dstnat; policy accept;
         udp dport %d redirect to :%d
@@ -391,16 +501,69 @@ table ip mwan3lab {
 """ % REMOTE_NET)
         self.mwan3_policy(WANS)
 
+    def _mwan3_v6(self):
+        # mwan3 does the same for IPv6 with ip -6 rules and its v6 sets; the
+        # v6 policy's members are the WANs that have IPv6.
+        connected6 = ", ".join([wan6_net(n) for n in self.ipv6_wans]
+                               + ["::1/128", "fe80::/10", "ff00::/8"])
+        for name in self.ipv6_wans:
+            w = WANS[name]
+            n = w["table"]
+            self.ip("router", "-6", "route", "replace", "default", "via", w["gateway6"],
+                    "dev", w["device"], "table", n)
+            self.ip("router", "-6", "rule", "add", "pref", 1000 + n, "iif", w["device"],
+                    "lookup", n)
+            mark = "0x%x/0x%x" % (w["mark"], MWAN3_MASK)
+            self.ip("router", "-6", "rule", "add", "pref", 2000 + n, "fwmark", mark, "lookup", n)
+            self.ip("router", "-6", "rule", "add", "pref", 3000 + n, "fwmark", mark,
+                    "unreachable")
+        self.nft("router", """
+table ip6 mwan3lab6 {
+    set connected {
+        type ipv6_addr; flags interval;
+        elements = { %s }
+    }
+    chain mwan3_policy_members {
+    }
+    chain mwan3_policy {
+        meta mark and 0x3f00 != 0 return
+        ip6 daddr @connected return
+        jump mwan3_policy_members
+        ct mark set meta mark and 0x3f00
+    }
+    chain prerouting {
+        type filter hook prerouting priority mangle; policy accept;
+        iifname "lan" meta mark set ct mark and 0x3f00
+        iifname "lan" jump mwan3_policy
+    }
+    chain output {
+        type route hook output priority mangle; policy accept;
+        meta mark set ct mark and 0x3f00
+        jump mwan3_policy
+    }
+}
+""" % connected6)
+        self._mwan3_v6_on = True
+        self.mwan3_policy(self.mwan3_members)
+
     def mwan3_policy(self, up):
         """Failover policy 'wan, then wanb': mark new flows for the first WAN
-        in ``up`` (mwan3's hotplug rewrites its policy chains like this)."""
+        in ``up`` (mwan3's hotplug rewrites its policy chains like this).
+        With IPv6 the v6 policy gets the first of ``up`` that has IPv6."""
         members = [name for name in WANS if name in up]
         script = "flush chain ip mwan3lab mwan3_policy_members\n"
         if members:
             script += ("add rule ip mwan3lab mwan3_policy_members meta mark set meta mark "
                        "or 0x%x\n" % WANS[members[0]]["mark"])
+        members6 = [name for name in members if name in self.ipv6_wans]
+        if self._mwan3_v6_on:
+            script += "flush chain ip6 mwan3lab6 mwan3_policy_members\n"
+            if members6:
+                script += ("add rule ip6 mwan3lab6 mwan3_policy_members meta mark set "
+                           "meta mark or 0x%x\n" % WANS[members6[0]]["mark"])
         self.nft("router", script)
         self.mwan3_members = members
+        self.mwan3_members6 = members6
 
     def _keys(self):
         for who in ("router", "vpn"):
@@ -419,6 +582,9 @@ table ip mwan3lab {
     def _dns(self):
         self.hosts_file = os.path.join(self.tmp, "lab.hosts")
         self.dns_records = {"vpn": VPN_ADDRESSES[0]}
+        if self.ipv6_wans:
+            # an AAAA-only name; vpn.lab.test stays A-only as in the v4 lab
+            self.dns_records6 = {"vpn6": [VPN_ADDRESSES6[0]]}
         self._write_hosts()
         # The router's resolver: 'ip netns exec' bind-mounts this file over
         # /etc/resolv.conf for every command run in the namespace.
@@ -436,34 +602,68 @@ table ip mwan3lab {
             stdout=subprocess.DEVNULL, stderr=open(self.log("dnsmasq.err"), "w"))
         self._wait(lambda: self._dns_answers("vpn", self.dns_records["vpn"]), 10,
                    "dnsmasq did not answer")
+        if self.dns_records6:
+            self._wait(lambda: self.resolve6("vpn6") == self.dns_records6["vpn6"], 10,
+                       "dnsmasq did not answer AAAA")
 
     def _write_hosts(self):
         tmp = self.hosts_file + ".new"
         with open(tmp, "w") as f:
             for name, addr in sorted(self.dns_records.items()):
                 f.write("%s %s.%s\n" % (addr, name, DOMAIN))
+            for name, addrs in sorted(self.dns_records6.items()):
+                for addr in addrs:
+                    f.write("%s %s.%s\n" % (addr, name, DOMAIN))
         os.replace(tmp, self.hosts_file)
 
     def set_dns(self, name, address):
-        """Change (or add) NAME.lab.test at run time: rewrite the file, SIGHUP."""
-        self.dns_records[name] = address
+        """Change (or add) NAME.lab.test at run time: rewrite the file, SIGHUP.
+        An IPv4 address replaces the A record, an IPv6 address the AAAA
+        records (the other family stays); None removes the A record."""
+        if address is None:
+            self.dns_records.pop(name, None)
+        elif is_ipv6(address):
+            self.dns_records6[name] = [address]
+        else:
+            self.dns_records[name] = address
+        self._reload_dns()
+
+    def set_dns6(self, name, addresses):
+        """Set NAME.lab.test's AAAA records (a list; empty or None removes them)."""
+        if isinstance(addresses, str):
+            addresses = [addresses]
+        if addresses:
+            self.dns_records6[name] = list(addresses)
+        else:
+            self.dns_records6.pop(name, None)
+        self._reload_dns()
+
+    def _reload_dns(self):
         self._write_hosts()
         self._dnsmasq.send_signal(signal.SIGHUP)
 
-    def resolve(self, name, ns="inet"):
-        """What the system resolver in ``ns`` answers for NAME.lab.test (IPv4)."""
+    def resolve(self, name, ns="inet", family=4):
+        """What the system resolver in ``ns`` answers for NAME.lab.test
+        (IPv4, or with family=6 IPv6: AAAA only, never v4-mapped)."""
         if "." not in name:
             name = "%s.%s" % (name, DOMAIN)
-        if ns == "router":
+        if ns == "router" and family == 6:
+            r = self.run("router", "python3", "-c", _GAI6_PY, name, check=False)
+        elif ns == "router":
             r = self.run("router", "getent", "ahostsv4", name, check=False)
         else:
-            r = self.run(ns, "python3", "-c", _DIG_PY, DNS_SERVER, name, check=False)
+            r = self.run(ns, "python3", "-c", _DIG_PY, DNS_SERVER, name,
+                         "28" if family == 6 else "1", check=False)
         addrs = []
         for line in r.stdout.splitlines():
             a = line.split()[0] if line.split() else ""
             if a and a not in addrs:
                 addrs.append(a)
         return addrs
+
+    def resolve6(self, name, ns="inet"):
+        """resolve(name, ns, family=6): the AAAA answers."""
+        return self.resolve(name, ns, family=6)
 
     def _dns_answers(self, name, address):
         return address in self.resolve(name)
@@ -554,7 +754,9 @@ table ip mwan3lab {
             sections.append(("interface", name, [
                 ("device", w["device"]), ("proto", "static"), ("ipaddr", addr),
                 ("netmask", _netmask(int(plen))), ("gateway", w["gateway"]),
-                ("metric", str(w["metric"])), ("dns", DNS_SERVER)]))
+                ("metric", str(w["metric"])), ("dns", DNS_SERVER)]
+                + ([("ip6addr", w["address6"]), ("ip6gw", w["gateway6"])]
+                   if name in self.ipv6_wans else [])))
         sections.append(("interface", self.router_wg, wg))
         sections.append(("wireguard_%s" % self.router_wg, "vpn", [
             ("description", "lab vpn server"),
@@ -598,10 +800,14 @@ table ip mwan3lab {
 
     # ------------------------------------------------------------ modes
 
-    def start_baseline(self, watchdog_interval=60, stale_after=150, update_every=None):
-        """Stock OpenWrt: netifd with the host dependency + wireguard_watchdog."""
+    def start_baseline(self, watchdog_interval=60, stale_after=150, update_every=None,
+                       endpoint_host=None):
+        """Stock OpenWrt: netifd with the host dependency + wireguard_watchdog.
+        endpoint_host: netifd's endpoint_host (default: the vpn's DNS name;
+        an IPv6 literal or "vpn6.lab.test" in an ipv6 lab)."""
         from tests.lab import baseline
-        self.write_network_config(nohostroute=False)
+        net = {"endpoint_host": endpoint_host} if endpoint_host else {}
+        self.write_network_config(nohostroute=False, **net)
         self.netifd.configure(mode="stock", hotplug_dir=None, update_every=update_every)
         self.netifd.setup_tunnel()
         self.watchdog = baseline.Watchdog(self, interval=watchdog_interval,
@@ -611,7 +817,9 @@ table ip mwan3lab {
 
     def start_wgrouter(self, hotplug_dir=None, cmd=None, endpoint_host=None, **config):
         """netifd with nohostroute=1, then ``python3 -m wgrouter run --root ROOT``.
-        endpoint_host: netifd's endpoint_host (default: the vpn's DNS name)."""
+        endpoint_host: netifd's endpoint_host (default: the vpn's DNS name;
+        an IPv6 literal such as VPN_ADDRESSES6[0] is written unbracketed, as
+        in OpenWrt's UCI, and bracketed for wg)."""
         if hotplug_dir is None:
             hotplug_dir = os.path.join(REPO, "files/etc/hotplug.d/iface")
         net = {"endpoint_host": endpoint_host} if endpoint_host else {}
@@ -684,6 +892,38 @@ table ip mwan3lab {
             return False
 
 
+def wan6_net(wan):
+    """The /64 of WAN's IPv6 address ("2001:db8:1::/64")."""
+    return str(ipaddress.ip_interface(WANS[wan]["address6"]).network)
+
+
+def _ipv6_wans(ipv6):
+    """Lab(ipv6=...) as a tuple of WAN names, in WANS order."""
+    if ipv6 is True:
+        return tuple(WANS)
+    if not ipv6:
+        return ()
+    if isinstance(ipv6, str):
+        ipv6 = (ipv6,)
+    unknown = [w for w in ipv6 if w not in WANS]
+    if unknown:
+        raise LabError("ipv6: no WAN %s in the lab" % ", ".join(map(repr, unknown)))
+    return tuple(w for w in WANS if w in ipv6)
+
+
+def is_ipv6(address):
+    """True for an IPv6 address (optionally [bracketed] or with a /prefix)."""
+    return ":" in address.strip("[]").partition("/")[0]
+
+
+def endpoint_text(host, port):
+    """host:port as wg wants it: [v6]:port for an IPv6 literal."""
+    host = str(host)
+    if ":" in host and not host.startswith("["):
+        host = "[%s]" % host
+    return "%s:%s" % (host, port)
+
+
 def _netmask(plen):
     bits = (0xFFFFFFFF << (32 - plen)) & 0xFFFFFFFF
     return ".".join(str((bits >> s) & 0xFF) for s in (24, 16, 8, 0))
@@ -694,10 +934,11 @@ def _netmask(plen):
 _DIG_PY = r"""
 import socket, struct, sys, random
 server, name = sys.argv[1], sys.argv[2]
+qtype = int(sys.argv[3]) if len(sys.argv) > 3 else 1
 qid = random.randrange(65536)
 q = struct.pack('>HHHHHH', qid, 0x0100, 1, 0, 0, 0)
 q += b''.join(bytes([len(p)]) + p.encode() for p in name.split('.')) + b'\0'
-q += struct.pack('>HH', 1, 1)
+q += struct.pack('>HH', qtype, 1)
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.settimeout(1)
 s.sendto(q, (server, 53))
@@ -716,7 +957,21 @@ for _ in range(an):
         i += 1
     rtype, rclass, ttl, rdlen = struct.unpack('>HHIH', data[i:i + 10])
     i += 10
-    if rtype == 1:
+    if rtype == 1 and qtype == 1:
         print(socket.inet_ntoa(data[i:i + 4]), ttl)
+    elif rtype == 28 and qtype == 28:
+        print(socket.inet_ntop(socket.AF_INET6, data[i:i + 16]), ttl)
     i += rdlen
+"""
+
+# The system resolver's IPv6 answers (getaddrinfo AF_INET6 without
+# AI_V4MAPPED, so an A-only name answers nothing).
+_GAI6_PY = r"""
+import socket, sys
+try:
+    infos = socket.getaddrinfo(sys.argv[1], None, socket.AF_INET6, socket.SOCK_DGRAM)
+except socket.gaierror:
+    infos = []
+for info in infos:
+    print(info[4][0])
 """
