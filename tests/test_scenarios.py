@@ -303,6 +303,57 @@ def test_mwan3_disconnected_event_moves_the_tunnel_before_our_own_check(wlab):
     assert time.time() - t >= hold - 0.5
 
 
+# ------------------------------------------------------------ IPv6
+
+
+def host_routes6(lab, address):
+    r = lab.ip("router", "-6", "route", "show", "table", "all", address)
+    return [line for line in r.stdout.splitlines() if line.strip()]
+
+
+def test_ipv6_endpoint_fails_over_to_backup_over_ipv6(wlab):
+    v6 = topology.VPN_ADDRESSES6[0]
+    lab = wlab(lab_kwargs={"ipv6": True}, endpoint_host=v6,
+               endpoints=["[%s]:%d" % (topology.VPN_ADDRESSES6[1], topology.VPN_PORT)])
+    assert scenarios.peer_status(lab)["endpoint"] == "[%s]:%d" % (v6, topology.VPN_PORT)
+    assert any("dev wan " in r for r in host_routes6(lab, v6)), host_routes6(lab, v6)
+    out = scenarios.carrier_loss(lab, lab.probes, lab.cap)
+    assert out.recovered, daemon_log(lab)
+    assert out.seconds <= CARRIER_BOUND, (out, daemon_log(lab))
+    assert lab.cap.leaks(since=out.fault_time - 1) == []
+    assert tunnel_wan_after(lab, out.fault_time + out.seconds) == "wanb"
+    routes = host_routes6(lab, v6)
+    assert routes and all("dev wanb" in r for r in routes), routes
+    assert "via %s" % topology.WANS["wanb"]["gateway6"] in routes[0], routes
+
+
+def test_ipv4_only_backup_takes_the_ipv4_candidate_and_fails_back(wlab):
+    v6 = topology.VPN_ADDRESSES6[0]
+    lab = wlab(lab_kwargs={"ipv6": ("wan",)}, endpoint_host=v6,
+               endpoints=["%s:%d" % (topology.VPN_ADDRESSES[1], topology.VPN_PORT)])
+    out = scenarios.carrier_loss(lab, lab.probes, lab.cap)
+    assert out.recovered, daemon_log(lab)
+    assert out.seconds <= CARRIER_BOUND, (out, daemon_log(lab))
+    assert lab.cap.leaks(since=out.fault_time - 1) == []
+    assert scenarios.peer_status(lab)["endpoint"] == "%s:%d" % (topology.VPN_ADDRESSES[1], topology.VPN_PORT)
+    assert "wanb has no IPv6 path" in daemon_log(lab), daemon_log(lab)
+    t = time.time()
+    faults.carrier_return(lab, "wan")
+    assert lab.wait_for(lambda: lab.cap.tunnel_wan(since=time.time() - 0.5) == "wan",
+                        (scenarios.LAB_HOLDDOWN + 10) * SCALE), daemon_log(lab)
+    assert lab.probes.wait_reply_after(time.time(), 5 * SCALE) is not None
+    assert time.time() - t >= scenarios.LAB_HOLDDOWN - 0.5
+
+
+def test_aaaa_only_name_is_resolved_and_followed_through_a_silent_failure(wlab):
+    lab = wlab(lab_kwargs={"ipv6": True}, endpoint_host="vpn6.%s" % topology.DOMAIN, endpoints=[])
+    assert scenarios.peer_status(lab)["endpoint"] == "[%s]:%d" % (topology.VPN_ADDRESSES6[0], topology.VPN_PORT)
+    out = scenarios.silent_failure(lab, lab.probes, lab.cap)
+    assert out.recovered, daemon_log(lab)
+    assert out.seconds <= SILENT_BOUND, (out, daemon_log(lab))
+    assert tunnel_wan_after(lab, out.fault_time + out.seconds) == "wanb"
+
+
 def test_dns_answer_inside_allowed_ips_is_refused_and_logged(wlab):
     lab = wlab(dns_ttl_min=1)
     scenarios.steady(lab.probes)
