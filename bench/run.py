@@ -34,6 +34,7 @@ LIMITS = {
     "dns_move": 45.0,
     "cgnat_nat_loss": 30.0,
     "failback": 45.0,
+    "ipv6_carrier_loss": 30.0,
 }
 
 

@@ -156,6 +156,13 @@ def failback(lab, probes, cap, limit=60.0):
     return out
 
 
+def ipv6_carrier_loss(lab, probes, cap, limit=30.0):
+    """carrier_loss with the tunnel on an IPv6 endpoint (see SETUP)."""
+    steady(probes)
+    t = faults.carrier_loss(lab, "wan")
+    return _measure("ipv6_carrier_loss", probes, t, limit)
+
+
 ALL = {
     "carrier_loss": carrier_loss,
     "silent_failure": silent_failure,
@@ -163,14 +170,21 @@ ALL = {
     "dns_move": dns_move,
     "cgnat_nat_loss": cgnat_nat_loss,
     "failback": failback,
+    "ipv6_carrier_loss": ipv6_carrier_loss,
+}
+
+# Lab and start options a scenario needs, for wgrouter and the baseline alike.
+SETUP = {
+    "ipv6_carrier_loss": ({"ipv6": True}, {"endpoint_host": topology.VPN_ADDRESSES6[0]}),
 }
 
 
 def run(name, mode, limit=None, lab_kwargs=None, start_kwargs=None):
     """Build a fresh lab, start ``mode``, run scenario ``name``; Outcome."""
     fn = ALL[name]
-    with topology.Lab(**(lab_kwargs or {})) as lab:
-        start(lab, mode, **(start_kwargs or {}))
+    lab_setup, start_setup = SETUP.get(name, ({}, {}))
+    with topology.Lab(**dict(lab_setup, **(lab_kwargs or {}))) as lab:
+        start(lab, mode, **dict(start_setup, **(start_kwargs or {})))
         probes = observe.ProbeStream(lab)
         cap = observe.Capture(lab)
         try:
