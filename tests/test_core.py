@@ -217,6 +217,25 @@ def test_no_wan_carries_the_family_applies_nothing_and_says_why_once():
     assert (ap.wan, ap.address, ap.gateway) == ("wan", IP6, GW6["wan"])
 
 
+def test_wan_probe_asks_only_the_track_ips_of_families_the_wan_carries():
+    wans = (model.Wan("wan", "eth1", track_ips=("192.0.2.254",)),
+            model.Wan("wanb", "wwan0", track_ips=("100.64.0.254", "2001:db8:ffff::1"), table=2))
+    rig = Rig(config=make_config(endpoints=(model.Endpoint(IP1), model.Endpoint(IP6)), wans=wans))
+    rig.v6 = {"wanb"}
+    rig.no4 = {"wanb"}  # IPv6 only: its IPv4 track IP cannot answer
+    rig.step()
+    rig.up["wan"] = False
+    rig.step(dt=1)  # on wanb now, over IPv6
+    engine = rig.engine
+    engine._probe_wan(engine._config.wan("wanb"), set())
+    (pw,) = [a for a in engine._out if isinstance(a, model.ProbeWan)]
+    assert pw.targets == ("2001:db8:ffff::1",)
+    rig.v6 = set()
+    rig.no4 = set()
+    rig.step(dt=1)
+    assert engine._track_ips(engine._config.wan("wanb")) == ("100.64.0.254",)
+
+
 def test_candidate_step_skips_candidates_the_wan_cannot_carry():
     ip3 = "198.51.100.30"
     rig = Rig(endpoints=(model.Endpoint(IP1), model.Endpoint(IP6), model.Endpoint(ip3)))

@@ -711,7 +711,7 @@ class Engine:
         # failback hold-down can start as soon as it answers again.
         for wan in self._config.wans:
             wt = self._wans[wan.name]
-            if wt.unhealthy and not wt.mwan3_down and wt.up and wan.track_ips and wt.probe_until is None:
+            if wt.unhealthy and not wt.mwan3_down and wt.up and self._track_ips(wan) and wt.probe_until is None:
                 self._probe_wan(wan, probed)
 
     def _judge(self, ps: _PeerState, st: model.PeerStats) -> typing.Tuple[str, str]:
@@ -748,7 +748,7 @@ class Engine:
         s = self._config.settings
         ps.evidence = evidence
         wan = self._config.wan(ts.wan)
-        if wan.track_ips and self._wans[wan.name].probe_until is None:
+        if self._track_ips(wan) and self._wans[wan.name].probe_until is None:
             self._probe_wan(wan, probed)
         ps.probe_wan = ts.wan
         if ps.peer.probe:
@@ -760,12 +760,20 @@ class Engine:
             ps.probe_failed = True
             self._verdict(ts, ps)
 
+    def _track_ips(self, wan: model.Wan) -> typing.Tuple[str, ...]:
+        """The track IPs this WAN can reach now: an IPv4 target says nothing
+        about an uplink that carries only IPv6, and the other way round."""
+        st = self._obs.wans.get(wan.name)
+        if st is None:
+            return tuple(wan.track_ips)
+        return tuple(ip for ip in wan.track_ips if st.carries(_family(ip)))
+
     def _probe_wan(self, wan: model.Wan, probed: typing.Set[str]) -> None:
         if wan.name in probed:
             return
         probed.add(wan.name)
         s = self._config.settings
-        self._out.append(model.ProbeWan(wan=wan.name, device=self._device(wan), targets=tuple(wan.track_ips),
+        self._out.append(model.ProbeWan(wan=wan.name, device=self._device(wan), targets=self._track_ips(wan),
                                         timeout=s.probe_timeout))
         wt = self._wans[wan.name]
         wt.probe_until = self._now + s.probe_timeout + ANSWER_GRACE
