@@ -14,6 +14,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 
@@ -125,7 +126,7 @@ def _ctx_switches(pid):
 
 
 def bare_python_rss():
-    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    p = subprocess.Popen([sys.executable, "-I", "-c", "import time; time.sleep(60)"])
     try:
         time.sleep(2)
         return _smaps(p.pid)
@@ -134,12 +135,47 @@ def bare_python_rss():
         p.wait()
 
 
+def shipped_site(tmp):
+    """Install the wgrouter and wgrouter-mqtt ipks (.pyc only, as on the
+    router) under ``tmp``; returns their site-packages directory."""
+    subprocess.run([sys.executable, os.path.join(REPO, "openwrt-feed/mkipk.py"), "--out", tmp],
+                   check=True, stdout=subprocess.DEVNULL)
+    root = os.path.join(tmp, "root")
+    for name in sorted(os.listdir(tmp)):
+        if name.startswith("wgrouter") and name.endswith(".ipk"):
+            with tarfile.open(os.path.join(tmp, name)) as outer:
+                data = outer.extractfile("./data.tar.gz")
+                with tarfile.open(fileobj=data) as tar:
+                    tar.extractall(root)
+    site = os.path.join(root, "usr/lib/python%d.%d/site-packages" % sys.version_info[:2])
+    if not os.path.isdir(os.path.join(site, "wgrouter")):
+        raise RuntimeError("no wgrouter package in the built ipk")
+    return site
+
+
+def shipped_cmd(site, lab):
+    """`wgrouter run` from the shipped bytecode: isolated (-I), so neither
+    this checkout nor PYTHONPATH can lend it the .py sources."""
+    code = "import sys; sys.path.insert(0, %r); from wgrouter import cli; sys.exit(cli.main())" % site
+    return [sys.executable, "-I", "-c", code, "run", "--root", lab.root]
+
+
 def daemon_pid(lab):
     # lab.wgrouter is the `ip netns exec` child; it execs python, same pid
     return lab.wgrouter.pid
 
 
 def bench_memory_and_idle(idle_seconds):
+    tmp = tempfile.mkdtemp(prefix="wgrouter-bench-site-")
+    try:
+        return _memory_and_idle(idle_seconds, shipped_site(tmp))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _memory_and_idle(idle_seconds, site):
+    """The daemon runs the package as the ipk ships it; the bare interpreter
+    runs with the same -I."""
     res = {}
     bare_rss, bare_pss = bare_python_rss()
     res["bare_python_rss_kb"] = bare_rss
@@ -148,7 +184,8 @@ def bench_memory_and_idle(idle_seconds):
     # default config, IP-literal endpoints only: no DNS work at all
     with topology.Lab() as lab:
         lab.start_wgrouter(check_interval=10, endpoint_host=topology.VPN_ADDRESSES[0],
-                           endpoints=["%s:%d" % (topology.VPN_ADDRESSES[1], 443)])
+                           endpoints=["%s:%d" % (topology.VPN_ADDRESSES[1], 443)],
+                           cmd=shipped_cmd(site, lab))
         time.sleep(12)  # warm-up: first checks, probes, the handshake
         res["rss_kb"], res["pss_kb"] = _smaps(daemon_pid(lab))
         log("  memory (default config): rss %d kB, pss %d kB (bare python %d kB)" % (
@@ -172,7 +209,7 @@ def bench_memory_and_idle(idle_seconds):
 
     # DNS endpoints (the lab's default: vpn.lab.test), resolved through the WAN
     with topology.Lab() as lab:
-        lab.start_wgrouter(check_interval=10)
+        lab.start_wgrouter(check_interval=10, cmd=shipped_cmd(site, lab))
         time.sleep(12)
         res["rss_kb_dns"], res["pss_kb_dns"] = _smaps(daemon_pid(lab))
         log("  memory with DNS endpoints: rss %d kB" % res["rss_kb_dns"])
@@ -188,7 +225,7 @@ def bench_memory_and_idle(idle_seconds):
             time.sleep(0.5)
             lab.start_wgrouter(check_interval=10, extra=(
                 "\nconfig mqtt 'mqtt'\n\toption enabled '1'\n\toption host '127.0.0.1'\n"
-                "\toption port '1883'\n"))
+                "\toption port '1883'\n"), cmd=shipped_cmd(site, lab))
             time.sleep(12)
             res["rss_kb_mqtt"], res["pss_kb_mqtt"] = _smaps(daemon_pid(lab))
             log("  memory with MQTT on: rss %d kB" % res["rss_kb_mqtt"])
@@ -295,7 +332,7 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=5, help="wgrouter runs per scenario")
     ap.add_argument("--baseline-runs", type=int, default=3, help="stock baseline runs per scenario")
     ap.add_argument("--idle-seconds", type=float, default=300.0, help="idle CPU measurement (>= 300 for the README)")
-    ap.add_argument("--only", help="comma-separated scenario names")
+    ap.add_argument("--only", help="comma-separated scenario names ('' for none)")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--merge", action="store_true",
                     help="update the scenarios run now in an existing results file")
@@ -315,7 +352,7 @@ def main(argv=None):
         earlier["scenarios"].update(results["scenarios"])
         earlier["generated_partial"] = results["generated"]
         results = earlier
-    names = args.only.split(",") if args.only else list(scenarios.ALL)
+    names = [n for n in args.only.split(",") if n] if args.only is not None else list(scenarios.ALL)
     for name in names:
         log("scenario %s" % name)
         results["scenarios"][name] = bench_scenario(name, args.runs, args.baseline_runs)
