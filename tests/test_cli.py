@@ -79,3 +79,10 @@ def test_format_status_names_peer_wan_and_events():
     assert "wan (down)" in text and "wanb (up, active)" in text
     assert "peer office" in text and "192.0.2.10:51820" in text and "handshake 4s ago" in text
     assert "was wan, now wanb" in text
+
+
+def test_format_status_shows_the_families_a_wan_carries():
+    st = {"wans": {"wan": {"up": True, "healthy": True, "active": True, "families": ["ipv4", "ipv6"]},
+                   "wanb": {"up": True, "healthy": True, "active": False, "families": ["ipv6"]}}}
+    text = cli.format_status(st)
+    assert "wan (up, IPv4+IPv6, active)" in text and "wanb (up, IPv6)" in text

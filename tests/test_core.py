@@ -236,6 +236,18 @@ def test_wan_probe_asks_only_the_track_ips_of_families_the_wan_carries():
     assert engine._track_ips(engine._config.wan("wanb")) == ("100.64.0.254",)
 
 
+def test_snapshot_says_which_families_each_wan_carries():
+    rig = Rig()
+    rig.v6 = {"wan", "wanb"}
+    rig.no4 = {"wanb"}
+    rig.step()
+    wans = rig.engine.snapshot(rig.t)["wans"]
+    assert (wans["wan"]["families"], wans["wanb"]["families"]) == (["ipv4", "ipv6"], ["ipv6"])
+    rig.up["wan"] = False
+    rig.step(dt=1)
+    assert rig.engine.snapshot(rig.t)["wans"]["wan"]["families"] == []
+
+
 def test_candidate_step_skips_candidates_the_wan_cannot_carry():
     ip3 = "198.51.100.30"
     rig = Rig(endpoints=(model.Endpoint(IP1), model.Endpoint(IP6), model.Endpoint(ip3)))

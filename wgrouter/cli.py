@@ -67,6 +67,8 @@ def format_status(st):
             flags = "up" if w.get("up") else "down"
             if w.get("up") and not w.get("healthy", True):
                 flags = "up, unhealthy"
+            if w.get("families"):
+                flags += ", " + "+".join(f.replace("ip", "IP") for f in w["families"])
             if w.get("active"):
                 flags += ", active"
             parts.append("%s (%s)" % (name, flags))

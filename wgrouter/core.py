@@ -280,6 +280,7 @@ class Engine:
                 "device": self._device(wan),
                 "up": wt.up,
                 "healthy": not wt.unhealthy,
+                "families": self._families(wan.name),
                 "usable": wt.usable,
                 "preferred": i == 0,
                 "order": i,
@@ -759,6 +760,13 @@ class Engine:
             ps.evidence += "; no probe target"
             ps.probe_failed = True
             self._verdict(ts, ps)
+
+    def _families(self, wan: str) -> typing.List[str]:
+        """["ipv4", "ipv6"]: the address families the WAN carries now."""
+        st = self._obs.wans.get(wan)
+        if st is None or not st.up:
+            return []
+        return [name for family, name in ((4, "ipv4"), (6, "ipv6")) if st.carries(family)]
 
     def _track_ips(self, wan: model.Wan) -> typing.Tuple[str, ...]:
         """The track IPs this WAN can reach now: an IPv4 target says nothing
