@@ -154,6 +154,8 @@ function find(node, pred, acc) {
   out.rows = tables.map(t => find(t, n => n.tag === 'tr' && n.attrs['class'] === 'tr').length);
   out.cells = tables.length ? find(tables[0], n => n.tag === 'tr' && n.attrs['class'] === 'tr')
     .map(r => r.children.map(c => c.children.map(x => typeof x === 'string' ? x : '').join(''))) : [];
+  out.wancells = tables.length > 1 ? find(tables[1], n => n.tag === 'tr' && n.attrs['class'] === 'tr')
+    .map(r => r.children.map(c => c.children.map(x => typeof x === 'string' ? x : '').join(''))) : [];
   out.events = find(page, n => n.tag === 'li').length;
   const buttons = find(page, n => n.tag === 'button' && n.attrs.click);
   out.buttons = buttons.length;
@@ -179,7 +181,7 @@ STATUS = {
                       "endpoint_source": "dns", "keepalive": 25, "handshake_age": 3,
                       "rx": 1, "tx": 1, "last_step": None}}},
     },
-    "wans": {"wan": {"up": True, "healthy": True, "active": True},
+    "wans": {"wan": {"up": True, "healthy": True, "active": True, "families": ["ipv4", "ipv6"]},
              "wanb": {"up": True, "healthy": False, "active": False}},
     "events": [{"time": 1700000000, "text": "wg0 peer office: was wanb, now wan, because failback"},
                {"time": 1700000100, "text": "wg0 peer backup: was up, now recovering, because x"}],
@@ -203,6 +205,7 @@ def test_view_renders_status_and_calls_methods(tmp_path):
                                                  ["wg1", "cloud"]]
     assert out["cells"][0][7] == "never" and out["cells"][0][6] == "off"
     assert out["events"] == 2
+    assert [row[3] for row in out["wancells"]] == ["IPv4 + IPv6", "-"]  # what each WAN carries
     calls = [c for c in out["calls"] if c[0] != "status"]
     # the buttons: re-apply, automatic WAN, "Use" on the WAN not active
     assert ["switch", ["auto"]] in calls and ["switch", ["wanb"]] in calls

@@ -126,6 +126,9 @@ return view.extend({
 				w.active ? E('strong', name) : name,
 				yesno(w.up),
 				yesno(w.healthy),
+				(w.families && w.families.length)
+					? w.families.map(function(f) { return f.replace('ip', 'IP'); }).join(' + ')
+					: '-',
 				yesno(w.active),
 				E('button', {
 					'class': 'cbi-button cbi-button-action',
@@ -150,7 +153,7 @@ return view.extend({
 				this.peerRows(st), _('No managed peers')),
 
 			E('h3', _('WAN uplinks')),
-			table([ _('WAN'), _('Up'), _('Healthy'), _('Active'), '' ],
+			table([ _('WAN'), _('Up'), _('Healthy'), _('Carries'), _('Active'), '' ],
 				this.wanRows(st), _('No WAN configured')),
 
 			E('h3', _('Recent events')),
