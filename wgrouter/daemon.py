@@ -457,13 +457,28 @@ class Daemon:
             log("stopped")
 
 
+# Longest one ubus call to diagnose holds the ubus thread: python3-ubus
+# cannot defer a reply, so LuCI's status polls wait behind it.  A report
+# takes well under a second on a healthy router; a dead WAN's DNS can make
+# it take many seconds.
+UBUS_DIAGNOSE_WAIT = 5.0
+# A report that finished after its caller was told to call again is handed
+# to the next call within this many seconds; an older one is run afresh.
+UBUS_DIAGNOSE_KEEP = 60.0
+
+
 class Handlers:
     """ubus method handlers.  They run in the ubus thread, so they only read
     the last snapshot or hand work to the main loop through the control
-    socket, which wakes the selector."""
+    socket, which wakes the selector.  diagnose runs in a thread of its own
+    and is waited for at most UBUS_DIAGNOSE_WAIT."""
 
     def __init__(self, daemon):
         self.daemon = daemon
+        self._diag_lock = threading.Lock()
+        self._diag_thread = None
+        self._diag_started = 0.0
+        self._diag_done = None  # (monotonic time finished, report) not yet handed out
 
     def _ask(self, request):
         return control.request(self.daemon.root, request)
@@ -478,7 +493,40 @@ class Handlers:
         return self._ask({"method": "switch", "wan": wan})
 
     def diagnose(self):
-        # Diagnose only reads, and may wait seconds on a dead WAN's DNS: run
-        # it here in the ubus thread, never in the main loop.
+        # Diagnose only reads, and may wait seconds on a dead WAN's DNS:
+        # never in the main loop, and only for a bounded time in this one.
+        with self._diag_lock:
+            done = self._take_report()
+            if done is not None:
+                return done
+            if self._diag_thread is None:
+                self._diag_started = time.monotonic()
+                self._diag_thread = threading.Thread(target=self._diagnose, name="wgrouter-diagnose",
+                                                     daemon=True)
+                self._diag_thread.start()
+            thread = self._diag_thread
+        thread.join(UBUS_DIAGNOSE_WAIT)
+        with self._diag_lock:
+            done = self._take_report()
+            if done is not None:
+                return done
+            return {"error": "diagnose still running (%ds so far); call again for its report"
+                    % (time.monotonic() - self._diag_started)}
+
+    def _take_report(self):
+        """The report of a finished run, once; None if there is none (fresh)."""
+        if self._diag_done is None:
+            return None
+        finished, report = self._diag_done
+        self._diag_done = None
+        return report if time.monotonic() - finished <= UBUS_DIAGNOSE_KEEP else None
+
+    def _diagnose(self):
         from wgrouter import diagnose
-        return diagnose.run(self.daemon.root, self.daemon.config)
+        try:
+            report = diagnose.run(self.daemon.root, self.daemon.config)
+        except Exception as e:  # a report, never a dead thread without one
+            report = {"error": "diagnose failed: %s" % e}
+        with self._diag_lock:
+            self._diag_done = (time.monotonic(), report)
+            self._diag_thread = None
