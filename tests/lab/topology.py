@@ -116,6 +116,37 @@ def can_run():
     return None
 
 
+def _mwan3_nft(family, table, addr_type, connected):
+    """mwan3's mangle chains for one address family: flows not to a
+    connected network get the mark of the policy's first member."""
+    return """
+table %(family)s %(table)s {
+    set connected {
+        type %(addr_type)s; flags interval;
+        elements = { %(connected)s }
+    }
+    chain mwan3_policy_members {
+    }
+    chain mwan3_policy {
+        meta mark and 0x3f00 != 0 return
+        %(family)s daddr @connected return
+        jump mwan3_policy_members
+        ct mark set meta mark and 0x3f00
+    }
+    chain prerouting {
+        type filter hook prerouting priority mangle; policy accept;
+        iifname "lan" meta mark set ct mark and 0x3f00
+        iifname "lan" jump mwan3_policy
+    }
+    chain output {
+        type route hook output priority mangle; policy accept;
+        meta mark set ct mark and 0x3f00
+        jump mwan3_policy
+    }
+}
+""" % {"family": family, "table": table, "addr_type": addr_type, "connected": connected}
+
+
 class Lab:
     """The lab.  Use as ``with Lab() as lab: ...``.
 
@@ -472,33 +503,9 @@ add rule ip isp srcnat oifname "uplink" snat to %s
             mark = "0x%x/0x%x" % (w["mark"], MWAN3_MASK)
             self.ip("router", "rule", "add", "pref", 2000 + n, "fwmark", mark, "lookup", n)
             self.ip("router", "rule", "add", "pref", 3000 + n, "fwmark", mark, "unreachable")
-        self.nft("router", """
-table ip mwan3lab {
-    set connected {
-        type ipv4_addr; flags interval;
-        elements = { 10.0.1.0/24, 100.64.2.0/24, 192.168.1.0/24, 127.0.0.0/8,
-                     %s, 10.200.0.0/24, 224.0.0.0/3 }
-    }
-    chain mwan3_policy_members {
-    }
-    chain mwan3_policy {
-        meta mark and 0x3f00 != 0 return
-        ip daddr @connected return
-        jump mwan3_policy_members
-        ct mark set meta mark and 0x3f00
-    }
-    chain prerouting {
-        type filter hook prerouting priority mangle; policy accept;
-        iifname "lan" meta mark set ct mark and 0x3f00
-        iifname "lan" jump mwan3_policy
-    }
-    chain output {
-        type route hook output priority mangle; policy accept;
-        meta mark set ct mark and 0x3f00
-        jump mwan3_policy
-    }
-}
-""" % REMOTE_NET)
+        self.nft("router", _mwan3_nft("ip", "mwan3lab", "ipv4_addr", (
+            "10.0.1.0/24, 100.64.2.0/24, 192.168.1.0/24, 127.0.0.0/8, %s, 10.200.0.0/24, 224.0.0.0/3"
+            % REMOTE_NET)))
         self.mwan3_policy(WANS)
 
     def _mwan3_v6(self):
@@ -517,32 +524,7 @@ table ip mwan3lab {
             self.ip("router", "-6", "rule", "add", "pref", 2000 + n, "fwmark", mark, "lookup", n)
             self.ip("router", "-6", "rule", "add", "pref", 3000 + n, "fwmark", mark,
                     "unreachable")
-        self.nft("router", """
-table ip6 mwan3lab6 {
-    set connected {
-        type ipv6_addr; flags interval;
-        elements = { %s }
-    }
-    chain mwan3_policy_members {
-    }
-    chain mwan3_policy {
-        meta mark and 0x3f00 != 0 return
-        ip6 daddr @connected return
-        jump mwan3_policy_members
-        ct mark set meta mark and 0x3f00
-    }
-    chain prerouting {
-        type filter hook prerouting priority mangle; policy accept;
-        iifname "lan" meta mark set ct mark and 0x3f00
-        iifname "lan" jump mwan3_policy
-    }
-    chain output {
-        type route hook output priority mangle; policy accept;
-        meta mark set ct mark and 0x3f00
-        jump mwan3_policy
-    }
-}
-""" % connected6)
+        self.nft("router", _mwan3_nft("ip6", "mwan3lab6", "ipv6_addr", connected6))
         self._mwan3_v6_on = True
         self.mwan3_policy(self.mwan3_members)
 
