@@ -306,3 +306,105 @@ def test_feed_makefile_installs_every_shipped_file():
             assert "$(PKG_BUILD_DIR)/files/%s $(1)/%s" % (rel, rel) in text, rel
     assert "PKGARCH:=all" in text
     assert "python3-package.mk" in text and "$(eval $(call Py3Package,wgrouter))" in text
+
+
+# ------------------------------------------- the feed Makefile, SDK stand-in
+#
+# The OpenWrt SDK cannot be had here.  tests/sdk_standin/ stands in for its
+# rules.mk, package.mk and python3-package.mk: GNU make parses the real feed
+# Makefile, evaluates each package definition as the SDK does and prints the
+# build recipes, filespecs and install recipes, which the test then runs.
+
+SDK_STANDIN = os.path.join(ROOT, "tests", "sdk_standin")
+MAKE = shutil.which("make")
+
+
+def sdk_standin_build(tmp):
+    """{package: {"fields": {...}, "root": dir or None}} from the feed Makefile."""
+    r = subprocess.run([MAKE, "-s", "-C", os.path.dirname(FEED_MAKEFILE), "TOPDIR=" + SDK_STANDIN,
+                        "STANDIN_TMP=" + str(tmp)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    packages, current, section = {}, None, None
+    recipes = {}
+    for line in r.stdout.splitlines():
+        if line.startswith("@@package ") or line.startswith("@@py3package "):
+            kind, name = line[2:].split()
+            current = packages.setdefault(name, {"fields": {}, "filespec": [], "recipes": {}})
+            section = None
+        elif line.startswith("@@field "):
+            key, _, value = line[len("@@field "):].partition(" ")
+            current["fields"][key] = value.strip()
+        elif line.startswith("@@recipe "):
+            section = line.split()[1]
+            current["recipes"][section] = []
+        elif line == "@@filespec":
+            section = "filespec"
+        elif line == "@@end":
+            section = None
+        elif section == "filespec" and line.strip():
+            current["filespec"].append(line.strip())
+        elif section:
+            current["recipes"][section].append(line)
+    for name, pkg in packages.items():
+        for step in ("prepare", "compile"):
+            if step in pkg["recipes"] and step not in recipes:
+                recipes[step] = pkg["recipes"][step]
+    for step in ("prepare", "compile"):  # once, as the SDK does per source package
+        subprocess.run(["sh", "-ec", "\n".join(l.strip() for l in recipes[step] if l.strip())],
+                       check=True)
+    for name, pkg in packages.items():
+        if "install" not in pkg["recipes"]:
+            pkg["root"] = None
+            continue
+        root = tmp / ("root-" + name)
+        installed = tmp / "ipkg-install"
+        for spec in pkg["filespec"]:
+            op, path = spec.split("|")[:2]
+            src, dst = str(installed) + path, str(root) + path
+            if op == "+":
+                os.makedirs(os.path.dirname(dst), exist_ok=True)
+                if os.path.isdir(src):
+                    shutil.copytree(src, dst, dirs_exist_ok=True)
+                else:
+                    shutil.copy2(src, dst)
+            elif op == "-" and os.path.exists(dst):
+                os.remove(dst)
+        subprocess.run(["sh", "-ec", "\n".join(l.strip() for l in pkg["recipes"]["install"]
+                                                if l.strip())], check=True)
+        pkg["root"] = root
+    return packages
+
+
+def tree_files(root):
+    files = {}
+    for base, _, names in os.walk(root):
+        for name in names:
+            path = os.path.join(base, name)
+            files[os.path.relpath(path, root)] = os.stat(path).st_mode & 0o777
+    return files
+
+
+@pytest.mark.skipif(MAKE is None, reason="needs GNU make")
+def test_feed_makefile_builds_what_make_ipk_ships(tmp_path):
+    packages = sdk_standin_build(tmp_path)
+    # every package and its -src twin, as Py3Package packages are built
+    assert set(packages) == {"wgrouter", "wgrouter-src", "wgrouter-mqtt", "wgrouter-mqtt-src"}
+    out = tmp_path / "dist"
+    mkipk.build(str(out), "3.11", sources=True)
+    for name in ("wgrouter", "wgrouter-mqtt"):
+        ipk = Ipk(os.path.join(str(out), "%s_%s_all.ipk" % (name, VERSION)))
+        shipped = {n[2:]: m.mode for n, m in ipk.files().items()}
+        built = tree_files(packages[name]["root"])
+        # the SDK installs the .py sources and compiles them afterwards; modes
+        # of data files and scripts must agree
+        assert set(built) == set(shipped), (name, set(built) ^ set(shipped))
+        for path, mode in shipped.items():
+            assert built[path] == mode, (name, path, oct(built[path]), oct(mode))
+        fields = packages[name]["fields"]
+        assert fields["PKGARCH"] == "all" and fields["description"] == "yes"
+        depends = {d.lstrip("+") for d in fields["DEPENDS"].split()}
+        control = {d.split(" (")[0] for d in ipk.fields()["Depends"].split(", ")} - {"libc"}
+        assert depends == control, (name, depends ^ control)
+    main = packages["wgrouter"]["fields"]
+    assert main["conffiles"] == "/etc/config/wgrouter"
+    assert (main["postinst"], main["prerm"]) == ("yes", "yes")
