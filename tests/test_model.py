@@ -38,3 +38,9 @@ def test_endpoint_text_round_trips(host, port):
 )
 def test_age(seconds, text):
     assert model.age(seconds) == text
+
+
+@pytest.mark.parametrize("address, version", [
+    ("192.0.2.1", 4), ("2001:db8::1", 6), ("fe80::1", 6), ("::ffff:192.0.2.1", 6)])
+def test_family(address, version):
+    assert model.family(address) == version

@@ -35,17 +35,13 @@ GONE = ("No such process", "No such file", "FIB table does not exist")
 KICK_PORT = 9
 
 
-def _family(address):
-    return 6 if ":" in address else 4
-
-
 def _host(address):
-    return "%s/%d" % (address, 128 if _family(address) == 6 else 32)
+    return "%s/%d" % (address, 128 if model.family(address) == 6 else 32)
 
 
 def _ip(address, *args):
     argv = ["ip"]
-    if _family(address) == 6:
+    if model.family(address) == 6:
         argv.append("-6")
     return argv + list(args)
 
@@ -276,7 +272,7 @@ class Applier:
             if self.conntrack_flush and not self.conntrack_missing:
                 argv = ["conntrack", "-D", "-p", "udp",
                         "--orig-dst", a.address, "--orig-port-dst", str(a.port)]
-                if _family(a.address) == 6:
+                if model.family(a.address) == 6:
                     argv[2:2] = ["-f", "ipv6"]
                 try:
                     # rc 1: no entry matched

@@ -166,10 +166,6 @@ def _endpoint_ip(endpoint: typing.Optional[str]) -> typing.Optional[str]:
     return str(ip) if ip is not None else None
 
 
-def _family(address: str) -> int:
-    return 6 if ":" in address else 4
-
-
 def bad_address(address: str, allowed_ips: typing.Iterable[str] = ()) -> typing.Optional[str]:
     """Why ``address`` must not be used as an endpoint, or None when it is fine."""
     ip = _ip(address)
@@ -774,7 +770,7 @@ class Engine:
         st = self._obs.wans.get(wan.name)
         if st is None:
             return tuple(wan.track_ips)
-        return tuple(ip for ip in wan.track_ips if st.carries(_family(ip)))
+        return tuple(ip for ip in wan.track_ips if st.carries(model.family(ip)))
 
     def _probe_wan(self, wan: model.Wan, probed: typing.Set[str]) -> None:
         if wan.name in probed:
@@ -844,7 +840,7 @@ class Engine:
         elif name == STEP_CANDIDATE:
             n = len(ps.peer.endpoints)
             st = self._obs.wans.get(ts.wan) if ts.wan else None
-            for i in range(1, n + 1):
+            for _ in range(n):
                 ps.candidate = (ps.candidate + 1) % n
                 if st is None or st.carries(self._candidate_family(ps, ps.candidate)):
                     break
@@ -983,11 +979,11 @@ class Engine:
     def _desired(self, ts: _TunnelState, ps: _PeerState, wan: model.Wan) -> typing.Optional[model.ApplyPath]:
         st = self._obs.wans.get(wan.name)
         if st is not None and st.up:
-            self._fit_candidate(ts, ps, wan.name, st)
+            self._fit_candidate(ps, wan.name, st)
         address, _, endpoint = self._address(ps)
         if address is None:
             return None
-        family = _family(address)
+        family = model.family(address)
         if st is not None and st.up and not st.carries(family):
             return None  # _fit_candidate found none this WAN carries; said so
         gateway = None if st is None else st.gateway6 if family == 6 else st.gateway
@@ -1007,9 +1003,9 @@ class Engine:
             return ip.version
         hs = self._hosts.get(_hostkey(host))
         if hs is not None and hs.address is not None:
-            return _family(hs.address)
+            return model.family(hs.address)
         if index == 0 and ps.adopted is not None:
-            return _family(ps.adopted)
+            return model.family(ps.adopted)
         return 4
 
     def _carries(self, ts: _TunnelState, wan: str) -> bool:
@@ -1019,12 +1015,12 @@ class Engine:
         return any(st.carries(self._candidate_family(ps, i))
                    for ps in self._tunnel_peers(ts) for i in range(len(ps.peer.endpoints)))
 
-    def _fit_candidate(self, ts: _TunnelState, ps: _PeerState, wan: str, st: model.WanState) -> None:
+    def _fit_candidate(self, ps: _PeerState, wan: str, st: model.WanState) -> None:
         """Move the peer to a candidate whose address family ``wan`` carries."""
-        if st.carries(self._candidate_family(ps, ps.candidate)):
+        family = self._candidate_family(ps, ps.candidate)
+        if st.carries(family):
             ps.no_family = None
             return
-        family = self._candidate_family(ps, ps.candidate)
         for i in range(len(ps.peer.endpoints)):
             if st.carries(self._candidate_family(ps, i)):
                 self._transition(ps.peer.tunnel, ps.peer.label, "candidate %d (%s)" % (

@@ -306,6 +306,11 @@ class Decision:
 # ------------------------------------------------------------------ text
 
 
+def family(address: str) -> int:
+    """4 or 6: the IP version of an address literal."""
+    return 6 if ":" in address else 4
+
+
 def split_endpoint(text: typing.Optional[str]) -> typing.Optional[typing.Tuple[str, int]]:
     """'1.2.3.4:51820' or '[2001:db8::1]:51820' -> ('1.2.3.4', 51820).
 
