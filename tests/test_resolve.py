@@ -356,6 +356,15 @@ def test_wan_nameservers_from_netifd(tmp_path, path):
     assert resolve.wan_nameservers("lte", str(tmp_path)) == []
 
 
+def test_configured_servers_come_before_the_learned_ones(tmp_path):
+    auto = tmp_path / "tmp/resolv.conf.d/resolv.conf.auto"
+    auto.parent.mkdir(parents=True)
+    auto.write_text(AUTO)
+    assert resolve.servers_for("wan", ("198.51.100.53",), str(tmp_path)) == ("198.51.100.53",)
+    assert resolve.servers_for("wan", (), str(tmp_path)) == ("192.0.2.53", "192.0.2.54")
+    assert resolve.servers_for("lte", (), str(tmp_path)) == ()
+
+
 def test_wan_nameservers_without_the_file(tmp_path):
     assert resolve.wan_nameservers("wan", str(tmp_path)) == []
 

@@ -305,7 +305,7 @@ def gather(root, config, runner, dumps=None, sysctls=None):
             if state is None or not state.up:
                 answers[wan.name] = {"error": "WAN is down, not asked", "via": wan.name, "skipped": True}
                 continue
-            servers = list(wan.dns_servers) or resolve.wan_nameservers(wan.name, root)
+            servers = list(resolve.servers_for(wan.name, wan.dns_servers, root))
             if not servers:
                 system = True  # one unbound query below serves every such WAN
                 continue

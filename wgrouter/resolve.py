@@ -81,6 +81,12 @@ def wan_nameservers(wan, root="/"):
     return []
 
 
+def servers_for(wan, configured, root="/"):
+    """The servers to ask through ``wan``: its option dns_server, else the
+    ones netifd learned on it; empty when neither (the system resolver)."""
+    return tuple(configured) or tuple(wan_nameservers(wan, root))
+
+
 def _is_loopback(server):
     return server.startswith("127.") or server == "::1"
 

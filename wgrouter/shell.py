@@ -240,12 +240,8 @@ class Shell:
         return []
 
     def _resolve(self, a, selector):
-        if not a.servers:
-            # No dns_server for this WAN: the servers netifd learned on it,
-            # asked through it; only without those the system resolver.
-            learned = tuple(resolve.wan_nameservers(a.wan, self.root))
-            if learned:
-                a = dataclasses.replace(a, servers=learned)
+        # without dns_server for this WAN: the servers netifd learned on it
+        a = dataclasses.replace(a, servers=resolve.servers_for(a.wan, a.servers, self.root))
         try:
             child = resolve.start_query(a, port=self.resolve_port)
         except ImportError as e:
