@@ -460,21 +460,11 @@ table ip isp {
         failed = self.sysctl("ispb", **{"net.netfilter.nf_conntrack_udp_timeout": 30,
                                         "net.netfilter.nf_conntrack_udp_timeout_stream": 30})
         self.notes["ispb_udp_timeout_30s"] = not failed
-        # The server answers WireGuard on an alternate port too.
-        self.nft("vpn", """
-table ip vpn {
-    chain dstnat {
-        type nat hook prerouting priority dstnat; policy accept;
-        udp dport %d redirect to :%d
-    }
-    chain faults {
-        type filter hook prerouting priority raw; policy accept;
-    }
-}
-""" % (VPN_ALT_PORT, VPN_PORT))
-        if self.ipv6_wans:
+        # The server answers WireGuard on an alternate port too (over IPv6
+        # as well in an ipv6 lab); faults.vpn_address_down fills "faults".
+        for family, table in [("ip", "vpn")] + ([("ip6", "vpn6")] if self.ipv6_wans else []):
             self.nft("vpn", """
-table ip6 vpn6 {
+table %s %s {
     chain dstnat {
         type nat hook prerouting priority dstnat; policy accept;
         udp dport %d redirect to :%d
@@ -483,7 +473,7 @@ table ip6 vpn6 {
         type filter hook prerouting priority raw; policy accept;
     }
 }
-""" % (VPN_ALT_PORT, VPN_PORT))
+""" % (family, table, VPN_ALT_PORT, VPN_PORT))
 
     def _ispb_snat(self, address):
         self.nft("ispb", """
@@ -496,17 +486,22 @@ add rule ip isp srcnat oifname "uplink" snat to %s
         # mwan3: a table per WAN, rules iif/fwmark/unreachable, marks under
         # 0x3f00 restored from and saved to the connmark.
         for w in WANS.values():
-            n = w["table"]
-            self.ip("router", "route", "add", "default", "via", w["gateway"], "dev", w["device"],
-                    "table", n)
-            self.ip("router", "rule", "add", "pref", 1000 + n, "iif", w["device"], "lookup", n)
-            mark = "0x%x/0x%x" % (w["mark"], MWAN3_MASK)
-            self.ip("router", "rule", "add", "pref", 2000 + n, "fwmark", mark, "lookup", n)
-            self.ip("router", "rule", "add", "pref", 3000 + n, "fwmark", mark, "unreachable")
+            self._mwan3_table(w, w["gateway"])
         self.nft("router", _mwan3_nft("ip", "mwan3lab", "ipv4_addr", (
             "10.0.1.0/24, 100.64.2.0/24, 192.168.1.0/24, 127.0.0.0/8, %s, 10.200.0.0/24, 224.0.0.0/3"
             % REMOTE_NET)))
         self.mwan3_policy(WANS)
+
+    def _mwan3_table(self, w, gateway, *family):
+        """One WAN's mwan3 table and its iif/fwmark/unreachable rules, for
+        one address family (``family``: nothing, or "-6")."""
+        n = w["table"]
+        self.ip("router", *family, "route", "replace", "default", "via", gateway,
+                "dev", w["device"], "table", n)
+        self.ip("router", *family, "rule", "add", "pref", 1000 + n, "iif", w["device"], "lookup", n)
+        mark = "0x%x/0x%x" % (w["mark"], MWAN3_MASK)
+        self.ip("router", *family, "rule", "add", "pref", 2000 + n, "fwmark", mark, "lookup", n)
+        self.ip("router", *family, "rule", "add", "pref", 3000 + n, "fwmark", mark, "unreachable")
 
     def _mwan3_v6(self):
         # mwan3 does the same for IPv6 with ip -6 rules and its v6 sets; the
@@ -515,15 +510,7 @@ add rule ip isp srcnat oifname "uplink" snat to %s
                                + ["::1/128", "fe80::/10", "ff00::/8"])
         for name in self.ipv6_wans:
             w = WANS[name]
-            n = w["table"]
-            self.ip("router", "-6", "route", "replace", "default", "via", w["gateway6"],
-                    "dev", w["device"], "table", n)
-            self.ip("router", "-6", "rule", "add", "pref", 1000 + n, "iif", w["device"],
-                    "lookup", n)
-            mark = "0x%x/0x%x" % (w["mark"], MWAN3_MASK)
-            self.ip("router", "-6", "rule", "add", "pref", 2000 + n, "fwmark", mark, "lookup", n)
-            self.ip("router", "-6", "rule", "add", "pref", 3000 + n, "fwmark", mark,
-                    "unreachable")
+            self._mwan3_table(w, w["gateway6"], "-6")
         self.nft("router", _mwan3_nft("ip6", "mwan3lab6", "ipv6_addr", connected6))
         self._mwan3_v6_on = True
         self.mwan3_policy(self.mwan3_members)
