@@ -422,6 +422,10 @@ class Daemon:
             self.control.close()
         if self.shell is not None:
             self.shell.stop()
+        self._remove_pidfile()
+
+    def _remove_pidfile(self):
+        """Remove the pid file if it is ours (a newer daemon may own it)."""
         if read_pid(self.root) == os.getpid():
             try:
                 os.unlink(_path(self.root, PIDFILE))
@@ -449,11 +453,7 @@ class Daemon:
                 self.mqtt.stop()
             if self.ubus is not None:
                 self.ubus.stop()
-            if read_pid(self.root) == os.getpid():
-                try:
-                    os.unlink(_path(self.root, PIDFILE))
-                except OSError:
-                    pass
+            self._remove_pidfile()
             log("stopped")
 
 
