@@ -298,8 +298,9 @@ def test_mwan3_connected_or_ifup_ends_the_verdict_and_failback_follows(clear):
     assert not of(d, model.ApplyPath)  # hold-down first
     (wtr,) = transitions(d, "wan")
     assert (wtr.was, wtr.now) == ("unhealthy", "up"), wtr
-    if clear == "connected":
-        assert "mwan3 reports it connected" in wtr.because, wtr
+    # the reason names what cleared the verdict, not what cleared an earlier one
+    said = {"connected": "mwan3 reports it connected", "ifup": "it came up anew (ifup)"}
+    assert wtr.because.endswith("; " + said[clear]), wtr
     (ap,) = of(rig.step(dt=20), model.ApplyPath)
     assert ap.wan == "wan"
 
@@ -559,7 +560,9 @@ def test_wan_probe_failure_fails_over_at_once(wan_first):
     assert [p.wan for p in of(d, model.ProbeWan)] == ["wan"]
     assert not of(d, model.Probe)
     # it answers again: failback after the hold-down
-    rig.step(wan_probe("wan", True), dt=1)
+    (wtr,) = transitions(rig.step(wan_probe("wan", True), dt=1), "wan")
+    assert (wtr.was, wtr.now) == ("unhealthy", "up"), wtr
+    assert wtr.because.endswith("; track ips answer"), wtr
     ok_since = rig.t
     assert not of(rig.step(at=ok_since + 30), model.ApplyPath)
     d = rig.step(at=ok_since + 60)

@@ -85,6 +85,7 @@ class _WanTrack:
     changes: typing.Deque[float] = dataclasses.field(default_factory=collections.deque)
     label: str = "unknown"  # "up" / "down" / "unhealthy", for Transitions
     why: str = "not seen yet"  # why it is not usable
+    healed: str = ""  # what last cleared the unhealthy mark
     probe_until: typing.Optional[float] = None  # a ProbeWan is out until then
     probe_sent: typing.Optional[float] = None
     proven_at: typing.Optional[float] = None  # a tunnel probe through it last answered
@@ -447,6 +448,8 @@ class Engine:
                 wt.forced_down = False
                 if action != "ifup":
                     return  # a DHCP renewal: address and gateway are compared anyway
+                if wt.unhealthy:
+                    wt.healed = "it came up anew (ifup)"
                 wt.unhealthy = wt.mwan3_down = False
                 # The kernel flushes a device's routes when it goes down; a
                 # quick bounce may have taken our host routes without us ever
@@ -465,7 +468,7 @@ class Engine:
             elif action == "connected":
                 if wt.mwan3_down:
                     wt.mwan3_down = wt.unhealthy = False
-                    wt.why = "connected (mwan3)"
+                    wt.healed = "mwan3 reports it connected"
         elif iface in self._tunnels:
             ts = self._tunnels[iface]
             if action == "ifdown":
@@ -505,6 +508,7 @@ class Engine:
         if ok:
             if wt.unhealthy and not wt.mwan3_down:
                 wt.unhealthy = False
+                wt.healed = "track ips answer"
             for ts, ps in self._waiting_on(wan):
                 ps.evidence += "; wan probe ok"
                 self._verdict(ts, ps)
@@ -641,8 +645,7 @@ class Engine:
             if label != wt.label:
                 if label == UP:
                     because = "link, address and default route present" + (
-                        "" if wt.label != "unhealthy" else
-                        "; mwan3 reports it connected" if wt.why == "connected (mwan3)" else "; track ips answer")
+                        "; " + wt.healed if wt.label == "unhealthy" and wt.healed else "")
                 else:
                     because = wt.why.partition("(")[2].rstrip(")") or wt.why
                 self._transition(wan.name, None, wt.label, label, because, "wan")
