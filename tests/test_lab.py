@@ -561,9 +561,25 @@ def test_ipv6_stock_host_dependency_by_name(lab_factory):
     routes = lab.ip("router", "-6", "route", "show", VPN6_A + "/128").stdout
     assert "via 2001:db8:1::1 dev wan" in routes
     assert observe.tunnel_works(lab, 10)
-    faults.carrier_loss(lab, "wan")
-    assert not lab.netifd.tunnel_up
-    assert lab.ip("router", "-6", "route", "show", VPN6_A + "/128").stdout.strip() == ""
+    # the tunnel carries the LAN's IPv6 as well (ULA to the remote side)
+    assert observe.tunnel_works(lab, 10, target=topology.PROBE_TARGET6)
+    cap = observe.Capture(lab)
+    ps6 = observe.ProbeStream(lab, target=topology.PROBE_TARGET6)
+    try:
+        assert ps6.wait_reply_after(time.time(), 10) is not None
+        t = faults.carrier_loss(lab, "wan")
+        assert not lab.netifd.tunnel_up
+        assert lab.ip("router", "-6", "route", "show", VPN6_A + "/128").stdout.strip() == ""
+        assert _no_reply_for(ps6, t, 1.5) == 0
+        # stock's gap leaks IPv6 too: the LAN's packets for the remote
+        # subnet follow the v6 default route out of wanb, in clear
+        assert lab.wait_for(lambda: cap.leaks(t), 3)
+        leaks = cap.leaks(t)
+        assert {(p["dev"], p["family"], p["dst"]) for p in leaks} == {
+            ("wanb", 6, topology.PROBE_TARGET6)}, leaks
+    finally:
+        ps6.stop()
+        cap.stop()
     lab.netifd.ifupdate("wanb")
     assert lab.netifd.dep == ("wanb", VPN6_A)
     assert "dev wanb" in lab.ip("router", "-6", "route", "show", VPN6_A + "/128").stdout

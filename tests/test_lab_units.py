@@ -159,7 +159,8 @@ def test_capture_sees_ipv6_tunnel_packets(tmp_path):
                 (10.5, _frame("10.0.1.2", "192.0.2.10")),
                 (11.0, _frame6("2001:db8:1::2", "2001:db8:100::99")),  # not the server
                 (11.5, _frame6("2001:db8:1::2", vpn6[0], dport=53)),  # not WireGuard's port
-                (12.0, _frame("10.0.1.2", "10.99.0.1", proto=1))])
+                (12.0, _frame("10.0.1.2", "10.99.0.1", proto=1)),
+                (12.5, _frame6("fd00:1::2", "fd00:99::1", nh=58))])  # LAN IPv6 in clear
     _pcap(wanb, [(13.0, _frame6("2001:db8:2::2", vpn6[1], dport=443)),
                  (14.0, _frame("100.64.2.2", "192.0.2.10"))])
     cap = observe.Capture.__new__(observe.Capture)
@@ -172,9 +173,10 @@ def test_capture_sees_ipv6_tunnel_packets(tmp_path):
     assert cap.tunnel_wan(family=6) == "wanb" and cap.tunnel_wan(since=13.5, family=6) is None
     assert cap.tunnel_devices(family=6) == ["wan", "wanb"]
     assert cap.tunnel_devices(since=12, family=4) == ["wanb"]
-    # leaks are IPv4 LAN traffic to the remote subnet; v6 packets never count
-    assert [p["dst"] for p in cap.leaks()] == ["10.99.0.1"]
-    assert len(cap.packets()) == 7
+    # leaks: LAN traffic to the tunnel's remote subnets, IPv4 and IPv6 alike
+    assert [p["dst"] for p in cap.leaks()] == ["10.99.0.1", "fd00:99::1"]
+    assert [p["dst"] for p in cap.leaks(networks=[topology.REMOTE_NET])] == ["10.99.0.1"]
+    assert len(cap.packets()) == 8
 
 
 def test_ipv6_lab_arguments_and_helpers():

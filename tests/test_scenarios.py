@@ -42,12 +42,15 @@ def wlab():
         lab.__enter__()
         scenarios.start(lab, "wgrouter", **config)
         lab.probes = observe.ProbeStream(lab)
+        # an ipv6 lab's tunnel carries IPv6 as well: watch it the same way
+        lab.probes6 = (observe.ProbeStream(lab, target=topology.PROBE_TARGET6)
+                       if lab.ipv6_wans else None)
         lab.cap = observe.Capture(lab)
         return lab
 
     yield make
     for lab in labs:
-        for name in ("probes", "cap"):
+        for name in ("probes", "probes6", "cap"):
             obj = getattr(lab, name, None)
             if obj is not None:
                 try:
@@ -317,9 +320,13 @@ def test_ipv6_endpoint_fails_over_to_backup_over_ipv6(wlab):
                endpoints=["[%s]:%d" % (topology.VPN_ADDRESSES6[1], topology.VPN_PORT)])
     assert scenarios.peer_status(lab)["endpoint"] == "[%s]:%d" % (v6, topology.VPN_PORT)
     assert any("dev wan " in r for r in host_routes6(lab, v6)), host_routes6(lab, v6)
+    assert lab.probes6.wait_reply_after(time.time(), 5 * SCALE) is not None  # IPv6 in the tunnel
     out = scenarios.carrier_loss(lab, lab.probes, lab.cap)
     assert out.recovered, daemon_log(lab)
     assert out.seconds <= CARRIER_BOUND, (out, daemon_log(lab))
+    # the LAN's IPv6 to the remote side recovers too, and none of it left a WAN in clear
+    assert lab.probes6.wait_reply_after(out.fault_time, CARRIER_BOUND) is not None
+    assert lab.probes6.sent_between(out.fault_time, time.time()) > 0
     assert lab.cap.leaks(since=out.fault_time - 1) == []
     assert tunnel_wan_after(lab, out.fault_time + out.seconds) == "wanb"
     routes = host_routes6(lab, v6)

@@ -1,7 +1,7 @@
 """Watching the lab: a probe stream, packet captures and small helpers.
 
-ProbeStream runs a tiny ICMP echo prober (raw socket, root) in the lan
-namespace; it prints one line per send and per reply with time.time(), which
+ProbeStream runs a tiny ICMP (or ICMPv6) echo prober (raw socket, root) in
+the lan namespace; it prints one line per send and per reply with time.time(), which
 the parent collects in a thread.  Capture runs tcpdump on the router's WAN
 devices and reads the pcap files back with a minimal parser.
 """
@@ -22,7 +22,11 @@ _PROBER = r"""
 import os, select, socket, struct, sys, time
 target, interval = sys.argv[1], float(sys.argv[2])
 ident = os.getpid() & 0xffff
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+v6 = ':' in target
+# ICMPv6: the kernel fills in the checksum, and a raw socket reads no IP header
+s = (socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6) if v6
+     else socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP))
+request, reply = (128, 129) if v6 else (8, 0)
 def csum(b):
     if len(b) % 2:
         b += b'\0'
@@ -37,8 +41,8 @@ while True:
     now = time.monotonic()
     if now >= nxt:
         seq = (seq + 1) & 0xffff
-        hdr = struct.pack('!BBHHH', 8, 0, 0, ident, seq)
-        pkt = struct.pack('!BBHHH', 8, 0, csum(hdr + b'wglab'), ident, seq) + b'wglab'
+        hdr = struct.pack('!BBHHH', request, 0, 0, ident, seq)
+        pkt = struct.pack('!BBHHH', request, 0, 0 if v6 else csum(hdr + b'wglab'), ident, seq) + b'wglab'
         try:
             s.sendto(pkt, (target, 0))
             out.write('S %d %.6f\n' % (seq, time.time()))
@@ -52,9 +56,9 @@ while True:
     r, _, _ = select.select([s], [], [], nxt - now)
     if r:
         data = s.recv(2048)
-        ihl = (data[0] & 15) * 4
+        ihl = 0 if v6 else (data[0] & 15) * 4
         t, _, _, rid, rseq = struct.unpack('!BBHHH', data[ihl:ihl + 8])
-        if t == 0 and rid == ident:
+        if t == reply and rid == ident:
             out.write('R %d %.6f\n' % (rseq, time.time()))
             out.flush()
 """
@@ -312,7 +316,7 @@ class Capture:
         out.sort(key=lambda p: p["time"])
         return out
 
-    def leaks(self, since=None, networks=(topology.REMOTE_NET,)):
+    def leaks(self, since=None, networks=(topology.REMOTE_NET, topology.REMOTE_NET6)):
         """Packets to the tunnel's AllowedIPs that left a WAN in clear."""
         nets = [ipaddress.ip_network(n) for n in networks]
         return [p for p in self.packets(since)

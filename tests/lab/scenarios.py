@@ -186,12 +186,20 @@ def run(name, mode, limit=None, lab_kwargs=None, start_kwargs=None):
     with topology.Lab(**dict(lab_setup, **(lab_kwargs or {}))) as lab:
         start(lab, mode, **dict(start_setup, **(start_kwargs or {})))
         probes = observe.ProbeStream(lab)
+        # in an ipv6 lab the LAN sends IPv6 through the tunnel as well, so
+        # clear-text leaks of either family are counted
+        probes6 = (observe.ProbeStream(lab, target=topology.PROBE_TARGET6)
+                   if lab.ipv6_wans else None)
         cap = observe.Capture(lab)
         try:
             kw = {} if limit is None else {"limit": limit}
             out = fn(lab, probes, cap, **kw)
-            out.notes["leaks"] = len(cap.leaks(since=out.fault_time))
+            leaks = cap.leaks(since=out.fault_time)
+            out.notes["leaks"] = len(leaks)
+            if probes6 is not None:
+                out.notes["leaks_ipv6"] = sum(1 for p in leaks if p["family"] == 6)
             return out
         finally:
-            probes.stop()
-            cap.stop()
+            for watcher in (probes, probes6, cap):
+                if watcher is not None:
+                    watcher.stop()

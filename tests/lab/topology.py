@@ -5,7 +5,9 @@
 
 ``Lab(ipv6=True)`` (or a tuple of WAN names) adds routed IPv6 in
 2001:db8::/32 on those WANs, their ISPs, inet and vpn: no NAT66, the server
-reachable at VPN_ADDRESSES6, AAAA records in dnsmasq.  Without it the lab is
+reachable at VPN_ADDRESSES6, AAAA records in dnsmasq.  The tunnel then
+carries IPv6 too: lan (LAN_NET6) reaches REMOTE_NET6 behind the server, so
+clear-text IPv6 leaks can be looked for as IPv4 ones are.  Without it the lab is
 IPv4 only, exactly as before.
 
 Everything is done by ip, nft, wg, wireguard-go and dnsmasq run through
@@ -67,6 +69,14 @@ VPN_ADDRESSES = ("192.0.2.10", "192.0.2.11")
 INET_VPN6 = "2001:db8:100::1"
 VPN_ADDRESSES6 = ("2001:db8:100::10", "2001:db8:100::11")
 VPN_NET6 = "2001:db8:100::/64"
+# IPv6 inside the tunnel (ipv6 labs only): ULA, as a LAN would have it
+LAN_HOST6 = "fd00:1::2"
+LAN_ROUTER6 = "fd00:1::1"
+LAN_NET6 = "fd00:1::/64"
+REMOTE_NET6 = "fd00:99::/64"
+PROBE_TARGET6 = "fd00:99::1"
+TUNNEL_VPN6 = "fd00:200::1"
+TUNNEL_ROUTER6 = "fd00:200::2"
 VPN_PORT = 51820
 VPN_ALT_PORT = 443
 REMOTE_NET = "10.99.0.0/24"
@@ -377,6 +387,11 @@ class Lab:
         for a in VPN_ADDRESSES6:
             ip("vpn", "-6", "addr", "add", a + "/64", "dev", "inet", "nodad")
         ip("vpn", "-6", "route", "add", "default", "via", INET_VPN6, "dev", "inet")
+        # the tunnel's own IPv6: lan <-> router <-(wg)-> vpn <-> remote
+        ip("lan", "-6", "addr", "add", LAN_HOST6 + "/64", "dev", "eth0", "nodad")
+        ip("lan", "-6", "route", "add", "default", "via", LAN_ROUTER6, "dev", "eth0")
+        ip("router", "-6", "addr", "add", LAN_ROUTER6 + "/64", "dev", "lan", "nodad")
+        ip("vpn", "-6", "addr", "add", PROBE_TARGET6 + "/64", "dev", "remote", "nodad")
 
     def router_wan6_up(self, wan):
         """The router's IPv6 on WAN (address, default route, mwan3 table
@@ -677,13 +692,20 @@ add rule ip isp srcnat oifname "uplink" snat to %s
     def _vpn_wg(self):
         dev = self.vpn_wg
         self.vpn_wg_handle = self.start_wg("vpn", dev)
+        allowed = [LAN_NET, TUNNEL_ROUTER + "/32"]
+        if self.ipv6_wans:
+            allowed += [LAN_NET6, TUNNEL_ROUTER6 + "/128"]
         self.run("vpn", "wg", "set", dev, "listen-port", VPN_PORT,
                  "private-key", self.keys["vpn"]["private_file"],
                  "peer", self.keys["router"]["public"],
-                 "allowed-ips", "%s,%s/32" % (LAN_NET, TUNNEL_ROUTER))
+                 "allowed-ips", ",".join(allowed))
         self.ip("vpn", "addr", "add", TUNNEL_VPN + "/24", "dev", dev)
+        if self.ipv6_wans:
+            self.ip("vpn", "-6", "addr", "add", TUNNEL_VPN6 + "/64", "dev", dev, "nodad")
         self.ip("vpn", "link", "set", dev, "up")
         self.ip("vpn", "route", "add", LAN_NET, "dev", dev)
+        if self.ipv6_wans:
+            self.ip("vpn", "-6", "route", "add", LAN_NET6, "dev", dev)
 
     def vpn_endpoint(self):
         """The router's address:port as the server sees it (``wg show`` on vpn)."""
@@ -708,8 +730,9 @@ add rule ip isp srcnat oifname "uplink" snat to %s
                              endpoint_port=VPN_PORT):
         """lab.root/etc/config/network the way OpenWrt has it."""
         self.endpoint = (endpoint_host, endpoint_port)
+        v6 = bool(self.ipv6_wans)
         wg = [("proto", "wireguard"), ("private_key", self.keys["router"]["private"]),
-              ("addresses", [TUNNEL_ROUTER + "/24"])]
+              ("addresses", [TUNNEL_ROUTER + "/24"] + ([TUNNEL_ROUTER6 + "/64"] if v6 else []))]
         if nohostroute:
             wg.append(("nohostroute", "1"))
         sections = [
@@ -732,7 +755,8 @@ add rule ip isp srcnat oifname "uplink" snat to %s
             ("public_key", self.keys["vpn"]["public"]),
             ("endpoint_host", endpoint_host), ("endpoint_port", str(endpoint_port)),
             ("persistent_keepalive", str(self.keepalive)),
-            ("allowed_ips", [REMOTE_NET, TUNNEL_VPN + "/32"]),
+            ("allowed_ips", [REMOTE_NET, TUNNEL_VPN + "/32"]
+             + ([REMOTE_NET6, TUNNEL_VPN6 + "/128"] if v6 else [])),
             ("route_allowed_ips", "1")]))
         self._write_config("network", ucifile.render(sections))
 
