@@ -600,11 +600,14 @@ def test_ipv6_on_one_wan_only_and_mwan3(lab_factory):
     assert _global6(lab, "router", "wanb") == "" and _global6(lab, "ispb", "cpe") == ""
     defaults = lab.ip("router", "-6", "route", "show", "default").stdout
     assert "dev wan " in defaults and "wanb" not in defaults
+    # mwan3's wan6 is an interface of its own: id 3, table 3, mark 0x300
     # (an IPv6 table that never had a route does not even exist)
-    assert lab.ip("router", "-6", "route", "show", "table", "2", check=False).stdout.strip() == ""
-    assert "dev wan " in lab.ip("router", "-6", "route", "show", "table", "1").stdout
+    for table in ("1", "2", "4"):
+        assert lab.ip("router", "-6", "route", "show", "table", table, check=False).stdout.strip() == ""
+    assert "dev wan " in lab.ip("router", "-6", "route", "show", "table", "3").stdout
     rules = lab.ip("router", "-6", "rule", "show").stdout
-    assert "1001:\tfrom all iif wan lookup 1" in rules and "iif wanb" not in rules
+    assert "1003:\tfrom all iif wan lookup 3" in rules and "iif wanb" not in rules
+    assert "2003:\tfrom all fwmark 0x300/0x3f00 lookup 3" in rules, rules
     with open(os.path.join(lab.root, "etc/config/network")) as f:
         net = {s[".name"]: s for s in ucifile.parse(f.read())}
     assert "ip6addr" in net["wan"] and "ip6addr" not in net["wanb"]
@@ -614,7 +617,7 @@ def test_ipv6_on_one_wan_only_and_mwan3(lab_factory):
     faults.carrier_loss(lab, "wan")
     # no v6 uplink left: v6 is unreachable, v4 fails over as always
     assert lab.ip("router", "-6", "route", "show", "default").stdout.strip() == ""
-    assert lab.ip("router", "-6", "route", "show", "table", "1", check=False).stdout.strip() == ""
+    assert lab.ip("router", "-6", "route", "show", "table", "3", check=False).stdout.strip() == ""
     assert lab.mwan3_members6 == [] and lab.mwan3_members == ["wanb"]
     assert not _ping6(lab, VPN6_A)
     assert lab.run("router", "ping", "-c", "1", "-W", "2", VPN_A, check=False).returncode == 0

@@ -334,6 +334,32 @@ def test_ipv6_endpoint_fails_over_to_backup_over_ipv6(wlab):
     assert "via %s" % topology.WANS["wanb"]["gateway6"] in routes[0], routes
 
 
+def test_mwan3_ipv6_endpoint_silent_failure_moves_the_flow_despite_wan6_connmark(wlab):
+    """mwan3 gives the IPv6 side its own interface (wan6: table 3, mark
+    0x300) and keeps the tunnel's marked flow on it.  wgrouter's rule sends
+    the endpoint to the host route it keeps in ip -6 table N of the WAN's
+    'table' option, ahead of mwan3's rules, whatever id mwan3 gave wan6."""
+    v6 = topology.VPN_ADDRESSES6[0]
+    lab = wlab(lab_kwargs={"mwan3": True, "ipv6": True}, mwan3=True, endpoint_host=v6,
+               endpoints=["[%s]:%d" % (topology.VPN_ADDRESSES6[1], topology.VPN_PORT)])
+    rules = lab.ip("router", "-6", "rule", "show").stdout
+    assert "to %s lookup 1" % v6 in rules, rules
+    assert "2003:\tfrom all fwmark 0x300/0x3f00 lookup 3" in rules, rules
+    assert lab.probes6.wait_reply_after(time.time(), 5 * SCALE) is not None
+    out = scenarios.silent_failure(lab, lab.probes, lab.cap)
+    assert out.recovered, daemon_log(lab)
+    assert out.seconds <= SILENT_BOUND, (out, daemon_log(lab))
+    assert tunnel_wan_after(lab, out.fault_time + out.seconds) == "wanb"
+    assert lab.probes6.wait_reply_after(out.fault_time, SILENT_BOUND) is not None
+    assert lab.cap.leaks(since=out.fault_time - 1) == []
+    ep = scenarios.peer_status(lab)["endpoint"]
+    host = ep.partition("]")[0].lstrip("[")
+    rules = lab.ip("router", "-6", "rule", "show").stdout
+    assert "to %s lookup 2" % host in rules and "to %s lookup 1" % host not in rules, rules
+    routes = lab.ip("router", "-6", "route", "show", "table", "2", host).stdout
+    assert "via %s dev wanb" % topology.WANS["wanb"]["gateway6"] in routes, routes
+
+
 def test_ipv4_only_backup_takes_the_ipv4_candidate_and_fails_back(wlab):
     v6 = topology.VPN_ADDRESSES6[0]
     lab = wlab(lab_kwargs={"ipv6": ("wan",)}, endpoint_host=v6,

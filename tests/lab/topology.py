@@ -48,13 +48,15 @@ LAN_ROUTER = "192.168.1.1"
 LAN_NET = "192.168.1.0/24"
 WANS = {
     # name: device, router address, gateway (ISP), metric, mwan3 table, mwan3 mark, ISP ns
-    # (ipv6 labs only: address6, gateway6 and the ISP's uplink/inet-side v6)
+    # (ipv6 labs only: address6, gateway6 and the ISP's uplink/inet-side v6; with
+    # mwan3, table6/mark6: mwan3 makes the IPv6 side its own interface, wan6,
+    # with its own id, table and mark)
     "wan": dict(device="wan", address="10.0.1.2/24", gateway="10.0.1.1", metric=10,
-                table=1, mark=0x100, isp="ispa",
+                table=1, mark=0x100, isp="ispa", table6=3, mark6=0x300,
                 address6="2001:db8:1::2/64", gateway6="2001:db8:1::1",
                 isp_up6="2001:db8:a::2", inet6="2001:db8:a::1"),
     "wanb": dict(device="wanb", address="100.64.2.2/24", gateway="100.64.2.1", metric=20,
-                 table=2, mark=0x200, isp="ispb",
+                 table=2, mark=0x200, isp="ispb", table6=4, mark6=0x400,
                  address6="2001:db8:2::2/64", gateway6="2001:db8:2::1",
                  isp_up6="2001:db8:b::2", inet6="2001:db8:b::1"),
 }
@@ -77,6 +79,7 @@ REMOTE_NET6 = "fd00:99::/64"
 PROBE_TARGET6 = "fd00:99::1"
 TUNNEL_VPN6 = "fd00:200::1"
 TUNNEL_ROUTER6 = "fd00:200::2"
+TUNNEL_NET6 = "fd00:200::/64"
 VPN_PORT = 51820
 VPN_ALT_PORT = 443
 REMOTE_NET = "10.99.0.0/24"
@@ -403,7 +406,7 @@ class Lab:
                 "metric", w["metric"])
         if self.mwan3:
             self.ip("router", "-6", "route", "replace", "default", "via", w["gateway6"],
-                    "dev", dev, "table", w["table"])
+                    "dev", dev, "table", w["table6"])
 
     def router_wan6_down(self, wan):
         """Remove the router's global IPv6 addresses and v6 routes on WAN.
@@ -413,7 +416,7 @@ class Lab:
         w = WANS[wan]
         dev = w["device"]
         self.ip("router", "-6", "addr", "flush", "dev", dev, "scope", "global", check=False)
-        tables = ["main"] + ([str(w["table"])] if self.mwan3 else [])
+        tables = ["main"] + ([str(w["table6"])] if self.mwan3 else [])
         for table in tables:
             r = self.ip("router", "-6", "-j", "route", "show", "dev", dev, "table", table,
                         check=False)
@@ -509,20 +512,23 @@ add rule ip isp srcnat oifname "uplink" snat to %s
 
     def _mwan3_table(self, w, gateway, *family):
         """One WAN's mwan3 table and its iif/fwmark/unreachable rules, for
-        one address family (``family``: nothing, or "-6")."""
-        n = w["table"]
+        one address family (``family``: nothing, or "-6": the wan6 side)."""
+        n = w["table6"] if family else w["table"]
         self.ip("router", *family, "route", "replace", "default", "via", gateway,
                 "dev", w["device"], "table", n)
         self.ip("router", *family, "rule", "add", "pref", 1000 + n, "iif", w["device"], "lookup", n)
-        mark = "0x%x/0x%x" % (w["mark"], MWAN3_MASK)
+        mark = "0x%x/0x%x" % (w["mark6"] if family else w["mark"], MWAN3_MASK)
         self.ip("router", *family, "rule", "add", "pref", 2000 + n, "fwmark", mark, "lookup", n)
         self.ip("router", *family, "rule", "add", "pref", 3000 + n, "fwmark", mark, "unreachable")
 
     def _mwan3_v6(self):
         # mwan3 does the same for IPv6 with ip -6 rules and its v6 sets; the
         # v6 policy's members are the WANs that have IPv6.
+        # (mwan3 fills its connected set from the main table: the LAN and
+        # the tunnel's routes are in it, so their flows are never marked)
         connected6 = ", ".join([wan6_net(n) for n in self.ipv6_wans]
-                               + ["::1/128", "fe80::/10", "ff00::/8"])
+                               + [LAN_NET6, REMOTE_NET6, TUNNEL_NET6,
+                                  "::1/128", "fe80::/10", "ff00::/8"])
         for name in self.ipv6_wans:
             w = WANS[name]
             self._mwan3_table(w, w["gateway6"], "-6")
@@ -544,7 +550,7 @@ add rule ip isp srcnat oifname "uplink" snat to %s
             script += "flush chain ip6 mwan3lab6 mwan3_policy_members\n"
             if members6:
                 script += ("add rule ip6 mwan3lab6 mwan3_policy_members meta mark set "
-                           "meta mark or 0x%x\n" % WANS[members6[0]]["mark"])
+                           "meta mark or 0x%x\n" % WANS[members6[0]]["mark6"])
         self.nft("router", script)
         self.mwan3_members = members
         self.mwan3_members6 = members6
