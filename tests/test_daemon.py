@@ -65,3 +65,77 @@ def test_a_crashing_diagnose_is_an_error_report(monkeypatch):
         raise RuntimeError("no netlink")
     monkeypatch.setattr(diagnose, "run", boom)
     assert daemon.Handlers(FakeDaemon()).diagnose() == {"error": "diagnose failed: no netlink"}
+
+
+# ------------------------------------------------------------ lifecycle
+
+
+def test_sigterm_during_setup_stops_before_the_loop(tmp_path, monkeypatch):
+    """procd may stop the daemon while it starts (MQTT connecting, ubus):
+    the SIGTERM must not be forgotten when the loop begins."""
+    import signal
+    from tests.test_core import make_config
+    d = daemon.Daemon(root=str(tmp_path), cfg=make_config(), use_ubus=False)
+    monkeypatch.setattr(d, "_start_mqtt", lambda: d._on_signal(signal.SIGTERM, None))
+    monkeypatch.setattr(d, "_step", lambda now: None)
+    stepped = []
+    real_select = d.sel.select
+    monkeypatch.setattr(d.sel, "select", lambda timeout: stepped.append(timeout) or real_select(0))
+    d.run()
+    assert stepped == []
+    assert not (tmp_path / "var/run/wgrouter.pid").exists()
+
+
+def test_an_exception_in_a_step_is_logged_and_retried(tmp_path, monkeypatch, capsys):
+    from tests.test_core import make_config
+    d = daemon.Daemon(root=str(tmp_path), cfg=make_config(), use_ubus=False)
+
+    def boom(now):
+        raise OSError(12, "Cannot allocate memory")
+
+    monkeypatch.setattr(d, "_step", boom)
+    assert d._guarded_step(100.0) == 100.0 + d.STEP_RETRY
+    assert d.kernel_changed
+    assert "step failed" in capsys.readouterr().err
+    assert list(d._guarded(lambda: 1 / 0)) == []
+
+
+def _run_daemon(root):
+    import subprocess
+    import sys
+    return subprocess.Popen([sys.executable, "-m", "wgrouter", "run", "--root", str(root), "--no-ubus"],
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _line(proc):
+    import select
+    ready, _, _ = select.select([proc.stderr], [], [], 20)
+    assert ready, "the daemon said nothing"
+    return proc.stderr.readline()
+
+
+def test_invalid_config_at_start_waits_for_a_fixed_one(tmp_path):
+    """Exiting would make procd respawn python every 5 s with the same error:
+    the daemon logs it once and waits for SIGHUP (reload) or SIGTERM."""
+    import signal
+    from tests import test_config
+    test_config.write(tmp_path, wgrouter=test_config.WGROUTER + "\nconfig wan 'wanb'\n\toption keepalive 'x'\n")
+    proc = _run_daemon(tmp_path)
+    try:
+        line = _line(proc)
+        assert "invalid configuration, managing nothing" in line and "keepalive" in line, line
+        assert proc.poll() is None
+        pidfile = tmp_path / "var/run/wgrouter.pid"
+        assert pidfile.read_text().strip() == str(proc.pid)
+        assert not (tmp_path / "var/run/wgrouter/ifaces").exists()  # hotplug passes nothing
+        proc.send_signal(signal.SIGUSR1)  # a stray hotplug signal does not kill it
+        proc.send_signal(signal.SIGHUP)  # reload, config still broken
+        assert "configuration still invalid" in _line(proc)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert not pidfile.exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()

@@ -15,7 +15,8 @@ import time
 
 import pytest
 
-from wgrouter import model
+from tests import test_config
+from wgrouter import config, control, daemon, model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = os.path.join(ROOT, "files")
@@ -218,31 +219,8 @@ def test_init_header():
 
 # -------------------------------------------------------------- hotplug
 
-UCI_CONFIG = textwrap.dedent("""\
-    config wgrouter 'main'
-    \toption enabled '1'
-    \toption interface 'notawan'
-
-    config wan 'wan'
-    \toption device 'eth1'
-
-    config wan "backup"
-    \toption interface "wanb"
-    \tlist track_ip '192.0.2.1'
-
-    config tunnel 'wg0'
-    \toption probe '10.9.0.1'
-
-    config tunnel 'wg1'
-    \toption enabled '0'
-
-    config tunnel
-    \toption interface 'wg2'
-    \toption enabled '1'
-
-    config other 'lan'
-    \toption interface 'lan'
-    """)
+# What the daemon writes for the interfaces it manages (write_ifaces).
+IFACES = ["wan", "wanb", "wg0", "wg2"]
 
 # The record file comes through the environment, so that only the argument
 # "wgrouter" (or its absence) decides what the hotplug script sees in cmdline.
@@ -301,8 +279,9 @@ class Router:
         self.root = str(tmp_path)
         os.makedirs(os.path.join(self.root, "etc/config"))
         os.makedirs(os.path.join(self.root, "var/run/wgrouter"))
-        with open(os.path.join(self.root, "etc/config/wgrouter"), "w") as f:
-            f.write(UCI_CONFIG)
+        self.ifaces = os.path.join(self.root, control.IFACES)
+        with open(self.ifaces, "w") as f:
+            f.write("".join(name + "\n" for name in IFACES))
         self.spool = os.path.join(self.root, "var/run/wgrouter/events")
         self.pidfile = os.path.join(self.root, "var/run/wgrouter.pid")
         # "wgrouter" in its command line, like `python3 -m wgrouter run`
@@ -354,7 +333,7 @@ def router(tmp_path):
     ("disconnected", "wanb", None, "disconnected wanb"),  # from mwan3track
     ("connected", "wan", None, "connected wan"),
     ("ifup", "wg0", "wg0", "ifup wg0 wg0"),  # managed tunnel
-    ("ifdown", "wg2", None, "ifdown wg2"),  # anonymous tunnel section
+    ("ifdown", "wg2", None, "ifdown wg2"),  # the last line
 ])
 def test_hotplug_passes_event(router, action, interface, device, line):
     assert router.hotplug(action, interface, device) == 0
@@ -371,8 +350,8 @@ def test_hotplug_appends(router):
 
 @pytest.mark.parametrize("action,interface", [
     ("ifup", "lan"),  # not ours
-    ("ifup", "notawan"),  # an `option interface` outside wan/tunnel sections
-    ("ifup", "wg1"),  # tunnel with option enabled '0'
+    ("ifup", "wg"),  # a prefix of a name is not the name
+    ("ifup", "wan wanb"),
     ("ifup", "eth1"),  # a device name is not an interface name
     ("ifup-failed", "wan"),  # irrelevant actions
     ("free", "wan"),
@@ -387,13 +366,52 @@ def test_hotplug_ignores(router, action, interface):
     assert router.signals() == []
 
 
-@pytest.mark.parametrize("interface,passed", [("wan", True), ("wanb", True), ("wg0", True),
-                                               ("lan", False), ("main", False)])
-def test_hotplug_with_shipped_config(router, interface, passed):
-    shutil.copy(os.path.join(FILES, "etc/config/wgrouter"),
-                os.path.join(router.root, "etc/config/wgrouter"))
-    assert router.hotplug("ifdown", interface) == 0
-    assert router.spooled() == (["ifdown " + interface] if passed else [])
+# /etc/config/wgrouter as people write it by hand: quoted types and names,
+# comments, an anonymous section, a disabled tunnel, an option given twice.
+HAND_WRITTEN = textwrap.dedent("""\
+    config 'wgrouter' 'main'
+    \toption enabled '1'
+
+    config "wan" "wan"   # the fiber
+    \toption device 'eth1'
+
+    config wan
+    \toption 'interface' 'wanb'  # LTE
+    \toption device "wwan0"
+
+    config tunnel 'wg0'
+    \toption enabled '0'
+    \toption enabled '1'
+
+    config tunnel 'wg1'
+    \toption enabled 'no'
+    """)
+
+
+@pytest.mark.parametrize("wgrouter_config,passed", [
+    (HAND_WRITTEN, {"wan", "wanb", "wg0"}),
+    (None, {"wan", "wanb", "wg0"}),  # the shipped file
+])
+def test_hotplug_passes_what_the_daemon_loaded(router, tmp_path, wgrouter_config, passed):
+    """The script and the daemon cannot disagree on which interfaces are
+    managed: the script reads the list the daemon wrote from config.load."""
+    root = tmp_path / "cfg"
+    test_config.write(root, wgrouter=wgrouter_config)
+    if wgrouter_config is None:
+        shutil.copy(os.path.join(FILES, "etc/config/wgrouter"), str(root / "etc/config/wgrouter"))
+    cfg = config.load(str(root))
+    daemon.write_ifaces(router.root, cfg)
+    for interface in ("wan", "wanb", "wg0", "wg1", "lan", "main"):
+        assert router.hotplug("ifdown", interface) == 0
+    assert router.spooled() == ["ifdown " + i for i in ("wan", "wanb", "wg0", "wg1") if i in passed]
+
+
+def test_hotplug_without_interface_list(router):
+    # the daemon is waiting for a valid configuration: it manages nothing
+    os.unlink(router.ifaces)
+    assert router.hotplug("ifup", "wan", "eth1") == 0
+    assert router.spooled() == []
+    assert router.signals() == []
 
 
 def test_hotplug_without_pid_file(router):
@@ -430,13 +448,6 @@ def test_hotplug_never_signals_a_foreign_process(router):
         assert other.signals() == []
     finally:
         other.close()
-
-
-def test_hotplug_without_config(router):
-    os.unlink(os.path.join(router.root, "etc/config/wgrouter"))
-    assert router.hotplug("ifup", "wan", "eth1") == 0
-    assert router.spooled() == []
-    assert router.signals() == []
 
 
 def test_hotplug_without_spool_dir(router):

@@ -247,12 +247,20 @@ def test_bad_config_gives_clear_error_and_changes_nothing(lab_factory, name, old
     open(path, "w").write(text.replace(old, new, 1))
     before = lab.ip("router", "-4", "route", "show", "table", "all").stdout
     env = dict(os.environ, PYTHONPATH=topology.REPO)
-    for cmd in ("check-config", "run"):
-        r = lab.run("router", sys.executable, "-m", "wgrouter", cmd, "--root", lab.root,
-                    check=False, env=env, timeout=20)
-        assert r.returncode != 0, (cmd, r.stdout, r.stderr)
-        assert "/etc/config/wgrouter" in r.stderr and option in r.stderr, r.stderr
-        assert "Traceback" not in r.stderr
+    r = lab.run("router", sys.executable, "-m", "wgrouter", "check-config", "--root", lab.root,
+                check=False, env=env, timeout=20)
+    assert r.returncode != 0, (r.stdout, r.stderr)
+    assert "/etc/config/wgrouter" in r.stderr and option in r.stderr, r.stderr
+    assert "Traceback" not in r.stderr
+    # run says the same once and waits for a fixed config (no respawn loop)
+    p = lab.popen("router", sys.executable, "-m", "wgrouter", "run", "--root", lab.root,
+                  env=env, stderr=subprocess.PIPE, text=True)
+    line = p.stderr.readline()
+    assert "invalid configuration" in line and "/etc/config/wgrouter" in line and option in line, line
+    assert p.poll() is None
+    lab.stop_process(p)
+    assert p.returncode == 0
+    assert "Traceback" not in p.stderr.read()
     assert lab.ip("router", "-4", "route", "show", "table", "all").stdout == before
 
 
@@ -465,3 +473,26 @@ def test_reload_switches_mqtt_on_without_restart(wlab):
     assert "wgrouter/labrouter/tunnel/%s/state" % lab.router_wg in got, got
     assert lab.wgrouter.pid == pid and lab.wgrouter.poll() is None
     assert lab.probes.outage(since=t) <= 0.3
+
+
+def test_a_broken_config_at_start_is_fixed_and_reloaded_without_a_respawn(lab_factory):
+    """procd would respawn a daemon that exits on a config error every 5 s;
+    it waits instead, applies nothing, and starts on SIGHUP once fixed."""
+    lab = lab_factory()
+    lab.start_wgrouter(extra="\nconfig wan 'wanb'\n\toption keepalive 'never'\n")
+    assert lab.wait_for(lambda: "invalid configuration" in daemon_log(lab), 10 * SCALE), daemon_log(lab)
+    pid = lab.wgrouter.pid
+    assert lab.wgrouter.poll() is None
+    lab.netifd.ifdown("wan")  # the hotplug script passes nothing meanwhile
+    assert lab.netifd.hotplug_runs[-1]["rc"] == 0
+    assert not os.path.exists(os.path.join(lab.root, "var/run/wgrouter/events"))
+    lab.netifd.ifup("wan")
+    lab.write_wgrouter_config(check_interval=scenarios.LAB_CHECK_INTERVAL,
+                              failback_holddown=scenarios.LAB_HOLDDOWN)
+    lab.wgrouter.send_signal(signal.SIGHUP)
+    scenarios.wait_state(lab, lambda p: p.get("state") == "up" and p.get("wan") == "wan", 15 * SCALE)
+    assert lab.wgrouter.pid == pid and lab.wgrouter.poll() is None
+    assert "configuration is valid now: starting" in daemon_log(lab)
+    with open(os.path.join(lab.root, "var/run/wgrouter/ifaces")) as f:
+        assert f.read().split() == ["wan", "wanb", lab.router_wg]
+    assert lab.tunnel_works(10)

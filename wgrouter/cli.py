@@ -15,10 +15,19 @@ def _root(args):
 
 
 def cmd_run(args):
+    from wgrouter import config
     from wgrouter import daemon
     restart = tuple(args.restart_cmd.split()) if args.restart_cmd else ("ifup",)
+    root = _root(args)
     try:
-        d = daemon.Daemon(_root(args), restart_cmd=restart, use_ubus=not args.no_ubus)
+        try:
+            d = daemon.Daemon(root, restart_cmd=restart, use_ubus=not args.no_ubus)
+        except config.ConfigError as e:
+            # wait for a fixed config instead of procd's respawn loop
+            cfg = daemon.wait_for_config(root, e)
+            if cfg is None:
+                return 0
+            d = daemon.Daemon(root, cfg=cfg, restart_cmd=restart, use_ubus=not args.no_ubus)
         d.run()
     except wgrouter.Error as e:
         # bad config or another daemon running: say so once, apply nothing

@@ -9,6 +9,9 @@ import wgrouter
 # The hotplug script appends "ACTION INTERFACE [DEVICE]" lines to SPOOL and
 # then sends SIGUSR1 to the pid in PIDFILE (files/etc/hotplug.d/iface/).
 SPOOL = "var/run/wgrouter/events"
+# The netifd interfaces the daemon manages (WANs and tunnels), one per line:
+# the hotplug script passes on only events of these.
+IFACES = "var/run/wgrouter/ifaces"
 PIDFILE = "var/run/wgrouter.pid"
 CONTROL = "var/run/wgrouter/control.sock"
 STATE = "var/run/wgrouter/applied.json"

@@ -51,7 +51,8 @@ def log(msg):
         pass
 
 
-SPOOL, PIDFILE, CONTROL, STATE = control.SPOOL, control.PIDFILE, control.CONTROL, control.STATE
+SPOOL, PIDFILE, CONTROL, STATE, IFACES = (control.SPOOL, control.PIDFILE, control.CONTROL,
+                                          control.STATE, control.IFACES)
 _path = control.path
 
 
@@ -105,6 +106,71 @@ def read_spool(root):
     return events
 
 
+def write_atomic(path, text):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.rename(tmp, path)
+
+
+def write_ifaces(root, cfg):
+    """Tell the hotplug script which interfaces' events to pass on: the ones
+    this configuration manages, as config.load read them (so quoting and
+    comments in /etc/config/wgrouter never make the two disagree)."""
+    names = [w.name for w in cfg.wans] + [t.name for t in cfg.tunnels]
+    write_atomic(_path(root, IFACES), "".join(n + "\n" for n in dict.fromkeys(names)))
+
+
+def _unlink(root, rel):
+    try:
+        os.unlink(_path(root, rel))
+    except OSError:
+        pass
+
+
+def claim_pidfile(root):
+    """Publish our pid, unless another live daemon owns the pid file."""
+    os.makedirs(os.path.dirname(_path(root, SPOOL)), exist_ok=True)
+    pid = read_pid(root)
+    if pid and pid != os.getpid() and pid_alive(pid):
+        raise AlreadyRunning("another wgrouter daemon is running (pid %d)" % pid)
+    write_atomic(_path(root, PIDFILE), "%d\n" % os.getpid())
+
+
+def wait_for_config(root, error):
+    """Start with an invalid configuration: log it once and wait, rather than
+    exit into procd's respawn loop (a Python start every 5 s, the same error
+    each time).  SIGHUP (/etc/init.d/wgrouter reload, also procd's reload
+    trigger) reads the configuration again; SIGTERM or SIGINT ends the wait.
+    Returns the valid Config, or None when told to stop.  Nothing is applied
+    meanwhile, and the hotplug script passes no events (no interface list)."""
+    from wgrouter import config as wconfig
+    waited = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    try:
+        claim_pidfile(root)
+        _unlink(root, IFACES)
+        log("invalid configuration, managing nothing until it is fixed and "
+            "'/etc/init.d/wgrouter reload' is run: %s" % error)
+        while True:
+            signum = signal.sigwait(waited)
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                if read_pid(root) == os.getpid():
+                    _unlink(root, PIDFILE)
+                return None
+            if signum != signal.SIGHUP:
+                continue  # SIGUSR1: a stray hotplug signal, nothing spooled for us
+            try:
+                cfg = wconfig.load(root)
+            except wgrouter.Error as e:
+                log("configuration still invalid: %s" % e)
+                continue
+            log("configuration is valid now: starting")
+            return cfg
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 class Daemon:
     def __init__(self, root="/", cfg=None, restart_cmd=("ifup",), use_ubus=True):
         self.root = root
@@ -135,6 +201,8 @@ class Daemon:
         pid = read_pid(self.root)
         if pid and pid != os.getpid() and pid_alive(pid):
             raise AlreadyRunning("another wgrouter daemon is running (pid %d)" % pid)
+        # A SIGTERM from here on stops the daemon, even before the loop runs.
+        self.running = True
         # Signals arrive through a socketpair so the select() wakes up.
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
@@ -166,10 +234,8 @@ class Daemon:
         self.engine = core.Engine(self.config, now, rng=random.Random())
         # published last, once the signal handlers are in place (the hotplug
         # script sends SIGUSR1 to this pid); then take what it spooled meanwhile
-        tmp = _path(self.root, PIDFILE) + ".tmp"
-        with open(tmp, "w") as f:
-            f.write("%d\n" % os.getpid())
-        os.rename(tmp, _path(self.root, PIDFILE))
+        write_ifaces(self.root, self.config)
+        claim_pidfile(self.root)
 
         self.pending.extend(read_spool(self.root))
         if self.use_ubus:
@@ -327,6 +393,13 @@ class Daemon:
         old_mqtt, self.config = self.config.mqtt, cfg
         self.engine.reconfigure(cfg, time.time())
         self.shell.reconfigure(cfg)
+        try:
+            write_ifaces(self.root, cfg)
+        except OSError as e:
+            log("hotplug interface list not written: %s" % e)
+        if self.use_ubus and self.ubus is None:
+            # python3-ubus may have come since the start (luci-app-wgrouter)
+            self._start_ubus()
         self.kernel_changed = True
         self.pending.append(model.Event("link", {}))  # step now; reconfigure applies only what changed
         if cfg.mqtt != old_mqtt:
@@ -390,19 +463,18 @@ class Daemon:
         except BaseException:
             self._abort_setup()
             raise
-        self.running = True
         log("started (pid %d, %d tunnel(s), WANs: %s)" % (
             os.getpid(), len(self.config.tunnels),
             ", ".join(w.name for w in self.config.wans) or "none"))
-        deadline = self._step(time.time())
         try:
+            deadline = self._guarded_step(time.time())
             while self.running:
                 now = time.time()
                 timeout = 0.0 if self.pending else self._timeout(deadline, now)
                 ready = self.sel.select(timeout)
                 self.wakeups += 1
                 for key, _ in ready:
-                    self.pending.extend(key.data() or ())
+                    self.pending.extend(self._guarded(key.data))
                 if not self.running:
                     break
                 if self.reload_requested:
@@ -412,9 +484,29 @@ class Daemon:
                 if self.mqtt is not None and now >= self.mqtt.heartbeat_due(now):
                     self.mqtt.heartbeat(now, self.snapshot)
                 if self.pending or (deadline is not None and now >= deadline):
-                    deadline = self._step(now)
+                    deadline = self._guarded_step(now)
         finally:
             self._shutdown()
+
+    # An unexpected error in one step or one source is logged and the loop goes
+    # on: ending the daemon would remove every host route and leave no
+    # failover until procd respawns it.
+    STEP_RETRY = 1.0
+
+    def _guarded_step(self, now):
+        try:
+            return self._step(now)
+        except Exception as e:
+            self.kernel_changed = True
+            log("step failed, retrying in %gs: %r" % (self.STEP_RETRY, e))
+            return now + self.STEP_RETRY
+
+    def _guarded(self, source):
+        try:
+            return source() or ()
+        except Exception as e:
+            log("event source failed: %r" % (e,))
+            return ()
 
     def _abort_setup(self):
         """Undo a half-done start: nothing was applied yet, only run files."""
@@ -425,12 +517,11 @@ class Daemon:
         self._remove_pidfile()
 
     def _remove_pidfile(self):
-        """Remove the pid file if it is ours (a newer daemon may own it)."""
+        """Remove the pid file, and the interface list with it, if they are
+        ours (a newer daemon may own them)."""
         if read_pid(self.root) == os.getpid():
-            try:
-                os.unlink(_path(self.root, PIDFILE))
-            except OSError:
-                pass
+            _unlink(self.root, IFACES)
+            _unlink(self.root, PIDFILE)
 
     def _shutdown(self):
         log("stopping")
