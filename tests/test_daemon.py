@@ -139,3 +139,24 @@ def test_invalid_config_at_start_waits_for_a_fixed_one(tmp_path):
         if proc.poll() is None:
             proc.kill()
         proc.wait()
+
+
+def test_reload_registers_ubus_once_the_binding_is_there(tmp_path, monkeypatch):
+    """luci-app-wgrouter brings python3-ubus after wgrouter started: a reload
+    registers the object; one already registered is left alone."""
+    import types
+    from tests import test_config
+    from wgrouter import config
+    test_config.write(tmp_path)
+    (tmp_path / "var/run/wgrouter").mkdir(parents=True)
+    d = daemon.Daemon(root=str(tmp_path), cfg=config.load(str(tmp_path)), use_ubus=True)
+    d.engine = types.SimpleNamespace(reconfigure=lambda cfg, now: None)
+    d.shell = types.SimpleNamespace(reconfigure=lambda cfg: None)
+    tries = []
+    monkeypatch.setattr(d, "_start_ubus", lambda: tries.append(1))
+    d._reload()
+    assert tries == [1]
+    assert (tmp_path / "var/run/wgrouter/ifaces").read_text().split() == ["wan", "wanb", "wg0"]
+    d.ubus = object()
+    d._reload()
+    assert tries == [1]
