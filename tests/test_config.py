@@ -138,8 +138,9 @@ def test_realistic_config(tmp_path):
                     model.Endpoint("vpn2.example.net", 443),
                     model.Endpoint("2001:db8::7", 51820),
                 ), ("10.99.0.0/24", "192.168.10.0/24"), 25, "10.99.0.254"),
+                # the tunnel's probe 10.99.0.1 is not in its allowed_ips: no probe
                 model.Peer("wg0", "@wireguard_wg0[1]", BRANCH, (model.Endpoint("203.0.113.7", 51821),),
-                           ("10.98.0.0/24", "10.97.0.0/24"), 25, "10.99.0.1"),
+                           ("10.98.0.0/24", "10.97.0.0/24"), 25, None),
             ),
             addresses=("fd99::2/64", "10.99.0.2/24"),
             listen_port=51820,
@@ -147,7 +148,49 @@ def test_realistic_config(tmp_path):
         ),),
         mqtt=model.MqttSettings(),
     )
-    assert config.check(str(tmp_path)) == []
+    assert config.check(str(tmp_path)) == [PROBE_WARNING % tmp_path]
+
+
+PROBE_WARNING = ("%s/etc/config/wgrouter: section 'wg0' (tunnel), option 'probe': '10.99.0.1' is not in the "
+                 "allowed_ips of peer '@wireguard_wg0[1]' (10.98.0.0/24, 10.97.0.0/24): that peer gets no "
+                 "in-tunnel probe; give it one in a 'config peer' section")
+
+
+def test_tunnel_probe_only_for_peers_whose_allowed_ips_hold_it(tmp_path):
+    # another peer's answer must not count for this one
+    wg = WGROUTER.replace("\toption probe '10.99.0.254'\n", "")
+    root = write(tmp_path, wgrouter=wg)
+    hq, branch = config.load(root).tunnels[0].peers
+    assert (hq.probe, branch.probe) == ("10.99.0.1", None)
+    assert config.check(root) == [PROBE_WARNING % tmp_path]
+    # the branch's own probe, inside its allowed_ips: no warning
+    wg += "config peer\n\toption tunnel 'wg0'\n\toption public_key '%s'\n\toption probe '10.97.0.9'\n" % BRANCH
+    root = write(tmp_path, wgrouter=wg)
+    hq, branch = config.load(root).tunnels[0].peers
+    assert (hq.probe, branch.probe) == ("10.99.0.1", "10.97.0.9")
+    assert config.check(root) == []
+
+    # WireGuard sends to the longest matching prefix: with a default route,
+    # the branch holds any address but 10.99.0.0/24 goes to hq
+    def probes(wg):
+        root = write(tmp_path, network=NETWORK.replace("'10.98.0.0/24 10.97.0.0/24'", "'0.0.0.0/0'"),
+                     wgrouter=wg)
+        return [p.probe for p in config.load(root).tunnels[0].peers], config.check(root)
+    assert probes(WGROUTER.replace("'10.99.0.1'", "'10.0.0.1'")) == (["10.99.0.254", "10.0.0.1"], [])
+    assert probes(WGROUTER) == (["10.99.0.254", None], [
+        "%s/etc/config/wgrouter: section 'wg0' (tunnel), option 'probe': '10.99.0.1' is in the allowed_ips "
+        "of peer '@wireguard_wg0[1]' (0.0.0.0/0), but WireGuard sends it to peer 'hq', whose allowed_ips "
+        "hold it more narrowly: that peer gets no in-tunnel probe; give it one in a 'config peer' section"
+        % tmp_path])
+    # an IPv6 probe is in no IPv4 network
+    assert probes(WGROUTER.replace("'10.99.0.1'", "'fd99::1'"))[0] == ["10.99.0.254", None]
+    # the peer's own probe must reach that peer too
+    own = "config peer\n\toption tunnel 'wg0'\n\toption section '@wireguard_wg0[1]'\n\toption probe '%s'\n"
+    assert probes(WGROUTER + own % "10.0.0.1") == (["10.99.0.254", "10.0.0.1"], [])
+    with pytest.raises(config.ConfigError, match=r"section '@peer\[1\]' \(peer\), option 'probe': '10.99.0.5' is "
+                       r"in the allowed_ips of peer '@wireguard_wg0\[1\]' \(0.0.0.0/0\), but WireGuard sends it "
+                       r"to peer 'hq', whose allowed_ips hold it more narrowly: it would test another peer"):
+        probes(WGROUTER + own % "10.99.0.5")
 
 
 def test_wan_order_is_file_order(tmp_path):
@@ -321,7 +364,17 @@ ERRORS = [
     ("main-unknown-option", WGROUTER.replace("'0.5'", "'1'\n\toption colour 'red'"), NETWORK,
      WG, "main", "colour", "unknown option (known: enabled, check_interval,"),
     ("main-twice", WGROUTER + "config wgrouter 'other'\n", NETWORK,
-     WG, "other", None, "only one 'config wgrouter' section is allowed, the first is 'main'"),
+     WG, "other", None, "only one 'config wgrouter' section is allowed, and it must be named 'main'"),
+    # the init script reads 'main' only: no other section may hold the settings
+    ("main-second", "config wgrouter 'other'\n\toption enabled '0'\n" + WGROUTER, NETWORK,
+     WG, "other", None, "only one 'config wgrouter' section is allowed, and it must be named 'main' "
+     "(config wgrouter 'main'): the init script reads no other, so its options here (option enabled too) "
+     "would be ignored"),
+    ("main-anonymous", WGROUTER.replace("config wgrouter 'main'", "config wgrouter")
+     .replace("option enabled '1'", "option enabled '0'"), NETWORK,
+     WG, "@wgrouter[0]", None, "only one 'config wgrouter' section is allowed, and it must be named 'main'"),
+    ("main-other-name", WGROUTER.replace("config wgrouter 'main'", "config wgrouter 'settings'"), NETWORK,
+     WG, "settings", None, "only one 'config wgrouter' section is allowed, and it must be named 'main'"),
     ("unknown-section", WGROUTER + "config bogus\n", NETWORK,
      WG, "@bogus[0]", None, "unknown section type 'bogus' (known: wgrouter, wan, tunnel, peer, mqtt)"),
     ("list-for-option", WGROUTER.replace("option keepalive '25'", "list keepalive '25'"), NETWORK,
@@ -338,8 +391,19 @@ ERRORS = [
      WG, "wanb", "metric", "unknown option (known: interface, device, keepalive, track_ip, dns_server, table)"),
     ("wan-not-in-network", WGROUTER + "config wan 'wanc'\n", NETWORK,
      WG, "wanc", None, "interface 'wanc' is not in /etc/config/network; set option device"),
+    # proto dhcp without a device: a Wi-Fi client uplink, attached from /etc/config/wireless
     ("wan-no-device", WGROUTER, NETWORK.replace("\toption device 'eth2'\n", ""),
-     WG, "wanb", None, "interface 'wanb' in /etc/config/network has no option device (or ifname); set option device"),
+     WG, "wanb", None, "interface 'wanb' in /etc/config/network has no option device (or ifname), as a Wi-Fi "
+     "client uplink has none (netifd adds the wifi-iface whose option network is 'wanb'); set option device "
+     "in this 'config wan' section to its kernel device (e.g. 'phy0-sta0'; 'ifstatus wanb' shows it as "
+     "l3_device)"),
+    # ModemManager keeps the modem's sysfs path in option device
+    ("wan-modemmanager", WGROUTER, NETWORK.replace(
+        "option device 'eth2'\n\toption proto 'dhcp'",
+        "option device '/sys/devices/platform/soc/11200000.usb/usb1/1-1'\n\toption proto 'modemmanager'"),
+     WG, "wanb", None, "interface 'wanb' in /etc/config/network (proto modemmanager) names the modem "
+     "'/sys/devices/platform/soc/11200000.usb/usb1/1-1', not a network device; set option device in this "
+     "'config wan' section to the modem's network device (e.g. 'wwan0')"),
     ("wan-modem-no-sysfs", WGROUTER, NETWORK.replace("option device 'eth2'\n\toption proto 'dhcp'",
                                                      "option device '/dev/cdc-wdm1'\n\toption proto 'qmi'"),
      WG, "wanb", None, "interface 'wanb' in /etc/config/network (proto qmi) names the modem '/dev/cdc-wdm1', "
@@ -388,6 +452,9 @@ ERRORS = [
      WG, "@peer[0]", "endpoint", "'10.1:443' is not a host name or IP address with an optional :port"),
     ("peer-probe", WGROUTER.replace("'10.99.0.254'", "'10.99.0.999'"), NETWORK,
      WG, "@peer[0]", "probe", "'10.99.0.999' is not an IP address"),
+    ("peer-probe-outside-allowed-ips", WGROUTER.replace("'10.99.0.254'", "'10.98.0.1'"), NETWORK,
+     WG, "@peer[0]", "probe", "'10.98.0.1' is not in the allowed_ips of peer 'hq' "
+     "(10.99.0.0/24, 192.168.10.0/24): it would test another peer, or none"),
     ("net-public-key", WGROUTER, NETWORK.replace("'%s'" % BRANCH, "'not-a-key'"),
      NET, "@wireguard_wg0[1]", "public_key", "'not-a-key' is not a WireGuard key (44 characters of base64 ending in '=')"),
     ("net-no-public-key", WGROUTER, NETWORK.replace("\toption public_key '%s'\n" % BRANCH, ""),
@@ -514,13 +581,14 @@ def test_secrets_never_shown(tmp_path):
 
 def test_private_key_warnings_hide_value(tmp_path):
     secret = key(77)
+    wg = WGROUTER.replace("\toption probe '10.99.0.1'\n", "")
     for line in ("list private_key '%s'" % secret, "option private_key '%s'" % secret[1:]):
         net = NETWORK.replace("option private_key '%s'" % PRIV, line)
-        warnings = config.check(write(tmp_path, network=net))
+        warnings = config.check(write(tmp_path, network=net, wgrouter=wg))
         assert warnings == ["%s/etc/config/network: section 'wg0' (interface), option 'private_key': "
                             "the value (not shown) is not a WireGuard key" % tmp_path]
     net = NETWORK.replace("\toption private_key '%s'\n" % PRIV, "")
-    assert config.check(write(tmp_path, network=net)) == [
+    assert config.check(write(tmp_path, network=net, wgrouter=wg)) == [
         "%s/etc/config/network: section 'wg0' (interface), option 'private_key': "
         "is missing: netifd cannot bring 'wg0' up" % tmp_path]
 
@@ -542,6 +610,8 @@ def test_warnings(tmp_path):
         nfile + ": section 'wg0' (interface), option 'nohostroute': is not '1'",
         nfile + ": section '@wireguard_wg0[1]' (wireguard_wg0), option 'persistent_keepalive': is not set",
         wfile + ": section '@peer[1]' (peer): peer '@wireguard_wg0[2]' of 'wg0' is disabled",
+        wfile + ": section 'wg0' (tunnel), option 'probe': '10.99.0.1' is not in the allowed_ips of peer "
+        "'@wireguard_wg0[1]'",
         wfile + ": mwan3 is on but WAN 'wan' has no option table",
         wfile + ": mwan3 is on but WAN 'wanb' has no option table",
     ]

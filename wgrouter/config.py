@@ -329,13 +329,21 @@ class _Builder:
     # -------------------------------------------------------- main, mqtt
 
     def settings(self) -> model.Settings:
-        found = [s for s in self.sections if s.type == "wgrouter"]
-        for extra in found[1:]:
-            self.report.error(self.wfile, extra, None, "only one 'config wgrouter' section is allowed, "
-                              "the first is '%s'" % found[0].ref)
-        if not found:
+        # /etc/init.d/wgrouter validates `config wgrouter 'main'` and takes
+        # option enabled from it alone: read no other section
+        main = None
+        for section in self.sections:
+            if section.type != "wgrouter":
+                continue
+            if section.name == "main":
+                main = section
+                continue
+            self.report.error(self.wfile, section, None, "only one 'config wgrouter' section is allowed, and "
+                              "it must be named 'main' (config wgrouter 'main'): the init script reads "
+                              "no other, so its options here (option enabled too) would be ignored")
+        if main is None:
             return model.Settings()
-        o = self.opts(found[0])
+        o = self.opts(main)
         fields = dataclasses.fields(model.Settings)
         o.known(f.name for f in fields)
         values = {}
@@ -407,10 +415,10 @@ class _Builder:
     # -------------------------------------------------------- WANs
 
     def device_of(self, name: str, depth: int = 0) -> typing.Tuple[typing.Optional[str], str]:
-        """netifd's kernel device of an interface, or (None, why not)."""
+        """netifd's kernel device of an interface, or (None, why not and what to set)."""
         section = self.interfaces.get(name)
         if section is None:
-            return None, "interface '%s' is not in %s" % (name, self.nfile)
+            return None, "interface '%s' is not in %s; set option device" % (name, self.nfile)
         proto = section.options.get("proto")
         proto = proto if isinstance(proto, str) else ""
         if proto in _PPP_PROTOS:
@@ -424,12 +432,18 @@ class _Builder:
                 words = (value if isinstance(value, list) else [value])[0].split()
                 break
         if not words:
-            return None, "interface '%s' in %s has no option device (or ifname)" % (name, self.nfile)
+            # e.g. a Wi-Fi client uplink: netifd attaches the wifi-iface
+            # of /etc/config/wireless (option network) to it
+            return None, ("interface '%s' in %s has no option device (or ifname), as a Wi-Fi client "
+                          "uplink has none (netifd adds the wifi-iface whose option network is '%s'); "
+                          "set option device in this 'config wan' section to its kernel device "
+                          "(e.g. 'phy0-sta0'; 'ifstatus %s' shows it as l3_device)"
+                          % (name, self.nfile, name, name))
         device = words[0]
         if device.startswith("@"):
             # an alias interface runs on its parent's device
             if depth > 8:
-                return None, "interface '%s' in %s is an alias loop" % (name, self.nfile)
+                return None, "interface '%s' in %s is an alias loop; set option device" % (name, self.nfile)
             return self.device_of(device[1:], depth + 1)
         if device.startswith("/dev/"):
             # qmi, mbim, ncm: the option names the modem's control device,
@@ -437,8 +451,11 @@ class _Builder:
             found = self.usb_net(device) if self.usb_net else None
             if found:
                 return found, ""
-            return None, ("interface '%s' in %s (proto %s) names the modem '%s', "
-                          "not a network device" % (name, self.nfile, proto or "none", device))
+        if device.startswith("/"):
+            # also modemmanager's sysfs path of the modem (/sys/devices/...)
+            return None, ("interface '%s' in %s (proto %s) names the modem '%s', not a network device; "
+                          "set option device in this 'config wan' section to the modem's network "
+                          "device (e.g. 'wwan0')" % (name, self.nfile, proto or "none", device))
         return device, ""
 
     def wans(self) -> typing.Tuple[model.Wan, ...]:
@@ -465,7 +482,7 @@ class _Builder:
             if device is None:
                 device, why = self.device_of(name)
                 if device is None:
-                    o.error(None, "%s; set option device" % why)
+                    o.error(None, why)
             track = [ip for ip in o.words("track_ip") if o.ip("track_ip", ip, 4)]
             dns = [ip for ip in o.words("dns_server") if o.ip("dns_server", ip)]
             wans.append(model.Wan(
@@ -486,7 +503,7 @@ class _Builder:
 
     # -------------------------------------------------------- tunnels
 
-    def netifd_peer(self, tunnel: str, section: uci.Section, probe, extras) -> typing.Optional[model.Peer]:
+    def netifd_peer(self, tunnel: str, section: uci.Section, extras) -> typing.Optional[model.Peer]:
         o = self.netopts(section)
         key = o.text("public_key")
         if key is None:
@@ -525,11 +542,43 @@ class _Builder:
             endpoints=tuple(endpoints),
             allowed_ips=tuple(allowed),
             keepalive=keepalive,
-            probe=probe,
         )
 
+    def probe_of(self, peer: model.Peer, every, tunnel: uci.Section, probe: typing.Optional[str]) -> model.Peer:
+        """The peer with its in-tunnel probe: its own `config peer` probe, else
+        the tunnel's, if WireGuard sends a packet to it to this peer: to the
+        peer whose allowed_ips hold it with the longest prefix (the last one
+        on a tie).  Another target would test another peer, or none.
+        ``every``: {netifd section: (allowed_ips, own probe)} of the tunnel."""
+        def why_not(address):
+            ip = ipaddress.ip_address(address)
+            holders = [(net.prefixlen, i, ref) for i, (ref, (nets, _)) in enumerate(every.items())
+                       for net in (ipaddress.ip_network(n, strict=False) for n in nets) if ip in net]
+            holder = max(holders)[2] if holders else None
+            if holder == peer.section:
+                return None
+            text = "'%s' is not in the allowed_ips of peer '%s' (%s)"
+            if any(ref == peer.section for _, _, ref in holders):
+                text = ("'%%s' is in the allowed_ips of peer '%%s' (%%s), but WireGuard sends it to peer "
+                        "'%s', whose allowed_ips hold it more narrowly" % holder)
+            return text % (address, peer.section, ", ".join(peer.allowed_ips) or "none")
+        own = every[peer.section][1]
+        if own is not None:
+            why = why_not(own[1])
+            if why is None:
+                return dataclasses.replace(peer, probe=own[1])
+            self.opts(own[0]).error("probe", "%s: it would test another peer, or none" % why)
+        elif probe is not None:
+            why = why_not(probe)
+            if why is None:
+                return dataclasses.replace(peer, probe=probe)
+            self.opts(tunnel).warn("probe", "%s: that peer gets no in-tunnel probe; give it one in a "
+                                   "'config peer' section" % why)
+        return peer
+
     def extras(self, managed: typing.Dict[str, uci.Section]):
-        """wgrouter's `config peer` sections: {(tunnel, netifd section): (endpoints, probe)}."""
+        """wgrouter's `config peer` sections: {(tunnel, netifd section): (endpoints,
+        (section, probe) or None)}."""
         result = {}
         owner: typing.Dict[typing.Tuple[str, str], uci.Section] = {}
         for section in self.sections:
@@ -549,6 +598,7 @@ class _Builder:
             probe = o.text("probe")
             if probe is not None and not o.ip("probe", probe):
                 probe = None
+            own = (section, probe) if probe is not None else None
             if tunnel is None:
                 o.error(None, "has no option tunnel")
                 continue
@@ -581,7 +631,7 @@ class _Builder:
             owner[target] = section
             if _Options(_Report(), self.nfile, match[0]).boolean("disabled", False):
                 o.warn(None, "peer '%s' of '%s' is disabled in %s" % (match[0].ref, tunnel, self.nfile))
-            result[target] = (endpoints, probe)
+            result[target] = (endpoints, own)
         return result
 
     def tunnel_interface(self, section: uci.Section, name: str) -> typing.Optional[uci.Section]:
@@ -646,15 +696,17 @@ class _Builder:
                 n.warn("private_key", "the value (not shown) is not a WireGuard key")
             peers = []
             keys: typing.Dict[str, uci.Section] = {}
+            every: typing.Dict[str, typing.Tuple[typing.Tuple[str, ...], typing.Any]] = {}
             for section in self.network:
                 if section.type != "wireguard_%s" % name:
                     continue
                 if self.netopts(section).boolean("disabled", False):
                     continue
-                endpoints, peer_probe = extras.get((name, section.ref), ([], None))
-                peer = self.netifd_peer(name, section, peer_probe or probe, endpoints)
+                endpoints, own = extras.get((name, section.ref), ([], None))
+                peer = self.netifd_peer(name, section, endpoints)
                 if peer is None:
                     continue
+                every[peer.section] = (peer.allowed_ips, own)
                 if peer.public_key in keys:
                     self.report.error(self.nfile, section, "public_key", "'%s' is also the key of peer '%s'"
                                       % (peer.public_key, keys[peer.public_key].ref))
@@ -671,6 +723,7 @@ class _Builder:
                                          "is not set: behind NAT (LTE, CGNAT) the tunnel goes quiet and "
                                          "the return path is lost on %s" % ", ".join(without))
                 peers.append(peer)
+            peers = [self.probe_of(peer, every, managed[name], probe) for peer in peers]
             v4 = [a.split("/")[0] for a in addresses if is_ip(a.split("/")[0], 4)]
             tunnels.append(model.Tunnel(
                 name=name,
