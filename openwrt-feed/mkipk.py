@@ -3,8 +3,8 @@
 
     python3 openwrt-feed/mkipk.py --out dist
 
-writes wgrouter_<v>_all.ipk, wgrouter-mqtt_<v>_all.ipk and
-luci-app-wgrouter_<v>_all.ipk the way OpenWrt's scripts/ipkg-build lays them
+writes wgrouter_<v>_all.ipk, wgrouter-mqtt_<v>_all.ipk, wgrouter-dns_<v>_all.ipk
+and luci-app-wgrouter_<v>_all.ipk the way OpenWrt's scripts/ipkg-build lays them
 out: a gzip'd tar of ./debian-binary ("2.0"), ./data.tar.gz and
 ./control.tar.gz.  Like the feed Makefile (Py3Package), the Python package is
 shipped as .pyc only, compiled for the interpreter running this script, which
@@ -83,8 +83,14 @@ THIRD_PARTY = {
 
 # Imports that are optional at run time: the code works without them and
 # another package pulls them in.  python3-ubus comes with luci-app-wgrouter:
-# without it the daemon runs, only without its ubus object.
-OPTIONAL = {"ubus"}
+# without it the daemon runs, only without its ubus object.  python3-dns
+# comes with wgrouter-dns: OpenWrt's python3-dns depends on the whole python3
+# (several MB of flash), and without it names keep the address netifd
+# resolved, only not re-resolved.
+OPTIONAL = {"ubus", "dns"}
+
+# Packages without files that pull in an optional import's package.
+META_PACKAGES = {"wgrouter-dns": ["python3-dns"]}
 
 # Modules that go to a subpackage instead of the main one.
 SUBPACKAGE_MODULES = {"mqtt": "wgrouter-mqtt"}
@@ -98,32 +104,42 @@ DESCRIPTIONS = {
                 " re-sets the endpoint, flushes stale conntrack entries and re-resolves\n"
                 " endpoint names; a monitor watches handshakes and recovers step by step.",
     "wgrouter-mqtt": "MQTT telemetry (state, events, Home Assistant discovery) for wgrouter.",
+    "wgrouter-dns": "Re-resolves wgrouter's endpoint names through the WAN in use, honouring\n"
+                    " their TTL (pulls in python3-dns, which needs the full python3).",
     "luci-app-wgrouter": "LuCI status page for wgrouter: peers, WANs, recent events,\n"
                          " re-apply and WAN switch buttons.",
 }
 
+# The scripts the SDK generates for a package without scripts of its own:
+# the router's default_postinst / default_prerm (/lib/functions.sh) enable
+# the init script (also inside an image build, so the image starts it),
+# start it on a live system, and on removal stop it; neither enables nor
+# disables it on an upgrade, so a service the user disabled stays disabled.
 POSTINST = """#!/bin/sh
-# Only on a live system: an image build (IPKG_INSTROOT set) changes nothing.
-[ -z "${IPKG_INSTROOT}" ] || exit 0
-/etc/init.d/wgrouter enable
-/etc/init.d/wgrouter restart
-exit 0
+[ "${IPKG_NO_SCRIPT}" = "1" ] && exit 0
+[ -s "${IPKG_INSTROOT}/lib/functions.sh" ] || exit 0
+. "${IPKG_INSTROOT}/lib/functions.sh"
+default_postinst "$0" "$@"
 """
 
 PRERM = """#!/bin/sh
-# Only on a live system: an image build (IPKG_INSTROOT set) changes nothing.
-[ -z "${IPKG_INSTROOT}" ] || exit 0
-/etc/init.d/wgrouter stop
-/etc/init.d/wgrouter disable
-exit 0
+[ -s "${IPKG_INSTROOT}/lib/functions.sh" ] || exit 0
+. "${IPKG_INSTROOT}/lib/functions.sh"
+default_prerm "$0" "$@"
 """
 
+# The same text as Package/luci-app-wgrouter/postinst in the feed.
 LUCI_POSTINST = """#!/bin/sh
-# Only on a live system: drop LuCI's caches and let rpcd load the new ACL.
+# Only on a live system: drop LuCI's caches, let rpcd load the new ACL, and
+# have a running wgrouter register its ubus object now that python3-ubus is
+# installed.
 [ -z "${IPKG_INSTROOT}" ] || exit 0
 rm -f /tmp/luci-indexcache /tmp/luci-indexcache.*
 rm -rf /tmp/luci-modulecache
 /etc/init.d/rpcd reload
+if [ -s /var/run/wgrouter.pid ]; then
+	/etc/init.d/wgrouter reload
+fi
 exit 0
 """
 
@@ -345,6 +361,13 @@ def build(out, python, sources=False, top=TOP):
         data = Tree()
         compiled(data, split[name], site, sources)
         depends = ["libc", "wgrouter (=%s)" % version] + python_depends(split[name].values())
+        control = control_text(name, version, depends, data, "feeds/wgrouter/wgrouter",
+                               "net", mtime)
+        built.append((name, ipk(control, [], {}, data, mtime), data))
+
+    for name, extra in sorted(META_PACKAGES.items()):
+        data = Tree()
+        depends = ["libc", "wgrouter (=%s)" % version] + extra
         control = control_text(name, version, depends, data, "feeds/wgrouter/wgrouter",
                                "net", mtime)
         built.append((name, ipk(control, [], {}, data, mtime), data))

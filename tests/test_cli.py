@@ -86,3 +86,17 @@ def test_format_status_shows_the_families_a_wan_carries():
                    "wanb": {"up": True, "healthy": True, "active": False, "families": ["ipv6"]}}}
     text = cli.format_status(st)
     assert "wan (up, IPv4+IPv6, active)" in text and "wanb (up, IPv6)" in text
+
+
+def test_check_config_warns_about_names_without_dnspython(tmp_path, capsys, monkeypatch):
+    import sys
+    from tests import test_config
+    test_config.write(tmp_path)
+    assert cli.main(["check-config", "--root", str(tmp_path)]) == 0
+    assert "python3-dns" not in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "dns", None)  # as on a router without wgrouter-dns
+    assert cli.main(["check-config", "--root", str(tmp_path)]) == 0
+    err = capsys.readouterr().err
+    named = [line for line in err.splitlines() if "python3-dns" in line]
+    assert named and all("is a name" in line and "wgrouter-dns" in line for line in named), err
+    assert any("tunnel 'wg0', peer 'hq': endpoint 'vpn.example.net'" in line for line in named), err

@@ -87,7 +87,7 @@ def test_two_builds_same_bytes(dist, tmp_path):
     build(tmp_path)
     names = sorted(os.listdir(dist[0]))
     assert names == sorted(os.listdir(tmp_path))
-    assert len(names) == 3
+    assert len(names) == 4
     for name in names:
         with open(os.path.join(dist[0], name), "rb") as a, open(tmp_path / name, "rb") as b:
             assert a.read() == b.read(), name
@@ -152,9 +152,11 @@ def test_control_fields(main_ipk):
     assert fields["Source"]
     assert fields["Description"]
     depends = [d.strip() for d in fields["Depends"].split(",")]
-    for dep in ("libc", "python3-light", "wireguard-tools", "ip-full", "conntrack", "python3-dns"):
+    for dep in ("libc", "python3-light", "wireguard-tools", "ip-full", "conntrack"):
         assert dep in depends
-    assert "python3-paho-mqtt" not in depends and "python3-ubus" not in depends
+    # python3-dns would pull in the whole python3: it comes with wgrouter-dns
+    for optional in ("python3-paho-mqtt", "python3-ubus", "python3-dns", "python3"):
+        assert optional not in depends
     assert int(fields["Installed-Size"]) == sum(m.size for m in main_ipk.files().values())
 
 
@@ -163,20 +165,26 @@ def test_conffiles(main_ipk):
 
 
 @pytest.mark.parametrize("script", ["postinst", "prerm"])
-def test_maintainer_scripts_guarded(main_ipk, script):
+def test_maintainer_scripts_are_the_sdk_defaults(main_ipk, script):
+    """As the SDK makes them for a package without scripts of its own: the
+    router's default_postinst / default_prerm do the enabling, starting and
+    stopping, and know about upgrades and image builds."""
     member = main_ipk.ctl["./" + script]
     assert member.mode == 0o755
     text = main_ipk.control_file(script)
     assert text.startswith("#!/bin/sh\n")
-    assert '[ -z "${IPKG_INSTROOT}" ] || exit 0' in text
+    assert '. "${IPKG_INSTROOT}/lib/functions.sh"' in text
+    assert text.rstrip().endswith('default_%s "$0" "$@"' % script)
     if SHELLCHECK:
-        r = subprocess.run([SHELLCHECK, "-s", "sh", "-"], input=text, capture_output=True,
-                           text=True)
+        r = subprocess.run([SHELLCHECK, "-s", "sh", "-e", "SC1091", "-"], input=text,
+                           capture_output=True, text=True)
         assert r.returncode == 0, r.stdout
 
 
-def run_script(text, tmp_path, instroot):
-    """Run a maintainer script with /etc/init.d/ redirected to recording stubs."""
+def run_script(text, tmp_path, instroot, env_extra=None):
+    """Run a maintainer script under busybox ash.  /etc/init.d/ goes to
+    recording stubs; a lib/functions.sh in ``instroot`` records the
+    default_postinst / default_prerm calls."""
     stubs = tmp_path / "initd"
     stubs.mkdir(exist_ok=True)
     log = tmp_path / "calls"
@@ -186,29 +194,65 @@ def run_script(text, tmp_path, instroot):
         stub.chmod(0o755)
     text = text.replace("/etc/init.d/", str(stubs) + "/")
     env = {"PATH": "/usr/bin:/bin"}
+    env.update(env_extra or {})
     if instroot is not None:
         env["IPKG_INSTROOT"] = str(instroot)
-    r = subprocess.run([BUSYBOX, "ash", "-c", text], env=env, capture_output=True, text=True)
+    script = tmp_path / "wgrouter.script"
+    script.write_text(text)
+    r = subprocess.run([BUSYBOX, "ash", str(script), "configure"], env=env, capture_output=True,
+                       text=True)
     calls = log.read_text().splitlines() if log.exists() else []
     return r.returncode, calls
 
 
 @pytest.mark.skipif(BUSYBOX is None, reason="busybox is not installed")
-@pytest.mark.parametrize("script,live_calls", [
-    ("postinst", ["wgrouter enable", "wgrouter restart"]),
-    ("prerm", ["wgrouter stop", "wgrouter disable"]),
-])
-def test_maintainer_scripts_act_only_on_live_system(main_ipk, tmp_path, script, live_calls):
+@pytest.mark.parametrize("script", ["postinst", "prerm"])
+def test_maintainer_scripts_hand_over_to_the_router_functions(main_ipk, tmp_path, script):
     text = main_ipk.control_file(script)
     instroot = tmp_path / "rootfs"
-    instroot.mkdir()
+    (instroot / "lib").mkdir(parents=True)
+    (instroot / "lib/functions.sh").write_text(
+        'default_%s() { echo "wgrouter default_%s $*" >> "%s"; }\n'
+        % (script, script, tmp_path / "calls"))
     rc, calls = run_script(text, tmp_path, instroot)
     assert rc == 0
-    assert calls == []
-    assert os.listdir(instroot) == []
-    rc, calls = run_script(text, tmp_path, None)
-    assert rc == 0
-    assert calls == live_calls
+    assert calls == ["wgrouter default_%s %s configure" % (script, tmp_path / "wgrouter.script")]
+    # no functions.sh (not OpenWrt): nothing happens
+    (tmp_path / "calls").unlink()
+    rc, calls = run_script(text, tmp_path, tmp_path / "empty")
+    assert (rc, calls) == (0, [])
+    if script == "postinst":  # opkg --noscripts-like image steps set this
+        rc, calls = run_script(text, tmp_path, instroot, {"IPKG_NO_SCRIPT": "1"})
+        assert (rc, calls) == (0, [])
+
+
+@pytest.mark.skipif(BUSYBOX is None, reason="busybox is not installed")
+def test_luci_postinst_reloads_a_running_wgrouter(dist, tmp_path):
+    text = Ipk(ipk_path(dist, "luci-app-wgrouter")).control_file("postinst")
+    rc, calls = run_script(text.replace("/var/run/wgrouter.pid", str(tmp_path / "pid")),
+                           tmp_path, None)
+    assert (rc, calls) == (0, ["rpcd reload"])  # wgrouter not running: not started
+    (tmp_path / "calls").unlink()
+    (tmp_path / "pid").write_text("123\n")
+    rc, calls = run_script(text.replace("/var/run/wgrouter.pid", str(tmp_path / "pid")),
+                           tmp_path, None)
+    assert (rc, calls) == (0, ["rpcd reload", "wgrouter reload"])
+    (tmp_path / "calls").unlink()
+    rc, calls = run_script(text, tmp_path, tmp_path / "rootfs")  # image build
+    assert (rc, calls) == (0, [])
+    with open(os.path.join(ROOT, "openwrt-feed/luci-app-wgrouter/Makefile")) as f:
+        feed = f.read()
+    body = re.search(r"^define Package/luci-app-wgrouter/postinst\n(.*?)^endef", feed,
+                     re.M | re.S).group(1)
+    assert body.replace("$${", "${") == text  # the SDK build ships the same script
+
+
+def test_dns_metapackage(dist):
+    pkg = Ipk(ipk_path(dist, "wgrouter-dns"))
+    assert pkg.files() == {}
+    depends = [d.strip() for d in pkg.fields()["Depends"].split(",")]
+    assert depends == ["libc", "wgrouter (=%s)" % VERSION, "python3-dns"]
+    assert makefile_depends("wgrouter-dns") == ["python3-dns", "wgrouter"]
 
 
 def test_size(dist, main_ipk):
@@ -294,7 +338,8 @@ def test_unknown_import_is_an_error(tmp_path):
     with pytest.raises(mkipk.MkipkError):
         mkipk.python_depends([str(module)])
     module.write_text("def f():\n    import logging, dns.resolver, ubus\n")
-    assert mkipk.python_depends([str(module)]) == ["python3-dns", "python3-logging"]
+    # dns and ubus are optional: their packages come with wgrouter-dns and the LuCI app
+    assert mkipk.python_depends([str(module)]) == ["python3-logging"]
 
 
 def test_feed_makefile_installs_every_shipped_file():
@@ -388,7 +433,8 @@ def tree_files(root):
 def test_feed_makefile_builds_what_make_ipk_ships(tmp_path):
     packages = sdk_standin_build(tmp_path)
     # every package and its -src twin, as Py3Package packages are built
-    assert set(packages) == {"wgrouter", "wgrouter-src", "wgrouter-mqtt", "wgrouter-mqtt-src"}
+    assert set(packages) == {"wgrouter", "wgrouter-src", "wgrouter-mqtt", "wgrouter-mqtt-src",
+                             "wgrouter-dns"}
     out = tmp_path / "dist"
     mkipk.build(str(out), "3.11", sources=True)
     for name in ("wgrouter", "wgrouter-mqtt"):
@@ -407,4 +453,8 @@ def test_feed_makefile_builds_what_make_ipk_ships(tmp_path):
         assert depends == control, (name, depends ^ control)
     main = packages["wgrouter"]["fields"]
     assert main["conffiles"] == "/etc/config/wgrouter"
-    assert (main["postinst"], main["prerm"]) == ("yes", "yes")
+    # the SDK's default scripts: no postinst/prerm of its own
+    assert (main["postinst"], main["prerm"]) == ("no", "no")
+    dns = packages["wgrouter-dns"]
+    assert dns["root"] is None  # no files: it only pulls in python3-dns
+    assert dns["fields"]["DEPENDS"].split() == ["+wgrouter", "+python3-dns"]

@@ -469,7 +469,16 @@ def test_hotplug_starts_nothing_heavy():
 def test_wrapper_execs_the_package():
     with open(WRAPPER) as f:
         lines = [line.strip() for line in f if line.strip() and not line.startswith("#")]
-    assert lines == ['exec /usr/bin/python3 -m wgrouter "$@"']
+    assert lines == ['exec /usr/bin/python3 -P -m wgrouter "$@"']
+
+
+@needs_busybox
+@pytest.mark.skipif(not os.access("/usr/bin/python3", os.X_OK), reason="no /usr/bin/python3")
+def test_wrapper_ignores_modules_in_the_current_directory(tmp_path):
+    (tmp_path / "json.py").write_text("raise SystemExit(99)\n")  # planted in /tmp, say
+    r = subprocess.run([BUSYBOX, "ash", WRAPPER, "--help"], capture_output=True, text=True,
+                       cwd=str(tmp_path), env=dict(os.environ, PYTHONPATH=ROOT))
+    assert r.returncode == 0, (r.returncode, r.stderr)
 
 
 @needs_busybox

@@ -266,7 +266,14 @@ def test_missing_dnspython_is_a_json_error(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(tmp_path))
     r = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env, timeout=60)
     assert r.returncode == 1
-    assert json.loads(r.stdout) == {"error": "dnspython missing: No module named dns"}
+    assert json.loads(r.stdout) == {"error": resolve.NO_DNSPYTHON + " (No module named dns)"}
+    assert "opkg install wgrouter-dns" in resolve.NO_DNSPYTHON
+
+
+def test_available_says_whether_dnspython_is_there(monkeypatch):
+    assert resolve.available()  # installed for the tests
+    monkeypatch.setitem(sys.modules, "dns", None)
+    assert not resolve.available()
 
 
 # ------------------------------------------------------- in-process queries

@@ -44,12 +44,30 @@ def cmd_check_config(args):
     except wgrouter.Error as e:
         print("wgrouter: %s" % e, file=sys.stderr)
         return 1
-    for warning in config.check(root):
+    for warning in config.check(root) + _dns_warnings(cfg):
         print("warning: %s" % warning, file=sys.stderr)
     peers = sum(len(t.peers) for t in cfg.tunnels)
     print("configuration ok: %d WAN(s) (%s), %d tunnel(s), %d peer(s)" % (
         len(cfg.wans), ", ".join(w.name for w in cfg.wans), len(cfg.tunnels), peers))
     return 0
+
+
+def _dns_warnings(cfg):
+    """Endpoint names on a router without dnspython: they keep netifd's address."""
+    import ipaddress
+
+    from wgrouter import resolve
+    if resolve.available():
+        return []
+    warnings = []
+    for peer in cfg.peers():
+        for endpoint in peer.endpoints:
+            try:
+                ipaddress.ip_address(endpoint.host)
+            except ValueError:
+                warnings.append("tunnel '%s', peer '%s': endpoint '%s' is a name and %s"
+                                % (peer.tunnel, peer.label, endpoint.host, resolve.NO_DNSPYTHON))
+    return warnings
 
 
 def _ask(args, request):

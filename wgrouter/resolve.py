@@ -103,6 +103,23 @@ def _socket(server, device, kind):
     return sock
 
 
+# Names are re-resolved only with dnspython, which is optional (OpenWrt's
+# python3-dns needs the whole python3): without it a name keeps the address
+# netifd resolved when it brought the tunnel up.
+NO_DNSPYTHON = ("python3-dns is not installed (opkg install wgrouter-dns), so endpoint "
+                "names are not re-resolved")
+
+
+def available():
+    """True if dnspython can be imported (without importing it)."""
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("dns") is not None
+    except (ImportError, ValueError):
+        return False
+
+
 def _query(host, server, port, device, timeout, rdtype="A"):
     import socket
 
@@ -216,7 +233,7 @@ def main(argv=None):
         print(json.dumps({"error": str(e)}), flush=True)
         return 1
     except ImportError as e:
-        print(json.dumps({"error": "dnspython missing: %s" % e}), flush=True)
+        print(json.dumps({"error": "%s (%s)" % (NO_DNSPYTHON, e)}), flush=True)
         return 1
     print(json.dumps({"addresses": addresses, "ttl": ttl}), flush=True)
     return 0
