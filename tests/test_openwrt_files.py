@@ -176,12 +176,28 @@ def test_start_refuses_invalid_settings():
 @needs_busybox
 def test_reload_sends_sighup_without_restart(tmp_path):
     os.makedirs(tmp_path / "var/run")
-    (tmp_path / "var/run/wgrouter.pid").write_text("4242\n")
+    (tmp_path / "var/run/wgrouter.pid").write_text("%d\n" % os.getpid())  # a live daemon
     rc, lines, err = run_init("reload_service", {"WGROUTER_ROOT": str(tmp_path)})
     assert rc == 0, err
     assert lines[-1] == "send_signal wgrouter main HUP"
     # the instance is re-declared unchanged, so procd keeps it running
     assert "set_param command /usr/bin/wgrouter run" in lines
+
+
+@needs_busybox
+@pytest.mark.parametrize("content", ["dead", "", "garbage\n"])
+def test_reload_with_a_stale_pid_file_sends_no_hup(tmp_path, content):
+    # a pid file left by a killed daemon: procd's respawned one may not have
+    # its HUP handler yet, and reads the new configuration anyway
+    if content == "dead":
+        gone = subprocess.Popen(["true"])
+        gone.wait()
+        content = "%d\n" % gone.pid
+    os.makedirs(tmp_path / "var/run")
+    (tmp_path / "var/run/wgrouter.pid").write_text(content)
+    rc, lines, err = run_init("reload_service", {"WGROUTER_ROOT": str(tmp_path)})
+    assert rc == 0, err
+    assert "send_signal wgrouter main HUP" not in lines
 
 
 @needs_busybox
