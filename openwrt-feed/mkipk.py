@@ -128,20 +128,15 @@ PRERM = """#!/bin/sh
 default_prerm "$0" "$@"
 """
 
-# The same text as Package/luci-app-wgrouter/postinst in the feed.
-LUCI_POSTINST = """#!/bin/sh
-# Only on a live system: drop LuCI's caches, let rpcd load the new ACL, and
-# have a running wgrouter register its ubus object now that python3-ubus is
-# installed.
-[ -z "${IPKG_INSTROOT}" ] || exit 0
-rm -f /tmp/luci-indexcache /tmp/luci-indexcache.*
-rm -rf /tmp/luci-modulecache
-/etc/init.d/rpcd reload
-if [ -s /var/run/wgrouter.pid ]; then
-	/etc/init.d/wgrouter reload
-fi
-exit 0
-"""
+
+def makefile_define(path, name):
+    """The text of ``define NAME ... endef`` in a Makefile, as make expands
+    it ($$ -> $): the feed's maintainer scripts are written once, there."""
+    with open(path) as f:
+        lines = f.read().split("\n")
+    start = lines.index("define " + name) + 1
+    body = lines[start:lines.index("endef", start)]
+    return "\n".join(body).replace("$$", "$") + "\n"
 
 
 class MkipkError(Exception):
@@ -379,7 +374,8 @@ def build(out, python, sources=False, top=TOP):
     depends = ["libc", "luci-base", "wgrouter", "python3-ubus"]
     control = control_text("luci-app-wgrouter", version, depends, data,
                            "feeds/wgrouter/luci-app-wgrouter", "luci", mtime)
-    built.append(("luci-app-wgrouter", ipk(control, [], {"postinst": LUCI_POSTINST}, data, mtime),
+    postinst = makefile_define(os.path.join(luci, "Makefile"), "Package/luci-app-wgrouter/postinst")
+    built.append(("luci-app-wgrouter", ipk(control, [], {"postinst": postinst}, data, mtime),
                   data))
 
     os.makedirs(out, exist_ok=True)
