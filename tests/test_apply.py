@@ -472,3 +472,49 @@ def test_apply_path_for_real(tmp_path, table):
         assert out["rules"] == ""
     assert out["again_ok"]
     assert out["cleanup"] == [] and out["after"] == ""
+
+
+def test_failed_delete_of_an_old_route_is_retried_on_the_next_apply(env):
+    fake, kicks, state, make = env
+    applier = make()
+    applier.execute(path(address="198.51.100.7"))
+    fake.on(["ip", "route", "del"], rc=2, err="RTNETLINK answers: Device or resource busy", times=1)
+    assert not applier.execute(path(address="203.0.113.9")).data["ok"]
+    # still in the kernel, so still recorded, owned by nobody
+    assert saved(state)["routes"]["198.51.100.7 main"]["owners"] == []
+    fake.calls.clear()
+    event = applier.execute(path(address="203.0.113.10"))
+    assert event.data["ok"]
+    assert ["ip", "route", "del", "198.51.100.7/32"] in fake.calls
+    assert set(saved(state)["routes"]) == {"203.0.113.10 main"}
+
+
+def test_a_leftover_that_still_cannot_be_deleted_is_a_note_not_a_failure(env):
+    fake, kicks, state, make = env
+    applier = make()
+    applier.execute(path(address="198.51.100.7", table=1))
+    fake.on(["ip", "route", "del"], rc=2, err="RTNETLINK answers: Device or resource busy")
+    assert not applier.execute(path(address="203.0.113.9", table=1)).data["ok"]
+    # the engine re-applies the failed path after its backoff: the path is fine,
+    # the old route is still there and says so
+    event = applier.execute(path(address="203.0.113.9", table=1))
+    assert event.data["ok"] and "198.51.100.7/32 table 1" in event.data["note"] and "busy" in event.data["note"]
+    assert set(saved(state)["routes"]) == {"198.51.100.7 1", "203.0.113.9 1"}
+    assert "198.51.100.7 1" not in saved(state)["rules"]  # the rule went first
+    fake.rules.clear()
+    applier.execute(model.RemovePath("wg0", KEY, "203.0.113.9", 1))
+    assert saved(state)["routes"] == {} and saved(state)["rules"] == {}
+
+
+class ForkFails(FakeRunner):
+    def run(self, argv, timeout=5.0, input=None):
+        raise OSError(12, "Cannot allocate memory")
+
+
+def test_fork_failure_fails_the_step_not_the_daemon(tmp_path):
+    applier = apply.Applier(ForkFails(), str(tmp_path / "s.json"), config=CONFIG, kick=None)
+    event = applier.execute(path())
+    assert not event.data["ok"] and "ip route replace" in event.data["error"]
+    assert "Cannot allocate memory" in event.data["error"]
+    event = applier.execute(model.RestartTunnel("wg0"))
+    assert not event.data["ok"] and "Cannot allocate memory" in event.data["error"]

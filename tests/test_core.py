@@ -48,6 +48,7 @@ class Rig:
         self.v6 = set()  # WANs that also carry IPv6
         self.no4 = set()  # WANs without IPv4
         self.addr = dict(ADDR)
+        self.tunnels = frozenset(t.name for t in self.config.tunnels)  # devices wg show lists; None = wg failed
         self.stats = stats if stats is not None else {
             p.key: model.PeerStats(endpoint=None, latest_handshake=0, rx=0, tx=0, keepalive=0)
             for p in self.config.peers()}
@@ -64,7 +65,7 @@ class Rig:
                 up6=up6, gateway6=GW6.get(w.name) if up6 else None,
                 address6=ADDR6.get(w.name) if up6 else None,
                 up4=None if up4 == (up4 or up6) else up4)
-        return model.Observation(wans=wans, peers=dict(self.stats), tunnels=frozenset(), events=tuple(events))
+        return model.Observation(wans=wans, peers=dict(self.stats), tunnels=self.tunnels, events=tuple(events))
 
     def step(self, *events, at=None, dt=0.0):
         self.t = at if at is not None else self.t + dt
@@ -1010,3 +1011,150 @@ def test_restart_reapplies_when_tunnel_is_back():
     assert not of(rig.step(dt=1), model.ApplyPath)
     (ap,) = of(rig.step(hotplug("ifup", "wg0"), dt=1), model.ApplyPath)
     assert ap.wan == "wan" and ap.address == IP1
+
+
+# ------------------------------------------------------------ review fixes
+
+
+def test_engine_times_are_shown_on_the_wall_clock():
+    """The engine runs on a monotonic clock (seconds since boot); what people
+    see (status, events) is unix time, given by the daemon."""
+    boot = 250.0  # time.monotonic() shortly after boot
+    wall = 1_700_000_000.0
+    rig = Rig(config=make_config(backoff_base=30.0))
+    rig.engine = core.Engine(rig.config, boot)
+    rig.t = boot
+    rig.step()
+    rig.check()
+    rig.check(tx=5000)
+    rig.step(probe(False), wan_probe("wan", True), dt=1)  # a ladder step: backoff
+    snap = rig.engine.snapshot(rig.t, wall=wall)
+    assert snap["time"] == wall
+    assert snap["next_check"] == wall + (rig.engine._next_check - rig.t)
+    assert [e["time"] for e in snap["events"]] == [wall - (rig.t - t) for t, _ in rig.engine._ring]
+    assert all(e["time"] > wall - 3600 for e in snap["events"])
+    backoff = snap["tunnels"]["wg0"]["peers"][KEY]["backoff_until"]
+    assert wall < backoff <= wall + 30.0
+    assert rig.engine.snapshot(rig.t)["time"] == rig.t  # without wall: the engine's clock
+
+
+def test_missing_tunnel_device_is_reported_down_and_reapplied_when_back():
+    rig = Rig()
+    rig.step()
+    rig.tunnels = frozenset()  # `ip link del wg0`: wg show lists no managed tunnel at all
+    d = rig.step(model.Event("reapply"), dt=1)
+    assert not of(d, model.ApplyPath)
+    assert any(t.now == "down" and "device wg0 is gone" in t.because for t in transitions(d)), transitions(d)
+    assert rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["state"] == "down"
+    rig.tunnels = None  # wg show failed: unknown, the last word holds
+    assert not of(rig.step(dt=1), model.ApplyPath)
+    assert rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["state"] == "down"
+    rig.tunnels = frozenset({"wg0"})
+    d = rig.step(dt=1)
+    assert [a.wan for a in of(d, model.ApplyPath)] == ["wan"]
+    assert any("tunnel wg0 is back" in t.because for t in transitions(d))
+
+
+def test_peer_missing_from_a_present_tunnel_is_not_created():
+    rig = Rig()
+    rig.stats = {}  # wg show lists wg0 without its peer (netifd still configuring)
+    assert not of(rig.step(), model.ApplyPath)
+
+
+def test_probe_errors_reach_the_log():
+    rig = Rig()
+    rig.step()
+    rig.check(rx=100, tx=100)
+    rig.check(tx=5000)
+    err = "ping: sendto: Network unreachable"
+    d = rig.step(model.Event("probe", {"tunnel": "wg0", "peer": KEY, "ok": False, "error": "ping: bind: x\n"}),
+                 model.Event("wan_probe", {"wan": "wan", "ok": False, "error": err}), dt=1)
+    (wan,) = transitions(d, "wan")
+    assert wan.because == "track ips do not answer: " + err, wan
+    (rec,) = transitions(d, "recovery")
+    assert "probe to 10.9.0.1 failed: ping: bind: x;" in rec.because, rec
+    assert "wan probe of wan failed: " + err in rec.because, rec
+
+
+def test_applier_note_and_failed_removal_are_logged():
+    rig = Rig()
+    (ap,) = of(rig.step(), model.ApplyPath)
+    note = "conntrack not installed: stale flows are not flushed"
+    d = rig.step(model.Event("applied", {"action": ap, "ok": True, "error": "", "steps": [], "note": note}))
+    (tr,) = transitions(d)
+    assert (tr.tunnel, tr.peer, tr.now, tr.because) == ("wg0", "office", "applied", note)
+    assert not transitions(rig.step(model.Event("applied", {"action": ap, "ok": True, "error": ""})))
+    rm = model.RemovePath("wg0", KEY, IP1)
+    d = rig.step(model.Event("applied", {"action": rm, "ok": False, "error": "ip route del: rc 2: busy"}))
+    (tr,) = transitions(d)
+    assert tr.now == "not removed" and "busy" in tr.because and IP1 in tr.was
+
+
+def test_ttl_zero_does_not_requery_in_the_same_step():
+    rig = dns_rig(dns_ttl_min=0.0)
+    rig.step()
+    n = 0
+    for _ in range(5):
+        n += len(of(rig.step(resolved(HOST, ["203.0.113.5"], ttl=0)), model.Resolve))  # no time passes
+    assert n == 0
+    assert of(rig.step(dt=core.DNS_REFRESH_MIN), model.Resolve)
+
+
+def test_resolve_failure_with_tiny_backoff_does_not_requery_in_the_same_step():
+    rig = dns_rig(dns_ttl_min=0.0, backoff_base=0.001)
+    rig.step()
+    failed = model.Event("resolve_failed", {"host": HOST, "wan": "wan", "error": "SERVFAIL"})
+    assert not of(rig.step(failed), model.Resolve)
+    assert not of(rig.step(dt=0.5), model.Resolve)
+
+
+@pytest.mark.parametrize("target, addresses, source", [
+    ("fd99::1", ("10.9.0.2/24", "fd99::2/64"), "fd99::2"),
+    ("10.9.0.1", ("10.9.0.2/24", "fd99::2/64"), "10.9.0.2"),
+    ("fd99::1", ("10.9.0.2/24",), None),  # no IPv6 address: the shell binds the device
+])
+def test_probe_source_has_the_targets_family(target, addresses, source):
+    peers = (model.Peer("wg0", "office", KEY, (model.Endpoint(IP1),), ("10.9.0.0/24", "fd99::/64"), 0, target),)
+    base = make_config(peers=peers)
+    tunnel = model.Tunnel("wg0", peers, addresses=addresses, probe_source="10.9.0.2")
+    rig = Rig(config=model.Config(base.settings, base.wans, (tunnel,)))
+    rig.step()
+    rig.check()
+    (p,) = of(rig.check(tx=5000), model.Probe)
+    assert (p.target, p.source) == (target, source)
+
+
+def test_tunnels_sharing_an_endpoint_address_ride_the_same_wan():
+    """Two tunnels to one server address (other ports): the kernel has one
+    host route for that address, so when one tunnel's recovery leaves a WAN,
+    the other follows instead of silently riding the moved route."""
+    base = make_config()
+    p0 = model.Peer("wg0", "a", KEY, (model.Endpoint(IP1),), ("10.9.0.0/24",), 0, "10.9.0.1")
+    p1 = model.Peer("wg1", "b", KEY2, (model.Endpoint(IP1, 51821),), ("10.8.0.0/24",), 0, "10.8.0.1")
+    cfg = model.Config(base.settings, base.wans, (model.Tunnel("wg0", (p0,)), model.Tunnel("wg1", (p1,))))
+    rig = Rig(config=cfg)
+    rig.step()
+    rig.check(key=("wg0", KEY), rx=100, tx=100)
+    moved = []
+    for _ in range(12):  # wg1's far end stops answering on wan; wg0 keeps working
+        rig.traffic(("wg0", KEY), rx=100, tx=100)
+        d = rig.check(key=("wg1", KEY2), tx=5000)
+        ev = []
+        if of(d, model.ProbeWan):
+            ev.append(wan_probe("wan", True))
+        if of(d, model.Probe):
+            ev.append(model.Event("probe", {"tunnel": "wg1", "peer": KEY2, "ok": False}))
+        d = rig.step(*ev, dt=0.5)
+        rig.t = max(rig.t, rig.engine._next_check - 0.01)
+        moved = [a for a in of(d, model.ApplyPath) if a.tunnel == "wg1" and a.wan == "wanb"]
+        if moved:
+            break
+        assert not [a for a in of(d, model.ApplyPath) if a.tunnel == "wg0"]  # wg0 stays meanwhile
+    assert moved, "wg1 never left wan"
+    # in the same step: wg0 follows the shared route
+    (ap,) = [a for a in of(d, model.ApplyPath) if a.tunnel == "wg0"]
+    assert ap.wan == "wanb" and ap.address == IP1
+    (tr,) = [t for t in transitions(d, "failover") if t.tunnel == "wg0"]
+    assert "wg1 left wan" in tr.because and IP1 in tr.because, tr
+    snap = rig.engine.snapshot(rig.t)["tunnels"]
+    assert snap["wg0"]["wan"] == snap["wg1"]["wan"] == "wanb"

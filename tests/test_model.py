@@ -44,3 +44,10 @@ def test_age(seconds, text):
     ("192.0.2.1", 4), ("2001:db8::1", 6), ("fe80::1", 6), ("::ffff:192.0.2.1", 6)])
 def test_family(address, version):
     assert model.family(address) == version
+
+
+def test_tunnel_probe_source_of_the_targets_family():
+    t = model.Tunnel("wg0", (), addresses=("10.99.0.2/24", "fd99::2/64"), probe_source="10.99.0.2")
+    assert t.source_for("10.99.0.1") == "10.99.0.2"
+    assert t.source_for("fd99::1") == "fd99::2"
+    assert model.Tunnel("wg0", (), addresses=("10.99.0.2/24",), probe_source="10.99.0.2").source_for("fd99::1") is None

@@ -74,3 +74,16 @@ def test_reap_does_not_wait_for_a_lingering_grandchild():
         assert (rc, err) == (0, "warn\n")
     finally:
         os.kill(pid, 9)
+
+
+def test_fork_failure_is_a_result_or_cannot_start(monkeypatch):
+    def no_memory(*args, **kw):
+        raise OSError(12, "Cannot allocate memory")  # fork() on a router short of memory
+
+    monkeypatch.setattr(runner.subprocess, "Popen", no_memory)
+    r = runner.Runner().run(["wg", "show", "all", "dump"])
+    assert r == runner.Result(runner.CANNOT_START_RC, "", "cannot start wg: Cannot allocate memory")
+    with pytest.raises(runner.CannotStart) as e:
+        runner.Runner().spawn(["ping", "-c", "1", "10.9.0.1"])
+    assert str(e.value) == "cannot start ping: Cannot allocate memory"
+    assert isinstance(e.value, runner.wgrouter.Error) and issubclass(runner.CommandMissing, runner.CannotStart)

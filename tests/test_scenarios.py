@@ -496,3 +496,20 @@ def test_a_broken_config_at_start_is_fixed_and_reloaded_without_a_respawn(lab_fa
     with open(os.path.join(lab.root, "var/run/wgrouter/ifaces")) as f:
         assert f.read().split() == ["wan", "wanb", lab.router_wg]
     assert lab.tunnel_works(10)
+
+
+def test_without_dnspython_a_name_keeps_netifds_address_and_fails_over(wlab):
+    """python3-dns is optional (it pulls in the whole python3): without it
+    the daemon keeps the address netifd resolved, says why once, and still
+    moves the tunnel between WANs."""
+    lab = wlab(endpoints=[], without=("dns",))
+    assert scenarios.peer_status(lab)["endpoint"] == "%s:%d" % (topology.VPN_ADDRESSES[0],
+                                                               topology.VPN_PORT)
+    assert lab.wait_for(lambda: "python3-dns is not installed" in daemon_log(lab), 10 * SCALE), \
+        daemon_log(lab)
+    out = scenarios.carrier_loss(lab, lab.probes, lab.cap)
+    assert out.recovered, daemon_log(lab)
+    assert out.seconds <= CARRIER_BOUND, (out, daemon_log(lab))
+    assert tunnel_wan_after(lab, out.fault_time + out.seconds) == "wanb"
+    assert lab.cap.leaks(since=out.fault_time - 1) == []
+    assert daemon_log(lab).count("python3-dns is not installed") == 1, daemon_log(lab)

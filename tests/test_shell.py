@@ -89,7 +89,7 @@ def test_observe_wg_failure(sh, kernel_calls, rule, error):
     fake.on(["wg"], **rule)
     wans, peers, tunnels = s.observe(True)
     assert set(wans) == {"wan", "wanb"}
-    assert peers == {} and tunnels == frozenset()
+    assert peers == {} and tunnels is None  # unknown, not "none present"
     assert error in s.wg_error
 
 
@@ -328,3 +328,69 @@ def test_child_cancelled_by_a_sibling_in_the_same_select_batch_is_ignored(sh):
             raise ValueError("I/O operation on closed file")
 
     assert s._readable(Closed()) == []
+
+
+# ------------------------------------------------------------ review fixes
+
+
+def test_observe_puts_handshakes_on_the_monotonic_clock(tmp_path, kernel_calls, monkeypatch):
+    mono = [1000.0]  # time.monotonic(): seconds since boot
+    wall = [1700000010.0]  # the kernel's latest_handshake is unix time
+    monkeypatch.setattr(shell.time, "time", lambda: wall[0])
+    fake = FakeRunner().on(["wg", "show", "all", "dump"], out=DUMP)  # handshake at 1700000000
+    s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path), clock=lambda: mono[0])
+    _, peers, _ = s.observe(True)
+    assert peers[("wg0", KEY)].latest_handshake == 990.0  # 10 s old, on the engine's clock
+    mono[0] += 5
+    wall[0] -= 3600  # NTP steps the wall clock back: the same handshake is 15 s old, not -3585 s
+    _, peers, _ = s.observe(False)
+    assert peers[("wg0", KEY)].latest_handshake == 990.0
+    fake.on(["wg", "show", "all", "dump"], out=DUMP.replace("1700000000", "1699996400"))  # a new one, 10 s ago
+    _, peers, _ = s.observe(False)
+    assert peers[("wg0", KEY)].latest_handshake == 995.0
+
+
+@pytest.mark.parametrize("target, source, device, expected", [
+    ("fd99::1", "10.99.0.2", "wg0", ["-I", "wg0"]),  # IPv4 source for an IPv6 target: bind the device
+    ("fd99::1", "fd99::2", "wg0", ["-I", "fd99::2"]),
+    ("10.99.0.1", "10.99.0.2", "wg0", ["-I", "10.99.0.2"]),
+    ("2001:db8::1", "eth0.2", None, ["-I", "eth0.2"]),  # a device, even with a dot
+    ("fd99::1", "10.99.0.2", None, []),  # nothing of its family to bind: the route decides
+])
+def test_ping_source_matches_the_targets_family(target, source, device, expected):
+    argv = shell.ping_argv(target, source, 2.0, device=device)
+    assert argv == ["ping", "-c", "1", "-W", "2"] + expected + [target]
+
+
+def test_ipv6_probe_with_an_ipv4_source_binds_the_tunnel(sh):
+    s, fake = sh
+    sel = selectors.DefaultSelector()
+    s.execute(model.Probe("wg0", KEY, "fd99::1", "10.9.0.2", 1.0), sel)
+    assert fake.spawned == [["ping", "-c", "1", "-W", "1", "-I", "wg0", "fd99::1"]]
+    loop(s, sel)
+
+
+class ForkFails(FakeRunner):
+    """fork() fails: ENOMEM / EAGAIN on a 64 MB router."""
+
+    def run(self, argv, timeout=5.0, input=None):
+        raise OSError(12, "Cannot allocate memory")
+
+    def spawn(self, argv, cwd=None):
+        raise OSError(11, "Resource temporarily unavailable")
+
+
+def test_fork_failure_is_an_error_not_an_exception(tmp_path, kernel_calls):
+    s = shell.Shell(CONFIG, runner=ForkFails(), root=str(tmp_path))
+    wans, peers, tunnels = s.observe(True)
+    assert peers == {} and tunnels is None and "Cannot allocate memory" in s.wg_error
+    sel = selectors.DefaultSelector()
+    (ev,) = s.execute(model.Probe("wg0", KEY, "10.9.0.1", None, 1.0), sel)
+    assert (ev.kind, ev.data["tunnel"], ev.data["ok"]) == ("probe", "wg0", False)
+    assert "Resource temporarily unavailable" in ev.data["error"]
+    (ev,) = s.execute(model.ProbeWan("wan", "eth1", ("1.1.1.1",), 1.0), sel)
+    assert (ev.kind, ev.data["wan"], ev.data["ok"]) == ("wan_probe", "wan", False)
+    assert "Resource temporarily unavailable" in ev.data["error"]
+    (ev,) = s.execute(model.ApplyPath("wg0", KEY, "wan", "eth1", "10.1.0.1", "198.51.100.7", 51820, 25), sel)
+    assert not ev.data["ok"] and "Cannot allocate memory" in ev.data["error"]
+    assert s.children == []

@@ -113,6 +113,7 @@ class State:
     """The host routes and rules wgrouter added, as a JSON file.
 
     routes: {"ADDR table": {"address", "table", "device", "gateway", "owners": [[tunnel, key], ...]}}
+            (no owners: nobody uses it, but deleting it failed; it is retried)
     rules:  {"ADDR table": {"address", "table", "pref"}}
     """
 
@@ -191,6 +192,8 @@ class Applier:
             if missing:
                 raise
             raise StepFailed("%s: %s" % (" ".join(argv), e)) from None
+        except OSError as e:  # a runner that lets a failed fork through
+            raise StepFailed("%s: cannot start: %s" % (" ".join(argv), e)) from None
         if result.rc in ok_rcs:
             return result
         err = result.err.strip()
@@ -220,6 +223,16 @@ class Applier:
             record["owners"] = [o for o in record["owners"] if tuple(o) != owner]
             if not record["owners"]:
                 self._drop(key, steps)
+
+    def _retry_drops(self, keep, steps):
+        """Delete the routes an earlier delete failed on: they stay recorded
+        without owners until it works.  Their failure is noted, not this
+        action's: it is retried on every apply and on stop."""
+        for key in [k for k, r in self.state.routes.items() if not r["owners"] and k != keep]:
+            try:
+                self._drop(key, steps)
+            except StepFailed as e:
+                self.notes.append("old route not deleted yet, retried on the next apply: %s" % e)
 
     def _event(self, action, error, steps):
         data = {"action": action, "ok": not error, "error": error, "steps": steps}
@@ -292,6 +305,7 @@ class Applier:
             steps.append("endpoint")
             # 4. the routes this peer used before, if nobody else uses them
             try:
+                self._retry_drops(key, steps)
                 self._release(owner, key, steps)
             finally:
                 self.state.save()
@@ -314,6 +328,7 @@ class Applier:
         key = State.key(a.address, a.table)
         record = self.state.routes.get(key)
         try:
+            self._retry_drops(key, steps)
             if record is not None:
                 record["owners"] = [o for o in record["owners"] if tuple(o) != owner]
                 if not record["owners"]:

@@ -7,8 +7,13 @@ the absolute time to call ``step()`` again.  Randomness (jitter) comes only
 from the ``random.Random`` given to the constructor; without one there is no
 jitter and the engine is fully deterministic.
 
-``now`` must be unix time (``time.time()``): handshake ages are computed
-against ``PeerStats.latest_handshake``, which the kernel reports in unix time.
+``now`` is a monotonic clock in seconds (the daemon uses ``time.monotonic()``),
+so that a step of the wall clock (NTP at boot on a router without RTC,
+``date -s``) neither stalls the monitor nor cuts a failback hold-down short.
+``PeerStats.latest_handshake`` must be on the same clock: the shell converts
+the kernel's unix time when it builds the observation.  The engine's clock
+means nothing to people: ``snapshot(now, wall)`` shows its absolute times as
+unix time, and the daemon stamps events with the wall clock.
 """
 
 from __future__ import annotations
@@ -37,6 +42,12 @@ DNS_JITTER = 0.1
 # s after a probe's own timeout before a missing answer counts as failed: the
 # shell may run probes one after another.
 ANSWER_GRACE = 5.0
+# s floor on the delay before a name is asked again.  dns_ttl_min may be 0
+# and a TTL may be 0: the name would then be asked again in the same step,
+# forever.  A fixed second (not check_interval, which may be any small
+# value) bounds it to one query per name per second whatever the settings,
+# and still follows a moved name within the failover budget.
+DNS_REFRESH_MIN = 1.0
 # s before a Resolve that got no answer counts as failed (dnspython's lifetime
 # through two servers is well below this).
 RESOLVE_ANSWER_TIMEOUT = 30.0
@@ -88,6 +99,7 @@ class _WanTrack:
     healed: str = ""  # what last cleared the unhealthy mark
     probe_until: typing.Optional[float] = None  # a ProbeWan is out until then
     probe_sent: typing.Optional[float] = None
+    probe_error: str = ""  # ": why" the last ProbeWan failed, as the shell said
     proven_at: typing.Optional[float] = None  # a tunnel probe through it last answered
 
 
@@ -136,6 +148,7 @@ class _TunnelState:
     down: bool = False
     ifdown: bool = False  # hotplug ifdown of the tunnel itself
     present: bool = True
+    in_kernel: bool = True  # `wg show` lists the device (kept while it cannot tell)
     wan_address: typing.Optional[str] = None  # active WAN's address when applied
     suspect: typing.Dict[str, float] = dataclasses.field(default_factory=dict)
     suspect_count: typing.Dict[str, int] = dataclasses.field(default_factory=dict)
@@ -196,6 +209,12 @@ def bad_address(address: str, allowed_ips: typing.Iterable[str] = ()) -> typing.
 def _hostkey(host: str) -> str:
     """A host name as the engine keys it: lower case, no trailing dot."""
     return str(host).lower().rstrip(".")
+
+
+def _why(data) -> str:
+    """": error" of a failed probe's event, or "" when the shell gave none."""
+    error = " ".join(str(data.get("error") or "").split())
+    return ": " + error if error else ""
 
 
 def _fmt(seconds: float) -> str:
@@ -267,9 +286,14 @@ class Engine:
             out.extend(self._remove_paths(ps))
         return tuple(out)
 
-    def snapshot(self, now: float) -> dict:
-        """JSON-able status for ubus, MQTT and the CLI."""
+    def snapshot(self, now: float, wall: typing.Optional[float] = None) -> dict:
+        """JSON-able status for ubus, MQTT and the CLI.
+
+        ``wall`` is the unix time at ``now``: absolute times (events, next
+        check, backoff, last restart) are shown on it.  Without it they are
+        shown on the engine's own clock."""
         settings = self._config.settings
+        shift = 0.0 if wall is None else wall - now
         wans = {}
         for i, wan in enumerate(self._config.wans):
             wt = self._wans[wan.name]
@@ -316,25 +340,25 @@ class Engine:
                     "tx": int(st.tx) if st else 0,
                     "last_step": ps.last_step,
                     "recovery_steps": ps.steps_done,
-                    "backoff_until": ps.backoff_until if ps.backoff_until > now else None,
+                    "backoff_until": ps.backoff_until + shift if ps.backoff_until > now else None,
                     "evidence": ps.evidence or None,
                 }
             tunnels[name] = {
                 "wan": ts.wan,
                 "state": DOWN if ts.down or not ts.present else self._tunnel_state(ts),
-                "suspect_wans": {w: until for w, until in ts.suspect.items() if until > now},
-                "last_restart": ts.last_restart,
+                "suspect_wans": {w: until + shift for w, until in ts.suspect.items() if until > now},
+                "last_restart": None if ts.last_restart is None else ts.last_restart + shift,
                 "peers": peers,
             }
         return {
-            "time": now,
+            "time": now + shift,
             "pinned": self._pinned,
-            "next_check": self._next_check if self._managed() else None,
+            "next_check": self._next_check + shift if self._managed() else None,
             "check_interval": settings.check_interval,
             "wans": wans,
             "tunnels": tunnels,
             "events": [
-                {"time": t, "kind": tr.kind, "tunnel": tr.tunnel, "peer": tr.peer,
+                {"time": t + shift, "kind": tr.kind, "tunnel": tr.tunnel, "peer": tr.peer,
                  "was": tr.was, "now": tr.now, "because": tr.because, "text": str(tr)}
                 for t, tr in self._ring
             ],
@@ -495,7 +519,7 @@ class Engine:
             self._wans[ts.wan].proven_at = self._now
             self._recovered(ps, "probe to %s answered" % ps.peer.probe)
         else:
-            ps.evidence += "; probe to %s failed" % ps.peer.probe
+            ps.evidence += "; probe to %s failed%s" % (ps.peer.probe, _why(data))
             ps.probe_failed = True
             self._verdict(ts, ps)
 
@@ -505,6 +529,7 @@ class Engine:
         if wt is None:
             return
         wt.probe_until = None
+        wt.probe_error = "" if ok else _why(data)
         if ok:
             if wt.unhealthy and not wt.mwan3_down:
                 wt.unhealthy = False
@@ -522,9 +547,9 @@ class Engine:
             return
         if not wt.unhealthy:
             wt.unhealthy = True
-            wt.why = "unhealthy (track ips do not answer)"
+            wt.why = "unhealthy (track ips do not answer%s)" % wt.probe_error
         elif wt.mwan3_down:
-            wt.why = "unhealthy (mwan3 reports it disconnected; track ips do not answer)"
+            wt.why = "unhealthy (mwan3 reports it disconnected; track ips do not answer%s)" % wt.probe_error
         for ts, ps in list(self._waiting_on(wan)):
             self._verdict(ts, ps)
 
@@ -562,7 +587,7 @@ class Engine:
         s = self._config.settings
         ttl = min(max(float(data.get("ttl") or 0), s.dns_ttl_min), s.dns_ttl_max)
         hs.ttl = ttl
-        hs.refresh_at = self._now + self._scale(ttl, 0.0, DNS_JITTER)
+        hs.refresh_at = self._now + self._scale(max(ttl, DNS_REFRESH_MIN), 0.0, DNS_JITTER)
         hs.failures = 0
         if chosen != hs.address:
             for ps in users:
@@ -585,7 +610,7 @@ class Engine:
         # Retried soon at first, then no slower than the shortest TTL honoured:
         # a peer waiting for its first address must not wait minutes.
         delay = min(s.backoff_base * (2.0 ** min(hs.failures - 1, 30)), max(s.dns_ttl_min, s.backoff_base))
-        hs.refresh_at = self._now + self._scale(delay, -BACKOFF_JITTER, 0.0)
+        hs.refresh_at = self._now + max(self._scale(delay, -BACKOFF_JITTER, 0.0), DNS_REFRESH_MIN)
         if hs.failures == 1:
             for ps in self._peers.values():
                 if self._current_host(ps) == host:
@@ -595,15 +620,26 @@ class Engine:
 
     def _on_applied(self, data) -> None:
         action = data["action"]
+        note = data.get("note")
         if not isinstance(action, model.ApplyPath):
+            if isinstance(action, model.RemovePath) and (not data.get("ok") or note):
+                # the peer may be gone from the configuration: its key names it
+                self._transition(action.tunnel, action.peer[:8], "removing route to %s" % action.address,
+                                 "removed" if data.get("ok") else "not removed",
+                                 "; ".join(t for t in (data.get("error"), note) if t), "state")
+            elif isinstance(action, model.RestartTunnel) and not data.get("ok"):
+                self._transition(action.tunnel, None, "restarting", "not restarted", data.get("error") or "", "state")
             return
         ps = self._peers.get((action.tunnel, action.peer))
         if ps is None:
             return
         path = dataclasses.replace(action, old_address=None)
+        applying = "applying %s via %s" % (model.Endpoint(path.address, path.port), path.wan)
         if data.get("ok"):
             if ps.applied == path:
                 ps.apply_failures = 0
+            if note:  # the applier gives each note once
+                self._transition(action.tunnel, ps.peer.label, applying, "applied", note, "state")
             return
         if ps.applied != path:
             return  # an older path failed; a newer one is already out
@@ -612,9 +648,8 @@ class Engine:
         delay = self.backoff(ps.apply_failures)
         ps.apply_failures += 1
         ps.apply_retry_at = self._now + delay
-        self._transition(action.tunnel, ps.peer.label,
-                         "applying %s via %s" % (model.Endpoint(path.address, path.port), path.wan), "not applied",
-                         "%s; retry in %s" % (data.get("error") or "apply failed", _fmt(delay)), "state")
+        self._transition(action.tunnel, ps.peer.label, applying, "not applied", "%s; retry in %s%s" % (
+            data.get("error") or "apply failed", _fmt(delay), "; " + note if note else ""), "state")
 
     # ------------------------------------------------ WAN tracking
 
@@ -647,7 +682,7 @@ class Engine:
                     because = "link, address and default route present" + (
                         "; " + wt.healed if wt.label == "unhealthy" and wt.healed else "")
                 else:
-                    because = wt.why.partition("(")[2].rstrip(")") or wt.why
+                    because = wt.why.partition(" (")[2][:-1] or wt.why
                 self._transition(wan.name, None, wt.label, label, because, "wan")
                 wt.label = label
 
@@ -753,7 +788,7 @@ class Engine:
         ps.probe_wan = ts.wan
         if ps.peer.probe:
             self._out.append(model.Probe(tunnel=ps.peer.tunnel, peer=ps.peer.public_key, target=ps.peer.probe,
-                                         source=ts.tunnel.probe_source, timeout=s.probe_timeout))
+                                         source=ts.tunnel.source_for(ps.peer.probe), timeout=s.probe_timeout))
             ps.probe_until = self._now + s.probe_timeout + ANSWER_GRACE
         else:
             ps.evidence += "; no probe target"
@@ -799,7 +834,7 @@ class Engine:
             # The WAN itself is dead: skip re-resolving and other candidates;
             # the WAN choice of this step moves every tunnel off it.
             ps.candidate = 0
-            self._ladder_done(ps, STEP_WAN, ps.evidence + "; wan probe of %s failed" % ts.wan)
+            self._ladder_done(ps, STEP_WAN, ps.evidence + "; wan probe of %s failed%s" % (ts.wan, wt.probe_error))
             ps.ladder = 0  # a fresh path: the ladder starts over on the new WAN
             return
         self._recover(ts, ps)
@@ -895,7 +930,8 @@ class Engine:
         for w in list(ts.suspect):
             if ts.suspect[w] <= now:
                 del ts.suspect[w]
-        good = [w for w in up if self._wans[w].usable and w not in ts.suspect] or \
+        suspect, shared = self._suspects(ts)
+        good = [w for w in up if self._wans[w].usable and w not in suspect] or \
             [w for w in up if self._wans[w].usable] or up
         cur = ts.wan
         if cur is not None and cur in good:
@@ -911,17 +947,46 @@ class Engine:
             return choice, "start" if ts.last_wan is None else "%s is up" % choice
         if ts.reason and cur in ts.suspect:
             return choice, ts.reason
+        if cur in shared:
+            return choice, shared[cur]
         return choice, "%s is %s" % (cur, self._wans[cur].why if not self._wans[cur].usable else "not preferred")
+
+    def _suspects(self, ts: _TunnelState):
+        """WANs the tunnel avoids: its own suspects, and those of any tunnel
+        with a peer at one of its endpoint addresses.  The kernel has one
+        host route (and, with mwan3, one rule) per address, so such tunnels
+        must ride the same WAN.  Returns (suspects, {wan: why, for the
+        shared ones})."""
+        suspect = dict(ts.suspect)
+        shared: typing.Dict[str, str] = {}
+        mine = {ps.applied.address for ps in self._tunnel_peers(ts) if ps.applied}
+        for other in self._tunnels.values():
+            if other is ts or not mine:
+                continue
+            common = mine & {ps.applied.address for ps in self._tunnel_peers(other) if ps.applied}
+            for w, until in other.suspect.items():
+                if common and until > self._now and w not in suspect:
+                    suspect[w] = until
+                    shared[w] = "%s left %s, and the endpoint address %s is one route for both" % (
+                        other.tunnel.name, w, min(common))
+        return suspect, shared
 
     def _evaluate_tunnel(self, ts: _TunnelState) -> None:
         peers = self._tunnel_peers(ts)
         if not peers:
             return
         now = self._now
-        present = not ts.ifdown and (not self._obs.tunnels or ts.tunnel.name in self._obs.tunnels)
+        name = ts.tunnel.name
+        if self._obs.tunnels is not None:
+            ts.in_kernel = name in self._obs.tunnels
+        present = not ts.ifdown and ts.in_kernel
         if present and not ts.present:
+            self._transition(name, None, DOWN, ts.wan or "none", "tunnel %s is back" % name, "state")
             for ps in peers:
-                ps.force = ps.force or "tunnel %s is back" % ts.tunnel.name
+                ps.force = ps.force or "tunnel %s is back" % name
+        elif ts.present and not present:
+            self._transition(name, None, ts.wan or "none", DOWN,
+                             "hotplug ifdown" if ts.ifdown else "device %s is gone" % name, "state")
         ts.present = present
         choice, because = self._choose(ts)
         if choice is None:
@@ -966,7 +1031,8 @@ class Engine:
             for ps in peers:
                 ps.force = ps.force or "%s address changed %s -> %s" % (choice, ts.wan_address, address)
         ts.wan_address = address or ts.wan_address
-        have_stats = bool(self._obs.peers)
+        # which peers the kernel has is known whenever its tunnels are
+        have_stats = self._obs.tunnels is not None or bool(self._obs.peers)
         for ps in peers:
             if have_stats and ps.peer.key not in self._obs.peers:
                 continue  # not configured in the kernel: `wg set` would create it

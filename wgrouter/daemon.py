@@ -182,7 +182,7 @@ class Daemon:
         self.kernel_changed = True
         self.running = False
         self.reload_requested = False
-        self.started = time.time()
+        self.started = time.monotonic()
         self.snapshot = {}
         self.ubus = None
         self.mqtt = None
@@ -227,10 +227,13 @@ class Daemon:
         self.control.setblocking(False)
         self.sel.register(self.control, selectors.EVENT_READ, self._on_control)
 
+        # The core and the shell run on the monotonic clock: a step of the
+        # wall clock (NTP at boot without RTC, date -s) neither stalls the
+        # monitor nor cuts a hold-down short.  People see wall time.
         self.shell = wshell.Shell(
             self.config, root=self.root, restart_cmd=self.restart_cmd,
-            state_path=_path(self.root, STATE))
-        now = time.time()
+            state_path=_path(self.root, STATE), clock=time.monotonic)
+        now = time.monotonic()
         self.engine = core.Engine(self.config, now, rng=random.Random())
         # published last, once the signal handlers are in place (the hotplug
         # script sends SIGUSR1 to this pid); then take what it spooled meanwhile
@@ -375,7 +378,7 @@ class Daemon:
         snap = dict(self.snapshot)
         snap["version"] = wgrouter.__version__
         snap["pid"] = os.getpid()
-        snap["uptime"] = round(time.time() - self.started, 1)
+        snap["uptime"] = round(time.monotonic() - self.started, 1)
         snap["wakeups"] = self.wakeups
         if self.observe_errors:
             snap["errors"] = list(self.observe_errors)
@@ -391,7 +394,7 @@ class Daemon:
             log("reload refused, keeping the running configuration: %s" % e)
             return
         old_mqtt, self.config = self.config.mqtt, cfg
-        self.engine.reconfigure(cfg, time.time())
+        self.engine.reconfigure(cfg, time.monotonic())
         self.shell.reconfigure(cfg)
         try:
             write_ifaces(self.root, cfg)
@@ -414,6 +417,7 @@ class Daemon:
         log("configuration reloaded")
 
     def _step(self, now):
+        """One engine step at ``now`` (time.monotonic())."""
         wans, peers, tunnels = self.shell.observe(self.kernel_changed)
         self.kernel_changed = False
         errors = tuple(e for e in (self.shell.wg_error, self.shell.kernel_error) if e)
@@ -427,19 +431,20 @@ class Daemon:
         events, self.pending = tuple(self.pending), []
         obs = model.Observation(wans=wans, peers=peers, tunnels=tunnels, events=events)
         decision = self.engine.step(obs, now)
+        wall = time.time()
         for action in decision.actions:
             if isinstance(action, model.Transition):
-                self._transition(action, now)
+                self._transition(action, wall)
             else:
                 self.pending.extend(self.shell.execute(action, self.sel))
-        self.snapshot = self.engine.snapshot(now)
+        self.snapshot = self.engine.snapshot(now, wall=wall)
         if self.mqtt is not None:
             self.mqtt.publish_state(self.snapshot)
         return decision.deadline
 
-    def _transition(self, t, now):
+    def _transition(self, t, wall):
         log(str(t))
-        data = {"time": now, "tunnel": t.tunnel, "peer": t.peer, "was": t.was,
+        data = {"time": wall, "tunnel": t.tunnel, "peer": t.peer, "was": t.was,
                 "now": t.now, "because": t.because, "kind": t.kind}
         if self.ubus is not None:
             try:
@@ -452,7 +457,8 @@ class Daemon:
     def _timeout(self, deadline, now):
         candidates = [d for d in (deadline, self.shell.deadline()) if d is not None]
         if self.mqtt is not None:
-            candidates.append(self.mqtt.heartbeat_due(now))
+            wall = time.time()  # heartbeats are timed on the wall clock
+            candidates.append(self.mqtt.heartbeat_due(wall) - wall + now)
         if not candidates:
             return None
         return max(0.0, min(candidates) - now)
@@ -467,9 +473,9 @@ class Daemon:
             os.getpid(), len(self.config.tunnels),
             ", ".join(w.name for w in self.config.wans) or "none"))
         try:
-            deadline = self._guarded_step(time.time())
+            deadline = self._guarded_step(time.monotonic())
             while self.running:
-                now = time.time()
+                now = time.monotonic()
                 timeout = 0.0 if self.pending else self._timeout(deadline, now)
                 ready = self.sel.select(timeout)
                 self.wakeups += 1
@@ -479,10 +485,11 @@ class Daemon:
                     break
                 if self.reload_requested:
                     self._reload()
-                now = time.time()
+                now = time.monotonic()
                 self.pending.extend(self.shell.expire(now))
-                if self.mqtt is not None and now >= self.mqtt.heartbeat_due(now):
-                    self.mqtt.heartbeat(now, self.snapshot)
+                wall = time.time()
+                if self.mqtt is not None and wall >= self.mqtt.heartbeat_due(wall):
+                    self.mqtt.heartbeat(wall, self.snapshot)
                 if self.pending or (deadline is not None and now >= deadline):
                     deadline = self._guarded_step(now)
         finally:

@@ -61,6 +61,15 @@ class Tunnel:
     listen_port: typing.Optional[int] = None
     probe_source: typing.Optional[str] = None  # tunnel address used for probes
 
+    def source_for(self, target: str) -> typing.Optional[str]:
+        """The tunnel address to ping ``target`` from: one of its family
+        (probe_source first), None when the tunnel has none (the shell then
+        binds the ping to the tunnel device)."""
+        for address in (self.probe_source,) + tuple(a.split("/")[0] for a in self.addresses):
+            if address and family(address) == family(target):
+                return address
+        return None
+
 
 @dataclasses.dataclass(frozen=True)
 class Wan:
@@ -164,7 +173,7 @@ class PeerStats:
     """One row of `wg show IF dump` for a peer."""
 
     endpoint: typing.Optional[str]  # "ip:port" as wg reports it, None = (none)
-    latest_handshake: int  # unix time, 0 = never
+    latest_handshake: float  # on the engine's clock (the kernel says unix time), 0 = never
     rx: int
     tx: int
     keepalive: int  # 0 = off
@@ -177,11 +186,12 @@ class Event:
     kind is one of:
       "hotplug"      data: {"action": "ifup"|"ifdown"|..., "interface": str}
       "link"         kernel link/route/address notification, data: {}
-      "probe"        data: {"tunnel", "peer" (public key), "ok": bool}
-      "wan_probe"    data: {"wan", "ok": bool}
+      "probe"        data: {"tunnel", "peer" (public key), "ok": bool, "error": str (why it failed)}
+      "wan_probe"    data: {"wan", "ok": bool, "error": str (why it failed)}
       "resolved"     data: {"host", "wan", "addresses": [str], "ttl": int}
       "resolve_failed" data: {"host", "wan", "error": str}
-      "applied"      data: {"action": Action, "ok": bool, "error": str}
+      "applied"      data: {"action": Action, "ok": bool, "error": str, "steps": [str],
+                             "note": str (something to log once, e.g. conntrack missing)}
       "switch"       manual switch request, data: {"wan": str|None} (None = auto)
       "reapply"      re-apply everything, data: {}
     """
@@ -194,7 +204,8 @@ class Event:
 class Observation:
     wans: typing.Mapping[str, WanState]
     peers: typing.Mapping[typing.Tuple[str, str], PeerStats]  # (tunnel, key)
-    tunnels: typing.FrozenSet[str] = frozenset()  # tunnel devices present
+    # managed tunnel devices `wg show` lists; None = unknown (wg failed)
+    tunnels: typing.Optional[typing.FrozenSet[str]] = None
     events: typing.Tuple[Event, ...] = ()
 
 

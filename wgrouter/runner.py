@@ -11,7 +11,11 @@ import typing
 import wgrouter
 
 
-class CommandMissing(wgrouter.Error):
+class CannotStart(wgrouter.Error):
+    """command could not be started"""
+
+
+class CommandMissing(CannotStart):
     """command not found"""
 
 
@@ -23,6 +27,9 @@ class Result(typing.NamedTuple):
 
 # rc reported for a command that had to be killed (same as coreutils timeout).
 TIMEOUT_RC = 124
+# rc reported for a command that could not be started (as the shell does):
+# fork or exec failed, e.g. ENOMEM or EAGAIN on a router short of memory.
+CANNOT_START_RC = 126
 
 
 class Runner:
@@ -30,7 +37,9 @@ class Runner:
 
     def run(self, argv, timeout=5.0, input=None) -> Result:
         """Run argv to completion. A non-zero exit is a Result, not an error;
-        a command running longer than ``timeout`` is killed and gets rc 124."""
+        a command running longer than ``timeout`` is killed and gets rc 124,
+        one that cannot be started (fork failed) rc 126.  A missing command
+        raises CommandMissing."""
         argv = [str(a) for a in argv]
         try:
             proc = subprocess.Popen(
@@ -42,6 +51,8 @@ class Runner:
             )
         except FileNotFoundError:
             raise CommandMissing("command not found: %s" % argv[0]) from None
+        except OSError as e:
+            return Result(CANNOT_START_RC, "", _cannot_start(argv, e))
         data = input.encode() if isinstance(input, str) else input
         try:
             out, err = proc.communicate(data, timeout=timeout)
@@ -53,7 +64,8 @@ class Runner:
 
     def spawn(self, argv, cwd=None) -> subprocess.Popen:
         """Start argv as an async child: stdout and stderr are pipes the
-        caller reads (stdout through the selectors loop) and reaps."""
+        caller reads (stdout through the selectors loop) and reaps.  Raises
+        CannotStart (CommandMissing when it is not installed)."""
         argv = [str(a) for a in argv]
         try:
             return subprocess.Popen(
@@ -66,6 +78,12 @@ class Runner:
             )
         except FileNotFoundError:
             raise CommandMissing("command not found: %s" % argv[0]) from None
+        except OSError as e:
+            raise CannotStart(_cannot_start(argv, e)) from None
+
+
+def _cannot_start(argv, error):
+    return "cannot start %s: %s" % (argv[0], error.strerror or error)
 
 
 def _read_available(fd):

@@ -10,6 +10,7 @@ dumped only when the daemon's monitor saw a change.
 """
 
 import dataclasses
+import ipaddress
 import math
 import os
 import selectors
@@ -37,10 +38,24 @@ CLOCK_SLACK = 0.001
 STATE_FILE = "var/run/wgrouter/applied.json"  # same as control.STATE
 
 
-def ping_argv(target, interface, timeout):
+def ping_argv(target, source, timeout, device=None):
+    """ping once from ``source`` (a device, or an address of the target's
+    family: busybox and iputils take either with -I, but refuse a source
+    address of the other family).  An address of the wrong family gives way
+    to ``device``."""
     # busybox and iputils ping both take whole seconds for -W.
     wait = max(1, int(math.ceil(timeout)))
-    return ["ping", "-c", "1", "-W", str(wait), "-I", interface, target]
+    if source and _is_ip(source) and model.family(source) != model.family(target):
+        source = device
+    return ["ping", "-c", "1", "-W", str(wait)] + (["-I", source] if source else []) + [target]
+
+
+def _is_ip(text):
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 class _Group:
@@ -59,10 +74,12 @@ def _fileobj(child):
 class Shell:
     """Observation and action for the daemon.
 
-    ``clock`` is the daemon's clock (unix time, like the core's ``now``):
-    ``deadline()`` and ``expire(now)`` speak it.  Children are timed on the
-    monotonic clock inside, so an NTP step at boot neither kills them early
-    nor lets them run forever.
+    ``clock`` is the daemon's clock, the core's ``now`` (the daemon passes
+    ``time.monotonic``; the default, unix time, is the old convention):
+    ``deadline()`` and ``expire(now)`` speak it, and ``observe()`` puts the
+    kernel's handshake times on it.  Children are timed on the monotonic
+    clock inside, so an NTP step at boot neither kills them early nor lets
+    them run forever.
     """
 
     def __init__(
@@ -82,6 +99,7 @@ class Shell:
         self.wg_error = ""
         self.kernel_error = ""
         self.children = []  # running runner.Child objects
+        self._handshakes = {}  # (tunnel, key) -> (kernel's unix time, the same on clock)
         self._selector = None
         # for tests: where endpoint name queries go
         self.resolve_port = None
@@ -105,7 +123,9 @@ class Shell:
         """(wan states, {(tunnel, key): PeerStats}, tunnels present).
 
         Netlink is dumped only when ``kernel_changed`` (or on the first call);
-        `wg show all dump` runs every time.
+        `wg show all dump` runs every time.  When it fails, the tunnels
+        present are unknown: None (an empty set says none is there).
+        Handshake times are on ``clock``.
         """
         if kernel_changed or self.wans is None or self.kernel_error:
             try:
@@ -121,25 +141,40 @@ class Shell:
         present = set()
         try:
             result = self.runner.run(["wg", "show", "all", "dump"])
-        except runner_mod.CommandMissing as e:
-            self.wg_error = str(e)
-            return self.wans, peers, frozenset()
+        except (runner_mod.CommandMissing, OSError) as e:  # OSError: fork failed (ENOMEM)
+            self.wg_error = "wg show all dump: %s" % e
+            return self.wans, peers, None
         if result.rc != 0:
             self.wg_error = result.err.strip() or "wg exited %d" % result.rc
-            return self.wans, peers, frozenset()
+            return self.wans, peers, None
         self.wg_error = ""
         try:
             dump = wgdump.parse(result.out)
         except wgdump.BadDump as e:
             self.wg_error = str(e)
-            return self.wans, peers, frozenset()
+            return self.wans, peers, None
+        handshakes = {}
         for tunnel, stats in dump.items():
             if tunnel not in self.tunnel_names:
                 continue
             present.add(tunnel)
             for key, peer in stats.items():
-                peers[(tunnel, key)] = peer
+                peers[(tunnel, key)] = self._on_clock((tunnel, key), peer, handshakes)
+        self._handshakes = handshakes
         return self.wans, peers, frozenset(present)
+
+    def _on_clock(self, key, stats, handshakes):
+        """``stats`` with its handshake time (unix time from the kernel) on
+        ``clock``.  A handshake is converted once, when first seen: a later
+        step of the wall clock does not age it."""
+        raw = stats.latest_handshake
+        if not raw or self.clock is time.time:
+            return stats
+        seen = self._handshakes.get(key)
+        if seen is None or seen[0] != raw:
+            seen = (raw, raw - (time.time() - self.clock()))
+        handshakes[key] = seen
+        return dataclasses.replace(stats, latest_handshake=seen[1])
 
     # ------------------------------------------------------------ execute
 
@@ -165,10 +200,10 @@ class Shell:
                 data["error"] = error
             return [model.Event("probe", data)]
 
-        argv = ping_argv(a.target, a.source or a.tunnel, a.timeout)
+        argv = ping_argv(a.target, a.source or a.tunnel, a.timeout, device=a.tunnel)
         try:
             proc = self.runner.spawn(argv)
-        except runner_mod.CommandMissing as e:
+        except (runner_mod.CannotStart, OSError) as e:  # missing, or fork failed (ENOMEM)
             return event(False, str(e))
 
         def finish(rc, out, err):
@@ -225,7 +260,7 @@ class Shell:
         for target in a.targets:
             try:
                 proc = self.runner.spawn(ping_argv(target, a.device, a.timeout))
-            except runner_mod.CommandMissing as e:
+            except (runner_mod.CannotStart, OSError) as e:  # missing, or fork failed (ENOMEM)
                 group.pending -= 1
                 errors.append(str(e))
                 continue
@@ -246,7 +281,7 @@ class Shell:
             child = resolve.start_query(a, port=self.resolve_port)
         except ImportError as e:
             return [model.Event("resolve_failed", {"host": a.host, "wan": a.wan,
-                                                   "error": "dnspython missing: %s" % e})]
+                                                   "error": "%s (%s)" % (resolve.NO_DNSPYTHON, e)})]
         except wgrouter.Error as e:
             return [model.Event("resolve_failed", {"host": a.host, "wan": a.wan, "error": str(e)})]
         self._start(child, selector)

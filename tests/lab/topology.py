@@ -814,11 +814,12 @@ add rule ip isp srcnat oifname "uplink" snat to %s
         self.watchdog.start()
         return self
 
-    def start_wgrouter(self, hotplug_dir=None, cmd=None, endpoint_host=None, **config):
+    def start_wgrouter(self, hotplug_dir=None, cmd=None, endpoint_host=None, without=(), **config):
         """netifd with nohostroute=1, then ``python3 -m wgrouter run --root ROOT``.
         endpoint_host: netifd's endpoint_host (default: the vpn's DNS name;
         an IPv6 literal such as VPN_ADDRESSES6[0] is written unbracketed, as
-        in OpenWrt's UCI, and bracketed for wg)."""
+        in OpenWrt's UCI, and bracketed for wg).  without: top-level modules
+        the daemon cannot import, as on a router without that package."""
         if hotplug_dir is None:
             hotplug_dir = os.path.join(REPO, "files/etc/hotplug.d/iface")
         net = {"endpoint_host": endpoint_host} if endpoint_host else {}
@@ -830,6 +831,11 @@ add rule ip isp srcnat oifname "uplink" snat to %s
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
         env["WGROUTER_ROOT"] = self.root
         argv = cmd or [sys.executable, "-m", "wgrouter", "run", "--root", self.root]
+        if without:
+            # a router without these optional packages: importing them fails
+            argv = [sys.executable, "-c", "import runpy, sys; sys.modules.update(dict.fromkeys(%r)); "
+                    "runpy.run_module('wgrouter', run_name='__main__')" % (list(without),),
+                    "run", "--root", self.root]
         self.wgrouter_log = self.log("wgrouter.log")
         self.wgrouter = self.popen("router", *argv, cwd=REPO, env=env,
                                    stdout=open(self.wgrouter_log, "a"), stderr=subprocess.STDOUT)
