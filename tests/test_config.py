@@ -280,6 +280,9 @@ DEVICES = [
     ("old-bridge", "option type 'bridge'\n\toption ifname 'eth0 eth3'\n\toption proto 'dhcp'", "br-wanb"),
     ("alias", "option device '@wan'\n\toption proto 'static'", "eth1"),
     ("qmi-sysfs", "option proto 'qmi'\n\toption device '/dev/cdc-wdm0'", "wwan0"),
+    # ModemManager: the modem's sysfs path; the network device sits in one of its USB interfaces
+    ("modemmanager", "option proto 'modemmanager'\n\toption device '/sys/devices/platform/usb1/1-1'",
+     "wwan1"),
 ]
 
 
@@ -287,6 +290,8 @@ DEVICES = [
 def test_wan_device(tmp_path, body, device):
     net = NETWORK.replace("\toption device 'eth2'\n\toption proto 'dhcp'", "\t" + body)
     (tmp_path / "sys/class/usbmisc/cdc-wdm0/device/net/wwan0").mkdir(parents=True)
+    (tmp_path / "sys/devices/platform/usb1/1-1/1-1:1.0/driver").mkdir(parents=True)
+    (tmp_path / "sys/devices/platform/usb1/1-1/1-1:1.4/net/wwan1/queues").mkdir(parents=True)
     cfg = config.load(write(tmp_path, network=net))
     assert cfg.wan("wanb").device == device
 

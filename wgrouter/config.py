@@ -445,13 +445,14 @@ class _Builder:
             if depth > 8:
                 return None, "interface '%s' in %s is an alias loop; set option device" % (name, self.nfile)
             return self.device_of(device[1:], depth + 1)
-        if device.startswith("/dev/"):
+        if device.startswith("/"):
             # qmi, mbim, ncm: the option names the modem's control device,
-            # the data device is the network device of the same USB function
+            # the data device is the network device of the same USB function;
+            # modemmanager: the modem's sysfs path, the network device is in
+            # one of its USB interfaces
             found = self.usb_net(device) if self.usb_net else None
             if found:
                 return found, ""
-        if device.startswith("/"):
             # also modemmanager's sysfs path of the modem (/sys/devices/...)
             return None, ("interface '%s' in %s (proto %s) names the modem '%s', not a network device; "
                           "set option device in this 'config wan' section to the modem's network "
@@ -773,6 +774,16 @@ def from_sections(network: typing.Sequence[uci.Section], wgrouter_sections: typi
 
 def _usb_net(root: str) -> typing.Callable[[str], typing.Optional[str]]:
     def find(control: str) -> typing.Optional[str]:
+        if control.startswith("/sys/"):
+            # /sys/devices/.../1-1 (modemmanager): .../1-1/1-1:1.4/net/wwan0
+            top = os.path.join(root, control.lstrip("/"))
+            for base, dirs, _ in os.walk(top):
+                dirs.sort()
+                if os.path.basename(base) == "net" and dirs:
+                    return dirs[0]
+                if base.count(os.sep) - top.count(os.sep) >= 2:
+                    dirs[:] = [d for d in dirs if d == "net"]
+            return None
         name = os.path.basename(control)
         for cls in ("usbmisc", "usb", "tty"):
             path = os.path.join(root, "sys/class", cls, name, "device/net")
