@@ -397,11 +397,6 @@ ERRORS = [
     ("wan-not-in-network", WGROUTER + "config wan 'wanc'\n", NETWORK,
      WG, "wanc", None, "interface 'wanc' is not in /etc/config/network; set option device"),
     # proto dhcp without a device: a Wi-Fi client uplink, attached from /etc/config/wireless
-    ("wan-no-device", WGROUTER, NETWORK.replace("\toption device 'eth2'\n", ""),
-     WG, "wanb", None, "interface 'wanb' in /etc/config/network has no option device (or ifname), as a Wi-Fi "
-     "client uplink has none (netifd adds the wifi-iface whose option network is 'wanb'); set option device "
-     "in this 'config wan' section to its kernel device (e.g. 'phy0-sta0'; 'ifstatus wanb' shows it as "
-     "l3_device)"),
     # ModemManager keeps the modem's sysfs path in option device
     ("wan-modemmanager", WGROUTER, NETWORK.replace(
         "option device 'eth2'\n\toption proto 'dhcp'",
@@ -717,3 +712,14 @@ def test_shipped_default_config(tmp_path):
     text = "\n".join(line.replace("#option", "option", 1) if line.strip().startswith("#option") else line
                      for line in shipped.splitlines())
     assert config.load(write(tmp_path, wgrouter=text)).settings == model.Settings()
+
+
+def test_wan_without_any_device_is_learned_at_run_time(tmp_path):
+    """A Wi-Fi client uplink has no device in /etc/config/network: the WAN
+    is kept (device learned from netifd's ifup event), with a warning that
+    says how to name it instead."""
+    root = write(tmp_path, network=NETWORK.replace("\toption device 'eth2'\n", ""))
+    assert config.load(root).wan("wanb").device == ""
+    (warning,) = [w for w in config.check(root) if "'wanb'" in w]
+    assert "section 'wanb' (wan)" in warning and "learned from netifd's ifup event" in warning, warning
+    assert "set option device in this 'config wan' section" in warning, warning

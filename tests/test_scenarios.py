@@ -5,6 +5,7 @@ medians over repeated runs.  WGROUTER_LAB_SCALE stretches every bound (the
 QEMU tier, whose handshakes take seconds, sets it).
 """
 
+import json
 import os
 import signal
 import subprocess
@@ -513,3 +514,19 @@ def test_without_dnspython_a_name_keeps_netifds_address_and_fails_over(wlab):
     assert tunnel_wan_after(lab, out.fault_time + out.seconds) == "wanb"
     assert lab.cap.leaks(since=out.fault_time - 1) == []
     assert daemon_log(lab).count("python3-dns is not installed") == 1, daemon_log(lab)
+
+
+def test_a_wan_without_a_named_device_is_learned_from_netifd_and_carries_the_failover(wlab):
+    """A Wi-Fi client backup uplink: no device in either config file.  Its
+    device comes from netifd's ifup event, and failover then uses it."""
+    lab = wlab(lab_kwargs={"unnamed_devices": ("wanb",)})
+    assert scenarios.status(lab)["wans"]["wanb"]["up"] is False  # device not known yet
+    lab.netifd.ifupdate("wanb")  # netifd's event names the device (DEVICE=wanb)
+    assert lab.wait_for(lambda: scenarios.status(lab)["wans"]["wanb"]["up"], 5 * SCALE), daemon_log(lab)
+    out = scenarios.carrier_loss(lab, lab.probes, lab.cap)
+    assert out.recovered, daemon_log(lab)
+    assert out.seconds <= CARRIER_BOUND, (out, daemon_log(lab))
+    assert tunnel_wan_after(lab, out.fault_time + out.seconds) == "wanb"
+    assert lab.cap.leaks(since=out.fault_time - 1) == []
+    with open(os.path.join(lab.root, "var/run/wgrouter/devices.json")) as f:
+        assert json.load(f) == {"wanb": "wanb"}

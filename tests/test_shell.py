@@ -394,3 +394,25 @@ def test_fork_failure_is_an_error_not_an_exception(tmp_path, kernel_calls):
     (ev,) = s.execute(model.ApplyPath("wg0", KEY, "wan", "eth1", "10.1.0.1", "198.51.100.7", 51820, 25), sel)
     assert not ev.data["ok"] and "Cannot allocate memory" in ev.data["error"]
     assert s.children == []
+
+
+def test_a_wan_without_device_learns_it_from_netifds_ifup(tmp_path, kernel_calls):
+    """A Wi-Fi client uplink names no device in /etc/config/network: the
+    DEVICE of its ifup event fills it in, and a respawned daemon keeps it."""
+    cfg = model.Config(CONFIG.settings, (CONFIG.wans[0], model.Wan("wwan", "")), CONFIG.tunnels)
+    (tmp_path / "var/run/wgrouter").mkdir(parents=True)
+    s = shell.Shell(cfg, runner=FakeRunner(), root=str(tmp_path))
+    wans, _, _ = s.observe(True)
+    assert wans["wwan"].device == ""  # down until netifd says which device
+    hotplug = [model.Event("hotplug", {"action": "ifdown", "interface": "wwan", "device": "x"}),
+               model.Event("hotplug", {"action": "ifup", "interface": "wan", "device": "eth9"}),
+               model.Event("hotplug", {"action": "ifup", "interface": "wwan", "device": "phy0-sta0"})]
+    assert s.learn(hotplug)
+    assert not s.learn(hotplug)  # nothing new
+    wans, _, _ = s.observe(False)  # dumped again although netlink saw nothing
+    assert [w.device for w in kernel_calls[-1][0]] == ["eth1", "phy0-sta0"]  # a configured one stays
+    assert wans["wwan"].device == "phy0-sta0"
+    s.stop()
+    again = shell.Shell(cfg, runner=FakeRunner(), root=str(tmp_path))
+    assert [w.device for w in again.config_wans()] == ["eth1", "phy0-sta0"]
+    again.stop()

@@ -433,12 +433,14 @@ class _Builder:
                 break
         if not words:
             # e.g. a Wi-Fi client uplink: netifd attaches the wifi-iface
-            # of /etc/config/wireless (option network) to it
-            return None, ("interface '%s' in %s has no option device (or ifname), as a Wi-Fi client "
-                          "uplink has none (netifd adds the wifi-iface whose option network is '%s'); "
-                          "set option device in this 'config wan' section to its kernel device "
-                          "(e.g. 'phy0-sta0'; 'ifstatus %s' shows it as l3_device)"
-                          % (name, self.nfile, name, name))
+            # of /etc/config/wireless (option network) to it.  "": the
+            # daemon learns the device from netifd's ifup event (DEVICE).
+            return "", ("interface '%s' in %s has no option device (or ifname), as a Wi-Fi client "
+                        "uplink has none (netifd adds the wifi-iface whose option network is '%s'): "
+                        "its device is learned from netifd's ifup event, and the WAN counts as down "
+                        "until then; set option device in this 'config wan' section to name it "
+                        "(e.g. 'phy0-sta0'; 'ifstatus %s' shows it as l3_device)"
+                        % (name, self.nfile, name, name))
         device = words[0]
         if device.startswith("@"):
             # an alias interface runs on its parent's device
@@ -484,6 +486,8 @@ class _Builder:
                 device, why = self.device_of(name)
                 if device is None:
                     o.error(None, why)
+                elif not device:
+                    o.warn(None, why)
             track = [ip for ip in o.words("track_ip") if o.ip("track_ip", ip, 4)]
             dns = [ip for ip in o.words("dns_server") if o.ip("dns_server", ip)]
             wans.append(model.Wan(

@@ -418,6 +418,8 @@ class Daemon:
 
     def _step(self, now):
         """One engine step at ``now`` (time.monotonic())."""
+        if self.shell.learn(self.pending):
+            self.kernel_changed = True
         wans, peers, tunnels = self.shell.observe(self.kernel_changed)
         self.kernel_changed = False
         errors = tuple(e for e in (self.shell.wg_error, self.shell.kernel_error) if e)

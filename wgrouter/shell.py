@@ -10,6 +10,7 @@ dumped only when the daemon's monitor saw a change.
 """
 
 import dataclasses
+import json
 import ipaddress
 import math
 import os
@@ -36,6 +37,9 @@ class UnknownAction(wgrouter.Error):
 PING_GRACE = 2.0
 CLOCK_SLACK = 0.001
 STATE_FILE = "var/run/wgrouter/applied.json"  # same as control.STATE
+# Devices learned for WANs configured without one (a Wi-Fi client uplink):
+# kept in a run file, so that a respawned daemon knows them.
+DEVICES_FILE = "var/run/wgrouter/devices.json"
 
 
 def ping_argv(target, source, timeout, device=None):
@@ -103,6 +107,8 @@ class Shell:
         self._selector = None
         # for tests: where endpoint name queries go
         self.resolve_port = None
+        self.devices_path = os.path.join(root, DEVICES_FILE)
+        self.learned = self._read_learned()
         self.reconfigure(config)
 
     def reconfigure(self, config):
@@ -112,6 +118,46 @@ class Shell:
         self.tunnel_names = frozenset(t.name for t in config.tunnels)
         self.applier.reconfigure(config)
         self.wans = None
+
+    # ------------------------------------------------------------ devices
+
+    def _read_learned(self):
+        try:
+            with open(self.devices_path) as f:
+                learned = json.load(f)
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(learned, dict):
+            return {}
+        return {k: v for k, v in learned.items() if isinstance(k, str) and isinstance(v, str) and v}
+
+    def learn(self, events):
+        """A WAN configured without a device takes the one netifd names in
+        its ifup or ifupdate event (DEVICE).  True if one changed."""
+        unknown = {w.name for w in self.config.wans if not w.device}
+        changed = False
+        for ev in events:
+            d = ev.data if ev.kind == "hotplug" else {}
+            wan, device = d.get("interface"), d.get("device")
+            if d.get("action") in ("ifup", "ifupdate") and wan in unknown and device \
+                    and self.learned.get(wan) != device:
+                self.learned[wan] = device
+                changed = True
+        if changed:
+            self.wans = None
+            try:
+                tmp = self.devices_path + ".tmp"
+                with open(tmp, "w") as f:
+                    json.dump(self.learned, f)
+                os.rename(tmp, self.devices_path)
+            except OSError:
+                pass  # known until the daemon restarts
+        return changed
+
+    def config_wans(self):
+        """The configured WANs, with learned devices filled in."""
+        return tuple(w if w.device else dataclasses.replace(w, device=self.learned.get(w.name, ""))
+                     for w in self.config.wans)
 
     def cleanup(self):
         """Remove every host route and rule we added (on stop); returns errors."""
@@ -129,14 +175,14 @@ class Shell:
         """
         if kernel_changed or self.wans is None or self.kernel_error:
             try:
-                self.wans = kernel.observe_wans(self.config.wans, mwan3=self.config.settings.mwan3)
+                self.wans = kernel.observe_wans(self.config_wans(), mwan3=self.config.settings.mwan3)
                 self.kernel_error = ""
             except (OSError, wgrouter.Error) as e:
                 # Keep the last good view (all down if there is none) and
                 # dump again on the next check.
                 self.kernel_error = "netlink dump failed: %s" % e
                 if self.wans is None:
-                    self.wans = {w.name: model.WanState(w.name, w.device, False) for w in self.config.wans}
+                    self.wans = {w.name: model.WanState(w.name, w.device, False) for w in self.config_wans()}
         peers = {}
         present = set()
         try:

@@ -168,10 +168,12 @@ class Lab:
     dns_ttl: TTL dnsmasq gives lab.test records.
     ipv6: False (IPv4 only, the default), True (IPv6 on both WANs) or a
     tuple of WAN names that get IPv6; ``ipv6_wans`` says which did.
+    unnamed_devices: WANs whose device no config file names (a Wi-Fi client
+    uplink), so wgrouter has to learn it from netifd's ifup event.
     """
 
     def __init__(self, prefix=None, mwan3=False, keepalive=25, dns_ttl=5, keep_tmp=False,
-                 ipv6=False):
+                 ipv6=False, unnamed_devices=()):
         self.prefix = prefix or new_prefix()
         self.ipv6_wans = _ipv6_wans(ipv6)
         self.mwan3 = mwan3
@@ -197,6 +199,9 @@ class Lab:
         self.dns_records = {}  # name: IPv4 address (A)
         self.dns_records6 = {}  # name: [IPv6 addresses] (AAAA)
         self._mwan3_v6_on = False
+        # WANs whose device neither config file names (a Wi-Fi client uplink):
+        # wgrouter learns it from the stand-in netifd's ifup event
+        self.unnamed_devices = tuple(unnamed_devices)
         self.mwan3_members6 = []
         self._dnsmasq = None
         self._built = False
@@ -750,7 +755,7 @@ add rule ip isp srcnat oifname "uplink" snat to %s
         for name, w in WANS.items():
             addr, _, plen = w["address"].partition("/")
             sections.append(("interface", name, [
-                ("device", w["device"]), ("proto", "static"), ("ipaddr", addr),
+                *self._device_option(name), ("proto", "static"), ("ipaddr", addr),
                 ("netmask", _netmask(int(plen))), ("gateway", w["gateway"]),
                 ("metric", str(w["metric"])), ("dns", DNS_SERVER)]
                 + ([("ip6addr", w["address6"]), ("ip6gw", w["gateway6"])]
@@ -766,6 +771,9 @@ add rule ip isp srcnat oifname "uplink" snat to %s
             ("route_allowed_ips", "1")]))
         self._write_config("network", ucifile.render(sections))
 
+    def _device_option(self, wan):
+        return [] if wan in self.unnamed_devices else [("device", WANS[wan]["device"])]
+
     def write_wgrouter_config(self, check_interval=1, failback_holddown=5, wan_keepalive=25,
                               wanb_keepalive=15, endpoints=None, probe=PROBE_TARGET,
                               extra="", mwan3=False, dns_ttl_min=None, probe_timeout=None):
@@ -778,10 +786,10 @@ add rule ip isp srcnat oifname "uplink" snat to %s
              + ([("mwan3", "1")] if mwan3 else [])
              + ([("dns_ttl_min", str(dns_ttl_min))] if dns_ttl_min is not None else [])
              + ([("probe_timeout", str(probe_timeout))] if probe_timeout is not None else [])),
-            ("wan", "wan", [("device", "wan"), ("keepalive", str(wan_keepalive)),
+            ("wan", "wan", [*self._device_option("wan"), ("keepalive", str(wan_keepalive)),
                             ("track_ip", [ISPA_INET]), ("dns_server", [DNS_SERVER])]
              + ([("table", str(WANS["wan"]["table"]))] if mwan3 else [])),
-            ("wan", "wanb", [("device", "wanb"), ("keepalive", str(wanb_keepalive)),
+            ("wan", "wanb", [*self._device_option("wanb"), ("keepalive", str(wanb_keepalive)),
                              ("track_ip", [ISPB_INET]), ("dns_server", [DNS_SERVER])]
              + ([("table", str(WANS["wanb"]["table"]))] if mwan3 else [])),
             ("tunnel", self.router_wg, [("probe", probe)]),
