@@ -257,6 +257,9 @@ def bench_hotplug(n=50):
         os.makedirs(os.path.join(root, "etc/config"))
         os.makedirs(os.path.join(root, "var/run/wgrouter"))
         shutil.copy(os.path.join(REPO, "files/etc/config/wgrouter"), os.path.join(root, "etc/config/wgrouter"))
+        # what the daemon writes for the shipped config's WANs and tunnel
+        with open(os.path.join(root, "var/run/wgrouter/ifaces"), "w") as f:
+            f.write("wan\nwanb\nwg0\n")
         # the script signals only a process whose command line names wgrouter
         sink = subprocess.Popen([sys.executable, "-c",
                                  "import signal,time\nsignal.signal(signal.SIGUSR1, lambda *a: None)\n"
