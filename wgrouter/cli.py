@@ -54,20 +54,13 @@ def cmd_check_config(args):
 
 def _dns_warnings(cfg):
     """Endpoint names on a router without dnspython: they keep netifd's address."""
-    import ipaddress
-
+    from wgrouter import model
     from wgrouter import resolve
     if resolve.available():
         return []
-    warnings = []
-    for peer in cfg.peers():
-        for endpoint in peer.endpoints:
-            try:
-                ipaddress.ip_address(endpoint.host)
-            except ValueError:
-                warnings.append("tunnel '%s', peer '%s': endpoint '%s' is a name and %s"
-                                % (peer.tunnel, peer.label, endpoint.host, resolve.NO_DNSPYTHON))
-    return warnings
+    return ["tunnel '%s', peer '%s': endpoint '%s' is a name and %s"
+            % (peer.tunnel, peer.label, endpoint.host, resolve.NO_DNSPYTHON)
+            for peer in cfg.peers() for endpoint in peer.endpoints if not model.is_ip(endpoint.host)]
 
 
 def _ask(args, request):

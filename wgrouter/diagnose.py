@@ -167,14 +167,6 @@ def parse_conntrack(out):
     return entries
 
 
-def _is_ip(text):
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        return False
-
-
 def read_sysctls(names, base="/proc/sys"):
     values = {}
     for name in names:
@@ -296,7 +288,7 @@ def gather(root, config, runner, dumps=None, sysctls=None):
             facts.conntrack[(address, port)] = {"entries": [], "error": str(e)}
 
     from wgrouter import resolve
-    hosts = sorted({e.host for p in config.peers() for e in p.endpoints if not _is_ip(e.host)})
+    hosts = sorted({e.host for p in config.peers() for e in p.endpoints if not model.is_ip(e.host)})
     for host in hosts:
         answers = {}
         system = False
@@ -466,7 +458,7 @@ def check_endpoint_dns(peer, info, facts):
     notes = []
     names = []
     for candidate in peer.endpoints:
-        if _is_ip(candidate.host):
+        if model.is_ip(candidate.host):
             current.add((candidate.host, candidate.port))
             continue
         names.append(candidate)

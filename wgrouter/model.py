@@ -9,6 +9,7 @@ types and executes the actions.  Nothing in this module does I/O.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import typing
 
 # ---------------------------------------------------------------- config
@@ -320,6 +321,15 @@ class Decision:
 def family(address: str) -> int:
     """4 or 6: the IP version of an address literal."""
     return 6 if ":" in address else 4
+
+
+def is_ip(text: str) -> bool:
+    """True for an IPv4 or IPv6 address literal (a host name is not one)."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def split_endpoint(text: typing.Optional[str]) -> typing.Optional[typing.Tuple[str, int]]:

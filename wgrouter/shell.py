@@ -11,7 +11,6 @@ dumped only when the daemon's monitor saw a change.
 
 import dataclasses
 import json
-import ipaddress
 import math
 import os
 import selectors
@@ -49,17 +48,9 @@ def ping_argv(target, source, timeout, device=None):
     to ``device``."""
     # busybox and iputils ping both take whole seconds for -W.
     wait = max(1, int(math.ceil(timeout)))
-    if source and _is_ip(source) and model.family(source) != model.family(target):
+    if source and model.is_ip(source) and model.family(source) != model.family(target):
         source = device
     return ["ping", "-c", "1", "-W", str(wait)] + (["-I", source] if source else []) + [target]
-
-
-def _is_ip(text):
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
 
 
 class _Group:
