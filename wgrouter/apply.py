@@ -9,11 +9,11 @@ never adds a rule twice.
 """
 
 import json
-import os
 import socket
 import struct
 
 import wgrouter
+from wgrouter import control
 from wgrouter import model
 from wgrouter import runner as runner_mod
 
@@ -141,15 +141,8 @@ class State:
         self.rules = dict(data.get("rules", {}))
 
     def save(self):
-        directory = os.path.dirname(self.path)
-        if directory:
-            os.makedirs(directory, exist_ok=True)
-        tmp = "%s.%d.tmp" % (self.path, os.getpid())
-        with open(tmp, "w") as f:
-            json.dump({"routes": self.routes, "rules": self.rules}, f, sort_keys=True, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        control.write_atomic(self.path, json.dumps({"routes": self.routes, "rules": self.rules},
+                                                   sort_keys=True, indent=1))
 
     def owned_by(self, owner):
         return [k for k, r in self.routes.items() if owner in [tuple(o) for o in r["owners"]]]

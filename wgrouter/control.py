@@ -25,6 +25,21 @@ def path(root, rel):
     return os.path.join(root, rel)
 
 
+def write_atomic(target, text):
+    """Replace the file ``target`` with ``text`` in one step: a reader (the
+    hotplug script, a respawned daemon) sees the old file or the new one,
+    never half of one, even across a power cut."""
+    directory = os.path.dirname(target)
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    tmp = "%s.%d.tmp" % (target, os.getpid())
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+
+
 def request(root, req, timeout=5.0):
     """Send one JSON request line to the running daemon, return its reply."""
     where = path(root, CONTROL)

@@ -106,19 +106,12 @@ def read_spool(root):
     return events
 
 
-def write_atomic(path, text):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.rename(tmp, path)
-
-
 def write_ifaces(root, cfg):
     """Tell the hotplug script which interfaces' events to pass on: the ones
     this configuration manages, as config.load read them (so quoting and
     comments in /etc/config/wgrouter never make the two disagree)."""
     names = [w.name for w in cfg.wans] + [t.name for t in cfg.tunnels]
-    write_atomic(_path(root, IFACES), "".join(n + "\n" for n in dict.fromkeys(names)))
+    control.write_atomic(_path(root, IFACES), "".join(n + "\n" for n in dict.fromkeys(names)))
 
 
 def _unlink(root, rel):
@@ -128,13 +121,17 @@ def _unlink(root, rel):
         pass
 
 
-def claim_pidfile(root):
-    """Publish our pid, unless another live daemon owns the pid file."""
-    os.makedirs(os.path.dirname(_path(root, SPOOL)), exist_ok=True)
+def refuse_if_running(root):
+    """AlreadyRunning if the pid file names another live daemon."""
     pid = read_pid(root)
     if pid and pid != os.getpid() and pid_alive(pid):
         raise AlreadyRunning("another wgrouter daemon is running (pid %d)" % pid)
-    write_atomic(_path(root, PIDFILE), "%d\n" % os.getpid())
+
+
+def claim_pidfile(root):
+    """Publish our pid, unless another live daemon owns the pid file."""
+    refuse_if_running(root)
+    control.write_atomic(_path(root, PIDFILE), "%d\n" % os.getpid())
 
 
 def wait_for_config(root, error):
@@ -198,9 +195,8 @@ class Daemon:
 
     def _setup(self):
         os.makedirs(os.path.dirname(_path(self.root, SPOOL)), exist_ok=True)
-        pid = read_pid(self.root)
-        if pid and pid != os.getpid() and pid_alive(pid):
-            raise AlreadyRunning("another wgrouter daemon is running (pid %d)" % pid)
+        # before the control socket of a running daemon is replaced
+        refuse_if_running(self.root)
         # A SIGTERM from here on stops the daemon, even before the loop runs.
         self.running = True
         # Signals arrive through a socketpair so the select() wakes up.

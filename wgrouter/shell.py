@@ -18,6 +18,7 @@ import time
 
 import wgrouter
 from wgrouter import apply as apply_mod
+from wgrouter import control
 from wgrouter import kernel
 from wgrouter import model
 from wgrouter import resolve
@@ -137,10 +138,7 @@ class Shell:
         if changed:
             self.wans = None
             try:
-                tmp = self.devices_path + ".tmp"
-                with open(tmp, "w") as f:
-                    json.dump(self.learned, f)
-                os.rename(tmp, self.devices_path)
+                control.write_atomic(self.devices_path, json.dumps(self.learned))
             except OSError:
                 pass  # known until the daemon restarts
         return changed
