@@ -2,12 +2,26 @@
 PYTHON ?= python3
 PYTEST ?= $(PYTHON) -m pytest
 
-.PHONY: all test test-unit test-lab test-qemu demo bench ipk clean
+.PHONY: all deps test test-openwrt-versions test-unit test-lab test-qemu demo bench ipk clean
 
 all: test
 
-test:
+# Installs what the tests and the demo need (Debian 12, root); quick when
+# everything is there.  `make test` and `make demo` run it first.
+deps:
+	bash .ci/deps
+
+# The MQTT and DNS tests once more against the library versions OpenWrt 24.10
+# ships (python3-paho-mqtt 1.6.1, python3-dns 2.4.1), in their own venv; then
+# everything against the newest from PyPI.
+OWRT_VENV = .venv-openwrt-24.10
+
+test: deps test-openwrt-versions
 	$(PYTEST) -q tests
+
+test-openwrt-versions: deps
+	WGROUTER_EXPECT_PAHO=1.6.1 WGROUTER_EXPECT_DNSPYTHON=2.4.1 \
+		$(OWRT_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/test_mqtt.py tests/test_resolve.py
 
 test-unit:
 	$(PYTEST) -q -m "not lab and not qemu and not mqtt" tests
@@ -18,7 +32,7 @@ test-lab:
 test-qemu:
 	PYTHON=$(PYTHON) sh tests/qemu/run.sh
 
-demo:
+demo: deps
 	$(PYTHON) -m tests.lab.demo
 
 bench:

@@ -691,3 +691,12 @@ def test_fleet_bench_small_run_loses_nothing():
     result = bench.fleet.run(routers=5, seconds=1.5)
     assert result["connected"] == 5 and result["published"] > 5 * 3
     assert result["received"] == result["published"] and result["lost"] == 0
+
+
+@pytest.mark.skipif(not os.environ.get("WGROUTER_EXPECT_PAHO"),
+                    reason="only in the run against OpenWrt's paho version (make test-openwrt-versions)")
+def test_runs_against_the_paho_version_asked_for():
+    # make test runs this file a second time against OpenWrt 24.10's
+    # python3-paho-mqtt; this says the venv really holds that version.
+    import paho.mqtt
+    assert paho.mqtt.__version__ == os.environ["WGROUTER_EXPECT_PAHO"]

@@ -414,3 +414,12 @@ def test_shell_resolves_in_process_without_a_child(dnsmasq):
     assert events == [model.Event("resolved", {"host": "a.test", "wan": "wan",
                                                "addresses": ["10.0.0.1"], "ttl": 7})]
     assert s.children == []
+
+
+@pytest.mark.skipif(not os.environ.get("WGROUTER_EXPECT_DNSPYTHON"),
+                    reason="only in the run against OpenWrt's dnspython (make test-openwrt-versions)")
+def test_runs_against_the_dnspython_version_asked_for():
+    # make test runs this file a second time against OpenWrt 24.10's
+    # python3-dns; this says the venv really holds that version.
+    import dns.version
+    assert dns.version.version == os.environ["WGROUTER_EXPECT_DNSPYTHON"]
