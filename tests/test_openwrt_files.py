@@ -71,16 +71,25 @@ def test_scripts_are_executable(path):
 
 # ----------------------------------------------------------------- init
 
-# Stand-ins for /etc/rc.common and /lib/functions/procd.sh: every call is
-# printed; uci_load_validate takes option values from UCI_<option> variables
-# and the validation result from UCI_RESULT.
+# Stand-ins for /etc/rc.common and /lib/functions/procd.sh (openwrt/openwrt
+# package/base-files/files/etc/rc.common, package/system/procd/files/procd.sh):
+# every procd_* call is printed instead of being added to procd's message;
+# uci_load_validate takes option values from UCI_<option> variables and the
+# validation result from UCI_RESULT (validate_data exits 255 on a refused
+# value: ubox validate/cli.c main returns -1).
 INIT_STUBS = r"""
+procd_open_service() { echo "open_service $*"; }
+# procd.sh _procd_close_service adds the script's triggers to the message
+procd_close_service() { service_triggers; echo "close_service $*"; }
 procd_open_instance() { echo "open_instance $*"; }
 procd_set_param() { echo "set_param $*"; }
 procd_close_instance() { echo "close_instance"; }
 procd_send_signal() { echo "send_signal $*"; }
 procd_add_reload_trigger() { echo "reload_trigger $*"; }
 procd_add_validation() { echo "validation $*"; "$@"; }
+# procd.sh procd_running: true when `ubus call service list` shows the
+# instance with "running": true (PROCD_RUNNING set here)
+procd_running() { echo "running $*"; [ -n "$PROCD_RUNNING" ]; }
 uci_load_validate() {
 	_pkg="$1"; _type="$2"; _name="$3"; _fn="$4"
 	shift 4
@@ -95,8 +104,55 @@ uci_load_validate() {
 	done
 	eval "$_fn \"\$_name\" \"\${UCI_RESULT:-0}\""
 }
-start() { start_service; }
+# rc.common with USE_PROCD: start() is rc_procd start_service (the service
+# message opened before and sent after it, by `set` without arguments), then
+# service_started if the script defines it.  The status of that `if` is
+# start's, so start_service's own is lost, and `$action "$@"` is rc.common's
+# last command: its status is the script's exit status.
+start() {
+	procd_open_service wgrouter /etc/init.d/wgrouter
+	start_service "$@"
+	procd_close_service set
+	if type service_started >/dev/null 2>&1; then
+		service_started
+	fi
+}
 """
+
+
+def procd_instances(lines):
+    """The instances one `procd_close_service` message declares, by name,
+    each with its parameter lines."""
+    instances, current = {}, None
+    for line in lines:
+        if line.startswith("open_instance"):
+            current = instances.setdefault(line.split(" ", 1)[1], [])
+        elif line == "close_instance":
+            current = None
+        elif current is not None:
+            current.append(line)
+    return instances
+
+
+def procd_applies(running, lines):
+    """What procd does to the running instances (name -> parameters) on the
+    message of lines: `set` replaces the service's instances with those the
+    message declares (procd service/service.c service_update: vlist_update,
+    each instance added, vlist_flush), and service_instance_update stops one
+    not declared again, starts a new one, and hands one declared again to
+    instance_update (service/instance.c), which leaves a running instance as
+    it is unless instance_config_changed, and restarts it otherwise."""
+    assert lines.count("close_service set") == 1, lines
+    declared = procd_instances(lines)
+    actions = {}
+    for name in set(running) | set(declared):
+        if name not in declared:
+            actions[name] = "stopped"
+        elif name not in running:
+            actions[name] = "started"
+        else:
+            actions[name] = "kept" if running[name] == declared[name] else "restarted"
+    return actions
 
 
 def run_init(action, env=None):
@@ -150,7 +206,7 @@ def test_triggers():
 def test_start_runs_one_respawning_instance():
     rc, lines, err = run_init("start")
     assert rc == 0, err
-    params = [line for line in lines if line != "close_instance"]
+    params = [line for line in lines if line.startswith(("open_instance", "set_param"))]
     assert params[0].startswith("open_instance")
     assert lines.count("close_instance") == 1
     assert "set_param command /usr/bin/wgrouter run" in lines
@@ -167,21 +223,52 @@ def test_start_does_nothing_when_disabled():
 
 
 @needs_busybox
-def test_start_refuses_invalid_settings():
-    rc, lines, err = run_init("start", {"UCI_RESULT": "1"})
-    assert not [line for line in lines if line.startswith("open_instance")]
-    assert "invalid settings" in err
+def test_start_exits_zero_when_valid():
+    rc, lines, err = run_init("start")
+    assert rc == 0, err
+    assert procd_applies({}, lines) == {"main": "started"}
+
+
+@needs_busybox
+def test_start_with_invalid_settings_keeps_the_running_daemon():
+    _, started, _ = run_init("start")
+    running = procd_instances(started)
+    rc, lines, err = run_init("start", {"UCI_RESULT": "255", "PROCD_RUNNING": "1"})
+    assert rc != 0
+    assert "running wgrouter main" in lines
+    assert procd_applies(running, lines) == {"main": "kept"}
+    assert "invalid settings in /etc/config/wgrouter, keeping the running daemon" in err
+
+
+@needs_busybox
+def test_start_with_invalid_settings_starts_nothing():
+    rc, lines, err = run_init("start", {"UCI_RESULT": "255"})
+    assert rc != 0
+    assert procd_applies({}, lines) == {}
+    # the service and its triggers still reach procd: fixing the file and
+    # `reload_config` starts the daemon
+    assert "reload_trigger wgrouter network" in lines
+    assert "invalid settings in /etc/config/wgrouter, not starting" in err
+
+
+@needs_busybox
+def test_start_when_disabled_stops_a_running_daemon():
+    _, started, _ = run_init("start")
+    rc, lines, err = run_init("start", {"UCI_enabled": "0", "PROCD_RUNNING": "1"})
+    assert rc == 0, err
+    assert procd_applies(procd_instances(started), lines) == {"main": "stopped"}
 
 
 @needs_busybox
 def test_reload_sends_sighup_without_restart(tmp_path):
+    _, started, _ = run_init("start")
     os.makedirs(tmp_path / "var/run")
     (tmp_path / "var/run/wgrouter.pid").write_text("%d\n" % os.getpid())  # a live daemon
-    rc, lines, err = run_init("reload_service", {"WGROUTER_ROOT": str(tmp_path)})
+    rc, lines, err = run_init("reload_service", {"WGROUTER_ROOT": str(tmp_path), "PROCD_RUNNING": "1"})
     assert rc == 0, err
     assert lines[-1] == "send_signal wgrouter main HUP"
     # the instance is re-declared unchanged, so procd keeps it running
-    assert "set_param command /usr/bin/wgrouter run" in lines
+    assert procd_applies(procd_instances(started), lines[:-1]) == {"main": "kept"}
 
 
 @needs_busybox
@@ -212,7 +299,7 @@ def test_reload_of_a_daemon_not_yet_running_sends_no_hup(tmp_path):
 
 @needs_busybox
 def test_reload_with_invalid_settings_keeps_daemon():
-    rc, lines, err = run_init("reload_service", {"UCI_RESULT": "1"})
+    rc, lines, err = run_init("reload_service", {"UCI_RESULT": "255", "PROCD_RUNNING": "1"})
     assert rc != 0
     assert lines == []  # neither start (which would drop the instance) nor HUP
 

@@ -67,12 +67,46 @@ config a 'b' # trailing
     ("semicolon-ends-config", "config a 'n'; option x v\n", [("a", "n", {"x": "v"})]),
     ("value-with-spaces-and-utf8", "config a\n option x 'Zürich office  2'\n",
      [("a", None, {"x": "Zürich office  2"})]),
+    # A NUL ends what fgets read (libuci measures it with strlen); the next
+    # read goes on at the NUL.  Each case observed with uci 66127cd.
+    ("nul-ends-value", "config a\n option a b\0c\n", [("a", None, {"a": "b"})]),
+    ("nul-at-eof", "config a\n option a b\0c", [("a", None, {"a": "b"})]),
+    ("nul-then-blank-line", "config a\n option a b\0c\n\n option d e\n", [("a", None, {"a": "b", "d": "e"})]),
+    ("nul-quoted-joins-next-line", "config a\n option x 'a\0b'\n'\n", [("a", None, {"x": "a"})]),
+    ("nul-double-quoted", 'config a\n option x "a\0b"\nq" \n', [("a", None, {"x": "aq"})]),
+    ("nul-first-skips-line", "\0config a\nconfig b\n", [("b", None, {})]),
+    ("nul-first-in-section", "config a\n\0 option x 1\n option y 2\n", [("a", None, {"y": "2"})]),
+    # fgets reads into a buffer of 32 bytes that doubles: what is lost after
+    # the NUL ends where that read ended
+    ("nul-in-a-long-line", "config a\n option x " + "v" * 20 + "\0" + "t" * 40 + "\n\n",
+     [("a", None, {"x": "v" * 20 + "t" * 40})]),
+    ("nul-in-a-longer-line", "config a\n option x " + "v" * 60 + "\0" + "t" * 100 + "\n\n option z 1\n",
+     [("a", None, {"x": "v" * 60 + "t" * 44, "z": "1"})]),
 ]
 
 
 @pytest.mark.parametrize("text,expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
 def test_parse(text, expected):
     assert parsed(text) == expected
+
+
+@pytest.mark.parametrize("text,order", [
+    # uci_set (uci list.c) puts the new value after the old one and frees
+    # the old: the option keeps its first place.  Observed with uci 66127cd.
+    ("config a\n option x 1\n option y 2\n option x 33\n", ["x", "y"]),
+    ("config a\n option x 1\n option y 2\n option x 3\n", ["x", "y"]),
+    ("config a\n option x 1\n option y 2\n list x 3\n", ["x", "y"]),
+    ("config a\n list x 1\n option y 2\n option x 3\n", ["x", "y"]),
+    ("config a\n option x 1\n option y 2\n option x 1\n option z 3\n option y 22\n", ["x", "y", "z"]),
+])
+def test_option_given_again_keeps_its_place(text, order):
+    (section,) = uci.parse(text, "f")
+    assert list(section.options) == order
+
+
+def test_bytes_are_decoded_per_value():
+    (section,) = uci.parse_bytes(b"config a\n option x 'caf\xc3\xa9'\n option y 'caf\xe9'\n", "f")
+    assert section.options == {"x": "café", "y": "caf\ufffd"}
 
 
 def test_anonymous_refs_and_indexes():
@@ -117,7 +151,11 @@ ERRORS = [
      "section of different type overwrites prior section with same name"),
     # the joined line's indentation ends the (empty) value: 'v' is one too many
     ("continuation-then-indent", "config a\n option x \\\n  'v'\n", 3, "too many arguments"),
-    ("nul", "config a\n option x 'a\0b'\n", 2, "NUL character"),
+    # the NUL ends the read inside the quotes; the next read finds the end of the file
+    ("nul-in-quotes", "config a\n option x 'a\0b'\n", 2, "EOF with unterminated '"),
+    # what follows the NUL is lost, and the next line joins the statement
+    ("nul-joins-next-line", "config a\n option a b\0c\n option d e\n", 3, "too many arguments"),
+    ("nul-in-name", "config a 'n\0m'\n option x 1\n", 2, "EOF with unterminated '"),
     # a ';' before the line break leaves a statement that is only "\n"
     ("semicolon-at-end", "config a\n option x v ;\n", 2, "invalid command"),
 ]

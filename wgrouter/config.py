@@ -128,6 +128,87 @@ def _number(value: float) -> str:
     return "%d" % value if float(value).is_integer() else repr(value)
 
 
+# ------------------------------------------------------------ validate_data's types
+
+# /etc/init.d/wgrouter has procd's validate_data (openwrt/ubox validate/cli.c,
+# rules in validate/validate.c) check `config wgrouter 'main'` against SPEC,
+# and the daemon reads the same options: both must accept exactly the same
+# values, and the daemon reads each as the C library does.  validate_data
+# runs in the "C" locale; ranges and rules across options are the daemon's.
+
+# validate.c dt_type_bool: strcasecmp against these ten words.  (cli.c's
+# bool_to_num, which gives the init script the value, compares them case
+# sensitively: 'Yes' is valid but reaches the script as neither 1 nor 0.)
+_DT_TRUE = frozenset(["1", "on", "true", "yes", "enabled"])
+_DT_FALSE = frozenset(["0", "off", "false", "no", "disabled"])
+
+# dt_type_uint: the first character must be a hex digit (so no blank and no
+# sign), then strtoul(value, &end, 0) must use up the whole value: "0x" hex,
+# a leading 0 octal ("010" is 8, "08" is refused), else decimal.  strtoul
+# saturates a value too large without refusing it.
+_DT_UINT = re.compile(r"(?:(?P<hex>0[xX][0-9a-fA-F]+)|(?P<oct>0[0-7]*)|(?P<dec>[1-9][0-9]*))\Z")
+
+# dt_type_ufloat: strtod(value, &end) must use up the whole value.  strtod
+# skips leading blanks (isspace), takes a sign, a decimal or hex ("0x1p3")
+# number, inf[inity] or nan[(chars)], in any case.
+_DT_STRTOD = re.compile(
+    r"[ \t\n\v\f\r]*[+-]?(?:"
+    r"(?P<dec>(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)"
+    r"|(?P<hex>0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)(?:[pP][+-]?[0-9]+)?)"
+    r"|(?P<inf>(?i:inf|infinity))|(?P<nan>(?i:nan)(?:\([0-9A-Za-z_]*\))?))\Z")
+
+# dt_type_ufloat then stores the double in an int and wants it >= 0: the
+# fraction is cut off, so anything above -1 passes ("-0.5" too).  A double
+# outside int's range (or NaN) makes that conversion undefined in C; x86
+# gives INT_MIN, which fails, and wgrouter refuses those values everywhere.
+_INT_LIMIT = 2.0 ** 31
+
+
+def _dt_bool(text: str) -> typing.Optional[bool]:
+    word = text.lower()
+    if word in _DT_TRUE:
+        return True
+    if word in _DT_FALSE:
+        return False
+    return None
+
+
+def _dt_uinteger(text: str) -> typing.Optional[int]:
+    m = _DT_UINT.match(text)
+    if not m:
+        return None
+    if m.group("hex"):
+        return int(text, 16)
+    if m.group("oct"):
+        return int(text, 8)
+    return int(text)
+
+
+def _dt_ufloat(text: str) -> typing.Optional[float]:
+    m = _DT_STRTOD.match(text)
+    if not m:
+        return None
+    body = text.lstrip(" \t\n\v\f\r")
+    number = float.fromhex(body) if m.group("hex") else float(body.split("(")[0])
+    if not -1 < number < _INT_LIMIT:
+        return None
+    return number
+
+
+# datatype -> (parser giving None for a value validate_data refuses, what it takes)
+DATATYPES: typing.Dict[str, typing.Tuple[typing.Callable[[str], typing.Any], str]] = {
+    "bool": (_dt_bool, "a boolean (1/0, yes/no, on/off, true/false, enabled/disabled)"),
+    "uinteger": (_dt_uinteger, "an unsigned integer (decimal, 0x hex or 0 octal; no sign or blank)"),
+    "ufloat": (_dt_ufloat, "a number of at least 0 (e.g. 2.5)"),
+}
+
+
+def parse_datatype(kind: str, text: str):
+    """``text`` read as validate_data's type ``kind``; None where
+    validate_data refuses it."""
+    return DATATYPES[kind][0](text)
+
+
 # ------------------------------------------------------------ settings spec
 
 # (option) -> (minimum, minimum allowed?, maximum); absent options are >= 0.
@@ -154,8 +235,8 @@ def _spec_type(field: dataclasses.Field) -> str:
     kind = _setting_kind(field)
     if kind is bool:
         return "bool"
-    # the init script's check is coarse (procd has no "greater than 0");
-    # load() applies the exact bounds of _SETTING_RANGES
+    # the init script's check is coarse (validate_data has no "greater than
+    # 0" for a float); load() applies the exact bounds of _SETTING_RANGES
     if kind is int:
         return "uinteger"
     return "ufloat"
@@ -288,6 +369,10 @@ class _Options:
         if value is None:
             return default
         number = float(value) if _FLOAT.match(value.strip()) else math.nan
+        return self.bounded(option, value, number, default, low, low_ok, high)
+
+    def bounded(self, option: str, text: str, number: float, default, low: float, low_ok: bool, high=None):
+        """number (read from text) if it is within the bounds, else default."""
         ok = math.isfinite(number) and (number >= low if low_ok else number > low)
         if ok and high is not None:
             ok = number <= high
@@ -296,8 +381,27 @@ class _Options:
         bound = "%s %s" % ("at least" if low_ok else "greater than", _number(low))
         if high is not None:
             bound += " and at most %s" % _number(high)
-        self.error(option, "%s is not a number %s" % (_show(option, value), bound))
+        self.error(option, "%s is not a number %s" % (_show(option, text), bound))
         return default
+
+    def setting(self, option: str, kind: str, default, low, low_ok: bool, high):
+        """An option the init script validates: validate_data's type
+        ``kind`` first, then the daemon's bounds (none for a bool)."""
+        text = self.text(option)
+        if text is None:
+            return default
+        value = parse_datatype(kind, text)
+        if value is None:
+            self.error(option, "%s is not %s" % (_show(option, text), DATATYPES[kind][1]))
+            return default
+        if kind == "bool":
+            return value
+        if kind == "uinteger":
+            if low <= value <= high:
+                return value
+            self.error(option, "%s is not an integer between %d and %d" % (_show(option, text), low, high))
+            return default
+        return self.bounded(option, text, value, default, low, low_ok, high)
 
     def ip(self, option: str, value: str, version: typing.Optional[int] = None) -> bool:
         if is_ip(value, version):
@@ -348,14 +452,16 @@ class _Builder:
         o.known(f.name for f in fields)
         values = {}
         for f in fields:
-            kind = _setting_kind(f)
+            kind = _spec_type(f)
             low, low_ok, high = _SETTING_RANGES.get(f.name, (0, True, None))
-            if kind is bool:
-                values[f.name] = o.boolean(f.name, f.default)
-            elif kind is int:
-                values[f.name] = o.integer(f.name, f.default, low, high if high is not None else 2 ** 31 - 1)
-            else:
-                values[f.name] = o.number(f.name, f.default, low, low_ok, high)
+            if kind == "uinteger" and high is None:
+                high = 2 ** 31 - 1
+            values[f.name] = o.setting(f.name, kind, f.default, low, low_ok, high)
+        enabled = main.options.get("enabled")
+        if (isinstance(enabled, str) and parse_datatype("bool", enabled) is not None
+                and enabled not in _DT_TRUE | _DT_FALSE):
+            o.warn("enabled", "'%s' is valid, but the init script reads only lower-case words, so it "
+                   "does not start the daemon; write '1' or '0'" % enabled)
         if values["backoff_max"] < values["backoff_base"]:
             o.error("backoff_max", "'%s' is less than backoff_base (%s)"
                     % (_number(values["backoff_max"]), _number(values["backoff_base"])))

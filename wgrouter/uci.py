@@ -16,11 +16,20 @@ because the router reads these files with libuci and we must see what it
 sees.  Like libuci in its default strict mode, the first syntax error ends
 the parse.
 
+Lines are read as libuci's ``uci_getln`` reads them (uci ``file.c``): with
+``fgets`` into a buffer of 32 bytes that doubles whenever a read does not end
+in a line break, and ``strlen`` to find where the read ended.  A NUL byte
+therefore ends what was read: the rest of that read is lost, and the next
+read goes on at the NUL, so ``option a b<NUL>c`` followed by a blank line
+reads as ``b``, and followed by another statement joins it to this one.
+
 Data semantics are libuci's too: an option set twice keeps the last value,
-``option X ''`` is no change at all, ``list`` after ``option`` of the same
-name turns the option into a list that keeps the old value first, ``option``
-after ``list`` replaces the list, and a named section given twice is one
-section (with its options merged) unless the types differ, which is an error.
+in the place of its first definition (``uci_set`` in ``list.c`` puts the new
+value after the old one and frees the old), ``option X ''`` is no change at
+all, ``list`` after ``option`` of the same name turns the option into a list
+that keeps the old value first, ``option`` after ``list`` replaces the list,
+both in the same place, and a named section given twice is one section (with
+its options merged) unless the types differ, which is an error.
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ import wgrouter
 # C's isspace() in the "C" locale; Python's str.isspace() knows more.
 _SPACE = " \t\n\v\f\r"
 _NUL = "\0"
+# The first size of libuci's line buffer (uci file.c, LINEBUF).
+_LINEBUF = 32
 
 
 class UciError(wgrouter.Error):
@@ -75,22 +86,23 @@ def _valid(text: str, name: bool, package: bool = False) -> bool:
     return True
 
 
-def _physical_lines(text: str) -> typing.List[str]:
-    """Split like fgets: on "\\n" only, keeping it."""
-    parts = text.split("\n")
-    lines = [p + "\n" for p in parts[:-1]]
-    if parts[-1]:
-        lines.append(parts[-1])
-    return lines
+def _text(raw: str) -> str:
+    """A value parsed from the file's bytes (one character each) as text."""
+    return raw.encode("latin-1").decode("utf-8", errors="replace")
 
 
 class _Parser:
-    """One file: a statement buffer edited in place, as libuci does."""
+    """One file: a statement buffer edited in place, as libuci does.
 
-    def __init__(self, text: str, filename: str):
+    The file is given as its bytes, one character each (latin-1), because
+    libuci's buffer sizes count bytes."""
+
+    def __init__(self, data: str, filename: str):
         self.filename = filename
-        self.lines = _physical_lines(text)
-        self.next_line = 0  # index into self.lines of the next line to read
+        self.data = data
+        self.cursor = 0  # file position of the next fgets
+        self.bufsz = _LINEBUF
+        self.filled = 0  # libuci's buf_filled: where the last read ended
         self.buf: typing.List[str] = []
         self.pos = 0
         self.sections: typing.List[Section] = []
@@ -98,6 +110,15 @@ class _Parser:
         self.section: typing.Optional[Section] = None
 
     # ------------------------------------------------------------ buffer
+
+    @property
+    def next_line(self) -> int:
+        """Physical lines read so far (libuci's own counter skips a line
+        that a NUL cut short, and a last line without a line break)."""
+        lines = self.data.count("\n", 0, self.cursor)
+        if self.cursor and self.data[self.cursor - 1] != "\n":
+            lines += 1
+        return lines
 
     def error(self, reason: str) -> typing.NoReturn:
         raise UciError(self.filename, max(self.next_line, 1), reason)
@@ -117,12 +138,31 @@ class _Parser:
             end += 1
         return "".join(self.buf[i:end])
 
+    def fgets(self, size: int) -> str:
+        """At most size - 1 bytes, up to and with the next line break."""
+        end = self.data.find("\n", self.cursor, self.cursor + size - 1)
+        stop = end + 1 if end >= 0 else min(len(self.data), self.cursor + size - 1)
+        chunk = self.data[self.cursor:stop]
+        self.cursor = stop
+        return chunk
+
     def getline(self, offset: int) -> None:
-        """Replace everything from offset on with the next physical line."""
-        del self.buf[offset:]
-        if self.next_line < len(self.lines):
-            self.buf.extend(self.lines[self.next_line])
-            self.next_line += 1
+        """Replace everything from offset on with what uci_getln reads."""
+        if offset >= self.bufsz - 1:
+            self.bufsz *= 2
+        while True:
+            del self.buf[offset:]
+            chunk = self.fgets(self.bufsz - offset)
+            if not chunk or chunk[0] == _NUL:
+                return
+            # strlen: the buffer ends at a NUL, whatever fgets read after it
+            chunk = chunk.split(_NUL, 1)[0]
+            self.buf.extend(chunk)
+            offset += len(chunk)
+            self.filled = offset
+            if chunk.endswith("\n"):
+                return
+            self.bufsz *= 2
 
     def skip_space(self) -> None:
         while self.at(self.pos) != _NUL and self.at(self.pos) in _SPACE:
@@ -232,7 +272,7 @@ class _Parser:
 
     def skip_command(self, what: str) -> None:
         step = len(self.cstr(self.pos)) + 1
-        if self.pos + step > len(self.buf):
+        if self.pos + step > self.filled:
             self.error("%s without name" % what)
         self.pos += step
 
@@ -271,18 +311,17 @@ class _Parser:
         self.end_of_statement()
         options = self.section.options
         old = options.get(name)
+        # a new value takes the place of the old one (a dict keeps the
+        # position of a key that is assigned again)
         if is_list:
             if old is None:
                 options[name] = [value]
             elif isinstance(old, str):
-                del options[name]
                 options[name] = [old, value]
             else:
                 old.append(value)
-        elif value and old != value:
-            # an empty value changes nothing; a new value goes last, as the
-            # option is freed and allocated again
-            options.pop(name, None)
+        elif value:
+            # an empty value changes nothing
             options[name] = value
 
     def line(self) -> None:
@@ -304,10 +343,7 @@ class _Parser:
                 self.error("invalid command")
 
     def parse(self) -> typing.List[Section]:
-        if _NUL in "".join(self.lines):
-            self.next_line = 1 + next(i for i, l in enumerate(self.lines) if _NUL in l)
-            self.error("NUL character")
-        while self.next_line < len(self.lines):
+        while self.cursor < len(self.data):
             self.pos = 0
             self.getline(0)
             if self.buf and self.buf[0] != _NUL:
@@ -316,18 +352,28 @@ class _Parser:
         for section in self.sections:
             section.index = counts.get(section.type, 0)
             counts[section.type] = section.index + 1
+            for option, value in section.options.items():
+                if isinstance(value, list):
+                    section.options[option] = [_text(item) for item in value]
+                else:
+                    section.options[option] = _text(value)
         return self.sections
+
+
+def parse_bytes(data: bytes, filename: str) -> typing.List[Section]:
+    """Parse a UCI file's bytes; ``filename`` is only used in error messages.
+    Values are decoded as UTF-8: a stray Latin-1 byte must not make the file
+    unreadable."""
+    return _Parser(data.decode("latin-1"), filename).parse()
 
 
 def parse(text: str, filename: str) -> typing.List[Section]:
     """Parse UCI text; ``filename`` is only used in error messages."""
-    return _Parser(text, filename).parse()
+    return parse_bytes(text.encode("utf-8"), filename)
 
 
 def load(path) -> typing.List[Section]:
     """Parse a UCI file.  OSError passes through to the caller."""
     with open(path, "rb") as f:
         data = f.read()
-    # uci values are bytes; a stray Latin-1 byte in a comment must not
-    # make the file unreadable
-    return parse(data.decode("utf-8", errors="replace"), str(path))
+    return parse_bytes(data, str(path))
