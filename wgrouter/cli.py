@@ -46,7 +46,14 @@ def cmd_check_config(args):
         return 1
     for warning in config.check(root) + _dns_warnings(cfg):
         print("warning: %s" % warning, file=sys.stderr)
+    errors = config.defeats(root)
+    for error in errors:
+        print("error: %s" % error, file=sys.stderr)
     peers = sum(len(t.peers) for t in cfg.tunnels)
+    if errors:
+        print("wgrouter: %d error(s): the daemon runs, but cannot keep those tunnels up" % len(errors),
+              file=sys.stderr)
+        return 1
     print("configuration ok: %d WAN(s) (%s), %d tunnel(s), %d peer(s)" % (
         len(cfg.wans), ", ".join(w.name for w in cfg.wans), len(cfg.tunnels), peers))
     return 0
