@@ -112,7 +112,7 @@ def test_data_members_and_modes(main_ipk):
         "./etc/hotplug.d/iface/30-wgrouter": 0o755,
         "./usr/bin/wgrouter": 0o755,
         "./etc/config/wgrouter": 0o644,
-        "./etc/uci-defaults/90-wgrouter": 0o755,
+        "./etc/uci-defaults/99-wgrouter": 0o755,
         "./lib/upgrade/keep.d/wgrouter": 0o644,
     }
     for path, mode in expected_modes.items():

@@ -23,7 +23,7 @@ FILES = os.path.join(ROOT, "files")
 INIT = os.path.join(FILES, "etc/init.d/wgrouter")
 HOTPLUG = os.path.join(FILES, "etc/hotplug.d/iface/30-wgrouter")
 WRAPPER = os.path.join(FILES, "usr/bin/wgrouter")
-UCI_DEFAULTS = os.path.join(FILES, "etc/uci-defaults/90-wgrouter")
+UCI_DEFAULTS = os.path.join(FILES, "etc/uci-defaults/99-wgrouter")
 
 BUSYBOX = shutil.which("busybox")
 SHELLCHECK = shutil.which("shellcheck")

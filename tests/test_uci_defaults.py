@@ -1,4 +1,4 @@
-"""What the install finds and changes: files/etc/uci-defaults/90-wgrouter,
+"""What the install finds and changes: files/etc/uci-defaults/99-wgrouter,
 ``wgrouter setup`` (wgrouter/install.py) and the package's prerm.
 
 Each router in tests/routers/NAME/ is a set of real-world /etc/config files
@@ -22,7 +22,7 @@ from wgrouter import config, install, uci
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ROUTERS = os.path.join(ROOT, "tests", "routers")
-SCRIPT = os.path.join(ROOT, "files", "etc", "uci-defaults", "90-wgrouter")
+SCRIPT = os.path.join(ROOT, "files", "etc", "uci-defaults", "99-wgrouter")
 EXAMPLE = os.path.join(ROOT, "files", "etc", "config", "wgrouter")
 MAKEFILE = os.path.join(ROOT, "openwrt-feed", "wgrouter", "Makefile")
 BUSYBOX = shutil.which("busybox")
@@ -109,14 +109,14 @@ def run_uci_defaults(tmp_path, root, env=None):
     with open(SCRIPT) as f:
         text = f.read()
     assert "/usr/bin/wgrouter setup" in text
-    (defaults / "90-wgrouter").write_text(text.replace("/usr/bin/wgrouter", str(bin_dir / "wgrouter")))
+    (defaults / "99-wgrouter").write_text(text.replace("/usr/bin/wgrouter", str(bin_dir / "wgrouter")))
     caller = logger_stub(tmp_path) + ('cd "%s" || exit 9\nfor f in *; do\n\t( . "./$f" ) && rm -f "$f"\n\techo "rc=$?" >&2\n'
               'done\n' % defaults)
     r = subprocess.run([BUSYBOX, "ash", "-c", caller], capture_output=True, text=True,
                        env=dict({"PATH": "%s:/usr/bin:/bin" % bin_dir}, **(env or {})))
     rc = [int(line[3:]) for line in r.stderr.splitlines() if line.startswith("rc=")]
     assert len(rc) == 1, r.stderr
-    return rc[0], r.stdout, (defaults / "90-wgrouter").exists()
+    return rc[0], r.stdout, (defaults / "99-wgrouter").exists()
 
 
 def prerm_text():

@@ -69,6 +69,8 @@ def cmd_setup(args):
         return 1
     for note in notes:
         print(note)
+    if args.dry_run:
+        print("(dry run: nothing was written)")
     return 0
 
 

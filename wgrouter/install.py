@@ -1,6 +1,6 @@
 """What the package's install finds and changes: ``wgrouter setup``.
 
-OpenWrt runs /etc/uci-defaults/90-wgrouter once, at install or at first
+OpenWrt runs /etc/uci-defaults/99-wgrouter once, at install or at first
 boot, and that runs ``wgrouter setup``:
 
 * While /etc/config/wgrouter is still the shipped example (or a file this
@@ -555,6 +555,7 @@ def restore(root: str) -> typing.List[str]:
     text = _read_text(path)
     notes = []
     if text is not None:
+        original = text
         sections = {s.name: s for s in uci.parse(text, path) if s.type == "interface" and s.name}
         for name, old in record.items():
             section = sections.get(name)
@@ -573,7 +574,8 @@ def restore(root: str) -> typing.List[str]:
             notes.append("/%s: %s: option nohostroute %s again, as before the install: netifd pins "
                          "the endpoint route to a WAN again from the next 'ifup %s' (or reboot)"
                          % (NETWORK, name, "not set" if old == "-" else "'%s'" % old, name))
-        _write_like(path, text)
+        if text != original:
+            _write_like(path, text)
     os.unlink(os.path.join(root, RECORD))
     try:
         os.rmdir(os.path.dirname(os.path.join(root, RECORD)))
