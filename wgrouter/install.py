@@ -305,8 +305,8 @@ def render(p: Plan, commented: typing.Dict[str, str] = None) -> str:
     if p.tunnels:
         out.append("\n# The WireGuard interfaces to manage (give each an in-tunnel probe target,\n"
                    "# an address behind the tunnel: option probe).\n")
-    for name in p.tunnels:
-        out.append("config tunnel '%s'\n\toption enabled '1'\n" % name)
+    for i, name in enumerate(p.tunnels):
+        out.append("%sconfig tunnel '%s'\n\toption enabled '1'\n" % ("\n" if i else "", name))
     if not p.tunnels:
         out.append("\n# No WireGuard interface with a peer endpoint was found: add one\n"
                    "# 'config tunnel' section per interface to manage, e.g.\n"
@@ -571,9 +571,10 @@ def restore(root: str) -> typing.List[str]:
             except SetupError as e:
                 notes.append("/%s: %s" % (NETWORK, e))
                 continue
-            notes.append("/%s: %s: option nohostroute %s again, as before the install: netifd pins "
-                         "the endpoint route to a WAN again from the next 'ifup %s' (or reboot)"
-                         % (NETWORK, name, "not set" if old == "-" else "'%s'" % old, name))
+            notes.append("/%s: %s: %s again, as before the install: netifd pins the endpoint "
+                         "route to a WAN again from the next 'ifup %s' (or reboot)"
+                         % (NETWORK, name, "option nohostroute removed" if old == "-"
+                            else "option nohostroute '%s'" % old, name))
         if text != original:
             _write_like(path, text)
     os.unlink(os.path.join(root, RECORD))
@@ -645,7 +646,8 @@ def setup(root: str = "/", dry_run: bool = False,
             else:
                 os.makedirs(os.path.dirname(wpath), exist_ok=True)
                 _write_like(wpath, text)
-            notes.append("/%s: written: WANs %s; tunnels %s" % (
+            notes.append("/%s: written: WANs %s; tunnels %s (a running daemon takes it on "
+                         "'/etc/init.d/wgrouter reload')" % (
                 WGROUTER, ", ".join(w.name + (" (LTE, keepalive %d)" % LTE_KEEPALIVE if w.lte else "")
                                     for w in p.wans if w.name not in left_out) or "none",
                 ", ".join(p.tunnels) or "none"))
