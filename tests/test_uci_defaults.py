@@ -517,3 +517,29 @@ def test_prerm_passes_shellcheck():
     r = subprocess.run(["shellcheck", "-s", "sh", "-"], input=prerm_text(), capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stdout
+
+
+def test_an_unusual_line_is_left_to_the_user(tmp_path):
+    root = make_root(tmp_path, "dhcp_lte_qmi")
+    network = root / "etc/config/network"
+    network.write_text(network.read_text().replace(
+        "\toption listen_port '51820'\n", "\toption listen_port '51820'; option nohostroute '0'\n"))
+    before = network.read_text()
+    notes = install.setup(str(root))
+    assert network.read_text() == before
+    assert any("set option nohostroute '1' by hand" in n for n in notes), notes
+    assert install.read_record(str(root)) == {}
+    assert config.defeats(str(root))  # check-config keeps naming it
+
+
+def test_live_addresses_from_netifd(tmp_path, monkeypatch):
+    fake = tmp_path / "ubus"
+    fake.write_text("#!/bin/sh\n[ \"$*\" = 'call network.interface dump' ] || exit 1\n"
+                    "echo '{\"interface\": [{\"interface\": \"wwan\", \"up\": true, "
+                    "\"ipv4-address\": [{\"address\": \"100.80.1.2\", \"mask\": 10}]}, "
+                    "{\"interface\": \"wan\", \"up\": false}]}'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", "%s:%s" % (tmp_path, os.environ["PATH"]))
+    assert install.live_addresses() == {"wwan": ["100.80.1.2"], "wan": []}
+    fake.write_text("#!/bin/sh\necho 'Command failed: Not found' >&2\nexit 4\n")  # netifd not up yet
+    assert install.live_addresses() == {}

@@ -531,7 +531,13 @@ def pin_nohostroute(root: str, tunnels: typing.Sequence[str], dry_run: bool = Fa
         if old is not None and _true(sections[name], "nohostroute"):
             notes.append("/%s: %s: nohostroute is already '%s'" % (NETWORK, name, old))
             continue
-        text = set_option(text, name, "nohostroute", "1")
+        try:
+            text = set_option(text, name, "nohostroute", "1")
+        except SetupError as e:
+            # check-config names the tunnel until it is set by hand
+            del record[name]
+            notes.append("/%s: %s" % (NETWORK, e))
+            continue
         changed = True
         notes.append("/%s: %s: set option nohostroute '1' (was %s): netifd no longer pins the endpoint "
                      "route to one WAN; it takes effect when %s next comes up ('ifup %s' or a reboot). "
