@@ -110,11 +110,14 @@ DESCRIPTIONS = {
                          " re-apply and WAN switch buttons.",
 }
 
-# The scripts the SDK generates for a package without scripts of its own:
-# the router's default_postinst / default_prerm (/lib/functions.sh) enable
-# the init script (also inside an image build, so the image starts it),
-# start it on a live system, and on removal stop it; neither enables nor
-# disables it on an upgrade, so a service the user disabled stays disabled.
+# The scripts the SDK generates (include/package-pack.mk): the router's
+# default_postinst / default_prerm (/lib/functions.sh) run the package's
+# /etc/uci-defaults scripts on a live system, enable the init script (also
+# inside an image build, so the image starts it), start it on a live system,
+# and on removal stop it; neither enables nor disables it on an upgrade, so a
+# service the user disabled stays disabled.  A Package/NAME/prerm of the
+# feed Makefile becomes the control file prerm-pkg, which default_prerm
+# sources first.
 POSTINST = """#!/bin/sh
 [ "${IPKG_NO_SCRIPT}" = "1" ] && exit 0
 [ -s "${IPKG_INSTROOT}/lib/functions.sh" ] || exit 0
@@ -349,8 +352,9 @@ def build(out, python, sources=False, top=TOP):
                               if d not in BASE_DEPENDS]
     control = control_text("wgrouter", version, depends, data, "feeds/wgrouter/wgrouter",
                            "net", mtime)
-    built.append(("wgrouter", ipk(control, conffiles, {"postinst": POSTINST, "prerm": PRERM},
-                                  data, mtime), data))
+    prerm_pkg = makefile_define(os.path.join(HERE, "wgrouter", "Makefile"), "Package/wgrouter/prerm")
+    built.append(("wgrouter", ipk(control, conffiles, {"postinst": POSTINST, "prerm": PRERM,
+                                                       "prerm-pkg": prerm_pkg}, data, mtime), data))
 
     for name in sorted(set(split) - {"wgrouter"}):
         data = Tree()

@@ -20,8 +20,9 @@ PYTHON = "%d.%d" % sys.version_info[:2]
 SITE = "usr/lib/python%s/site-packages/wgrouter" % PYTHON
 # The brief's target was 40 KB. 180 KB of Python source gives about 88 KB of
 # compressed .pyc (53 KB even as sources): this bound catches bloat (say, a
-# stray data file or __pycache__), not the code's natural growth.
-SIZE_LIMIT = 128 * 1024
+# stray data file or __pycache__), not the code's natural growth (install.py,
+# what the install finds and changes, added 13 KB).
+SIZE_LIMIT = 144 * 1024
 
 BUSYBOX = shutil.which("busybox")
 SHELLCHECK = shutil.which("shellcheck")
@@ -111,6 +112,8 @@ def test_data_members_and_modes(main_ipk):
         "./etc/hotplug.d/iface/30-wgrouter": 0o755,
         "./usr/bin/wgrouter": 0o755,
         "./etc/config/wgrouter": 0o644,
+        "./etc/uci-defaults/99-wgrouter": 0o755,
+        "./lib/upgrade/keep.d/wgrouter": 0o644,
     }
     for path, mode in expected_modes.items():
         assert path in files, path
@@ -162,6 +165,18 @@ def test_control_fields(main_ipk):
 
 def test_conffiles(main_ipk):
     assert main_ipk.control_file("conffiles") == "/etc/config/wgrouter\n"
+
+
+def test_prerm_pkg_is_the_feed_makefiles(main_ipk):
+    """As the SDK ships Package/wgrouter/prerm: control file prerm-pkg, with
+    make's $$ expanded; default_prerm sources it (tests/test_uci_defaults.py
+    runs it)."""
+    assert main_ipk.ctl["./prerm-pkg"].mode == 0o755
+    text = main_ipk.control_file("prerm-pkg")
+    with open(FEED_MAKEFILE) as f:
+        block = re.search(r"^define Package/wgrouter/prerm\n(.*?)^endef", f.read(), re.M | re.S)
+    assert text == block.group(1).replace("$$", "$")
+    assert text.startswith("#!/bin/sh\n") and "wgrouter setup --restore" in text
 
 
 @pytest.mark.parametrize("script", ["postinst", "prerm"])
@@ -449,8 +464,9 @@ def test_feed_makefile_builds_what_make_ipk_ships(tmp_path):
         assert depends == control, (name, depends ^ control)
     main = packages["wgrouter"]["fields"]
     assert main["conffiles"] == "/etc/config/wgrouter"
-    # the SDK's default scripts: no postinst/prerm of its own
-    assert (main["postinst"], main["prerm"]) == ("no", "no")
+    # the SDK's default postinst; a prerm of its own, which the SDK ships as
+    # prerm-pkg beside its default prerm (include/package-pack.mk)
+    assert (main["postinst"], main["prerm"]) == ("no", "yes")
     dns = packages["wgrouter-dns"]
     assert dns["root"] is None  # no files: it only pulls in python3-dns
     assert dns["fields"]["DEPENDS"].split() == ["+wgrouter", "+python3-dns"]

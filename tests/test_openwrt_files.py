@@ -23,6 +23,7 @@ FILES = os.path.join(ROOT, "files")
 INIT = os.path.join(FILES, "etc/init.d/wgrouter")
 HOTPLUG = os.path.join(FILES, "etc/hotplug.d/iface/30-wgrouter")
 WRAPPER = os.path.join(FILES, "usr/bin/wgrouter")
+UCI_DEFAULTS = os.path.join(FILES, "etc/uci-defaults/99-wgrouter")
 
 BUSYBOX = shutil.which("busybox")
 SHELLCHECK = shutil.which("shellcheck")
@@ -36,6 +37,7 @@ SHELLCHECK_EXCLUDES = {
     INIT: ["SC2034", "SC2154"],
     HOTPLUG: [],
     WRAPPER: [],
+    UCI_DEFAULTS: [],  # tested in tests/test_uci_defaults.py
 }
 
 

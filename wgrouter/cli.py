@@ -1,4 +1,4 @@
-"""Command line: run, status, apply, switch, check-config, diagnose."""
+"""Command line: run, status, apply, switch, check-config, diagnose, setup."""
 
 import argparse
 import json
@@ -46,9 +46,31 @@ def cmd_check_config(args):
         return 1
     for warning in config.check(root) + _dns_warnings(cfg):
         print("warning: %s" % warning, file=sys.stderr)
+    errors = config.defeats(root)
+    for error in errors:
+        print("error: %s" % error, file=sys.stderr)
     peers = sum(len(t.peers) for t in cfg.tunnels)
+    if errors:
+        print("wgrouter: %d error(s): the daemon runs, but cannot keep those tunnels up" % len(errors),
+              file=sys.stderr)
+        return 1
     print("configuration ok: %d WAN(s) (%s), %d tunnel(s), %d peer(s)" % (
         len(cfg.wans), ", ".join(w.name for w in cfg.wans), len(cfg.tunnels), peers))
+    return 0
+
+
+def cmd_setup(args):
+    from wgrouter import install
+    root = _root(args)
+    try:
+        notes = install.restore(root) if args.restore else install.setup(root, dry_run=args.dry_run)
+    except (wgrouter.Error, OSError) as e:
+        print("wgrouter setup: %s" % e, file=sys.stderr)
+        return 1
+    for note in notes:
+        print(note)
+    if args.dry_run:
+        print("(dry run: nothing was written)")
     return 0
 
 
@@ -168,6 +190,14 @@ def build_parser():
     w.set_defaults(func=cmd_switch)
     c = sub.add_parser("check-config", parents=[common], help="validate /etc/config/wgrouter and the WireGuard interfaces")
     c.set_defaults(func=cmd_check_config)
+    u = sub.add_parser("setup", parents=[common],
+                       help="write /etc/config/wgrouter from this router's WANs and WireGuard interfaces "
+                            "while it is the shipped example, and set nohostroute on the managed tunnels "
+                            "(the install runs it)")
+    u.add_argument("--dry-run", action="store_true", help="print what would be written, change nothing")
+    u.add_argument("--restore", action="store_true",
+                   help="put back the nohostroute values setup changed (package removal runs it)")
+    u.set_defaults(func=cmd_setup)
     d = sub.add_parser("diagnose", parents=[common], help="run the WireGuard troubleshooting checklist")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_diagnose)

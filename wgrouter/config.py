@@ -269,6 +269,9 @@ class _Report:
     def __init__(self):
         self.errors: typing.List[ConfigError] = []
         self.warnings: typing.List[str] = []
+        # the daemon runs with these, but they defeat it: check-config
+        # reports them as errors
+        self.defeats: typing.List[str] = []
 
     @staticmethod
     def message(file, section, option, text) -> str:
@@ -797,8 +800,13 @@ class _Builder:
                     n.error("addresses", "'%s' is not an IP address with an optional /prefix" % address)
             listen_port = n.integer("listen_port", None, 0, 65535)
             if not n.boolean("nohostroute", False):
-                n.warn("nohostroute", "is not '1': netifd pins the endpoint route to one WAN and tears "
-                       "'%s' down when that WAN goes down; set option nohostroute '1'" % name)
+                was = iface.options.get("nohostroute")
+                self.report.defeats.append(self.report.message(self.nfile, iface, "nohostroute", (
+                    "%s: netifd pins the endpoint route of '%s' to the WAN that was up when it came up "
+                    "and takes the tunnel down when that WAN goes down, which wgrouter cannot undo; "
+                    "set it: uci set network.%s.nohostroute='1'; uci commit network; ifup %s "
+                    "(installing wgrouter sets it)") % (
+                    "is '%s', not '1'" % was if isinstance(was, str) else "is not set", name, name, name)))
             # netifd's business, not ours: only warn, and never show it
             private = iface.options.get("private_key")
             if private is None:
@@ -870,6 +878,7 @@ class _Builder:
 def from_sections(network: typing.Sequence[uci.Section], wgrouter_sections: typing.Sequence[uci.Section],
                   network_file: str = "/" + NETWORK, wgrouter_file: str = "/" + WGROUTER,
                   usb_net: typing.Optional[typing.Callable[[str], typing.Optional[str]]] = None,
+                  report: typing.Optional[_Report] = None,
                   ) -> typing.Tuple[model.Config, typing.List[str]]:
     """Build the Config from parsed sections: (config, warnings).
 
@@ -878,6 +887,8 @@ def from_sections(network: typing.Sequence[uci.Section], wgrouter_sections: typi
     Raises ConfigError listing every problem.
     """
     builder = _Builder(list(network), list(wgrouter_sections), network_file, wgrouter_file, usb_net)
+    if report is not None:
+        builder.report = report
     config = builder.build()
     return config, builder.report.warnings
 
@@ -916,7 +927,7 @@ def _read(path: str) -> typing.List[uci.Section]:
         raise ConfigError(str(e), path) from None
 
 
-def _load(root: str) -> typing.Tuple[model.Config, typing.List[str]]:
+def _load(root: str, report: typing.Optional[_Report] = None) -> typing.Tuple[model.Config, typing.List[str]]:
     network_file = os.path.join(root, NETWORK)
     wgrouter_file = os.path.join(root, WGROUTER)
     errors = []
@@ -930,7 +941,7 @@ def _load(root: str) -> typing.Tuple[model.Config, typing.List[str]]:
         report = _Report()
         report.errors = errors
         report.raise_errors()
-    return from_sections(parsed[0], parsed[1], network_file, wgrouter_file, _usb_net(root))
+    return from_sections(parsed[0], parsed[1], network_file, wgrouter_file, _usb_net(root), report)
 
 
 def load(root: str = "/") -> model.Config:
@@ -941,3 +952,11 @@ def load(root: str = "/") -> model.Config:
 def check(root: str = "/") -> typing.List[str]:
     """Warnings about a valid configuration; raises ConfigError like load."""
     return _load(root)[1]
+
+
+def defeats(root: str = "/") -> typing.List[str]:
+    """Problems the daemon runs with but that defeat it (a managed tunnel
+    netifd still pins to one WAN); raises ConfigError like load."""
+    report = _Report()
+    _load(root, report)
+    return report.defeats
