@@ -278,6 +278,8 @@ class Daemon:
         self.shell = wshell.Shell(
             self.config, root=self.root, restart_cmd=self.restart_cmd,
             state_path=_path(self.root, STATE), clock=time.monotonic)
+        for problem in self.shell.problems:
+            log(problem)
         now = time.monotonic()
         self.engine = core.Engine(self.config, now, rng=random.Random())
         # published last, once the signal handlers are in place (the hotplug
