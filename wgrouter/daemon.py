@@ -264,6 +264,7 @@ class Daemon:
             signal.signal(sig, self._on_signal)
         self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
 
+        netlink.report = log  # a malformed message in a dump is skipped, and said
         self.monitor = netlink.Monitor()
         self.sel.register(self.monitor.fileno(), selectors.EVENT_READ, self._on_netlink)
 
