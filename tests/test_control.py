@@ -10,6 +10,7 @@ import threading
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from tests.test_scenarios import CARRIER_BOUND, daemon_log, wlab  # noqa: F401 (wlab: the fixture)
 from wgrouter import control
 
 
@@ -322,3 +323,35 @@ def test_fuzz_any_bytes_in_pieces_give_one_reply_line_or_none(tmp_path_factory, 
             assert loop.handled == []
     finally:
         loop.close()
+
+
+# ------------------------------------------------------------ lab
+
+
+@pytest.mark.lab
+def test_idle_control_clients_do_not_delay_a_failover(wlab):
+    """Three local clients connect and say nothing, then wan loses its
+    carrier: the failover keeps its usual bound (the loop waited for none
+    of them), and the clients are dropped at their deadline."""
+    import os
+    from tests.lab import scenarios
+    lab = wlab()
+    path = os.path.join(lab.root, control.CONTROL)
+    idle = []
+    try:
+        for _ in range(3):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            idle.append(s)
+        out = scenarios.carrier_loss(lab, lab.probes, lab.cap)
+        assert out.recovered, daemon_log(lab)
+        assert out.seconds <= CARRIER_BOUND, (out, daemon_log(lab))
+        assert lab.cap.leaks(since=out.fault_time - 1) == []
+        for s in idle:
+            s.settimeout(control.CLIENT_TIMEOUT + 5)
+            assert s.recv(1) == b""
+    finally:
+        for s in idle:
+            s.close()
+    assert lab.wait_for(lambda: daemon_log(lab).count("sent no complete request") == 3, 5), daemon_log(lab)
+    assert scenarios.peer_status(lab)["wan"] == "wanb"

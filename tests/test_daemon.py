@@ -3,6 +3,7 @@ import threading
 
 import pytest
 
+from tests.test_scenarios import wlab  # noqa: F401 (the lab fixture)
 from wgrouter import daemon
 from wgrouter import diagnose
 
@@ -265,3 +266,33 @@ def test_an_unreadable_spool_is_logged_not_raised(tmp_path):
     (tmp_path / control.SPOOL).mkdir(parents=True)
     assert daemon.read_spool(str(tmp_path), log=logs.append) == []
     assert logs and "not read" in logs[0]
+
+
+@pytest.mark.lab
+def test_a_bad_spool_line_on_a_running_daemon_costs_only_itself(wlab):
+    """On a running daemon: "ifup wan\\xff" then "ifdown wan" in the spool,
+    and the ifdown is taken (the tunnel leaves wan); then 1 MB of random
+    bytes ending in "ifup wan": the daemon keeps running, cuts the spool,
+    takes the newest line and fails back after the hold-down."""
+    import os
+    import random
+    import signal
+    from tests.lab import scenarios
+    from tests.test_scenarios import SCALE, daemon_log
+    from wgrouter import control
+    lab = wlab()
+    scenarios.steady(lab.probes)
+    spool = os.path.join(lab.root, control.SPOOL)
+    with open(spool, "ab") as f:
+        f.write(b"ifup wan\xff\nifdown wan\n")
+    lab.wgrouter.send_signal(signal.SIGUSR1)
+    scenarios.wait_state(lab, lambda p: p.get("wan") == "wanb", 5 * SCALE)
+    assert "1 bad line(s) skipped" in daemon_log(lab), daemon_log(lab)
+    with open(spool, "ab") as f:
+        f.write(random.Random(2).randbytes(1024 * 1024) + b"\nifup wan\n")
+    lab.wgrouter.send_signal(signal.SIGUSR1)
+    scenarios.wait_state(lab, lambda p: p.get("wan") == "wan", (scenarios.LAB_HOLDDOWN + 5) * SCALE)
+    log = daemon_log(lab)
+    assert "cut unread" in log and "event source failed" not in log, log
+    assert lab.wgrouter.poll() is None
+    assert lab.tunnel_works(10)
