@@ -186,6 +186,10 @@ def test_idle_control_clients_do_not_hold_up_a_request(tmp_path):
             idle.append(s)
         reply = control.request(str(tmp_path), {"method": "status"})
         assert reply["pid"] == proc.pid
+        # the ubus handlers' way in, from a thread of their own
+        ubus_side = daemon.Handlers(type("D", (), {"root": str(tmp_path), "config": None})())
+        assert ubus_side.switch("wanb") == {"ok": True, "wan": "wanb"}
+        assert ubus_side.reapply() == {"ok": True}
         for s in idle:  # still open: the daemon did not wait them out first
             s.setblocking(False)
             with pytest.raises(BlockingIOError):
