@@ -3,6 +3,7 @@ import threading
 
 import pytest
 
+from tests.test_scenarios import wlab  # noqa: F401 (the lab fixture)
 from wgrouter import daemon
 from wgrouter import diagnose
 
@@ -160,3 +161,142 @@ def test_reload_registers_ubus_once_the_binding_is_there(tmp_path, monkeypatch):
     d.ubus = object()
     d._reload()
     assert tries == [1]
+
+
+# ------------------------------------------------------------ control socket
+
+
+def test_idle_control_clients_do_not_hold_up_a_request(tmp_path):
+    """Three clients connect and say nothing: a status request is answered
+    while they are still connected (the loop waited for none of them), and
+    they are dropped at their deadline."""
+    import socket
+    import signal
+    from tests import test_config
+    from wgrouter import control
+    test_config.write(tmp_path)
+    proc = _run_daemon(tmp_path)
+    try:
+        assert "started" in _line(proc)
+        path = str(tmp_path / control.CONTROL)
+        idle = []
+        for _ in range(3):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(path)
+            idle.append(s)
+        reply = control.request(str(tmp_path), {"method": "status"})
+        assert reply["pid"] == proc.pid
+        # the ubus handlers' way in, from a thread of their own
+        ubus_side = daemon.Handlers(type("D", (), {"root": str(tmp_path), "config": None})())
+        assert ubus_side.switch("wanb") == {"ok": True, "wan": "wanb"}
+        assert ubus_side.reapply() == {"ok": True}
+        for s in idle:  # still open: the daemon did not wait them out first
+            s.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                s.recv(1)
+        for s in idle:  # closed by the daemon at their deadline
+            s.settimeout(control.CLIENT_TIMEOUT + 5)
+            assert s.recv(1) == b""
+            s.close()
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+        assert err.count("sent no complete request within") == 3, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+# ------------------------------------------------------------ hotplug spool
+
+
+def _spool(tmp_path, data):
+    from wgrouter import control
+    path = tmp_path / control.SPOOL
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path
+
+
+def _taken(events):
+    return [(e.data["action"], e.data["interface"], e.data.get("device")) for e in events]
+
+
+def test_a_bad_spool_line_costs_only_itself(tmp_path):
+    logs = []
+    path = _spool(tmp_path, b"ifup wan\xff\nifdown wan\n")
+    assert _taken(daemon.read_spool(str(tmp_path), log=logs.append)) == [("ifdown", "wan", None)]
+    assert not path.exists()
+    assert len(logs) == 1 and "1 bad line(s)" in logs[0] and "line 1" in logs[0] \
+        and str(path) in logs[0], logs
+
+
+@pytest.mark.parametrize("line", [
+    b"ifup", b"reboot wan", b"ifup wan eth0 extra", b"ifup wan eth/0", b"ifup wan eth:0",
+    b"ifup wan " + b"e" * 16, b"ifup w\x00an", b"ifup wan\x1b[2J",
+])
+def test_spool_lines_that_are_not_hotplug_events_are_skipped(tmp_path, line):
+    logs = []
+    _spool(tmp_path, b"ifdown wanb\n" + line + b"\nifup wan phy0-sta0\n")
+    assert _taken(daemon.read_spool(str(tmp_path), log=logs.append)) == [
+        ("ifdown", "wanb", None), ("ifup", "wan", "phy0-sta0")]
+    assert len(logs) == 1 and "line 2" in logs[0], logs
+
+
+def test_a_spool_over_the_bound_is_cut_to_its_newest_lines(tmp_path):
+    logs = []
+    old = b"ifdown wan\n" * (2 * daemon.SPOOL_MAX // 11)
+    _spool(tmp_path, old + b"ifup wan\n")
+    events = daemon.read_spool(str(tmp_path), log=logs.append)
+    assert _taken(events[-1:]) == [("ifup", "wan", None)]
+    assert len(events) <= daemon.SPOOL_MAX // 9
+    assert all(e.data["interface"] == "wan" for e in events)  # no half line taken
+    assert len(logs) == 1 and "cut unread" in logs[0], logs
+
+
+def test_random_bytes_in_the_spool_never_raise(tmp_path):
+    import random
+    logs = []
+    junk = random.Random(14).randbytes(1024 * 1024)
+    _spool(tmp_path, junk + b"\nifdown wan\n")
+    events = daemon.read_spool(str(tmp_path), log=logs.append)
+    assert ("ifdown", "wan", None) in _taken(events)
+    assert len(logs) <= 2  # the cut, and the bad lines: once each
+
+
+def test_an_unreadable_spool_is_logged_not_raised(tmp_path):
+    from wgrouter import control
+    logs = []
+    (tmp_path / control.SPOOL).mkdir(parents=True)
+    assert daemon.read_spool(str(tmp_path), log=logs.append) == []
+    assert logs and "not read" in logs[0]
+
+
+@pytest.mark.lab
+def test_a_bad_spool_line_on_a_running_daemon_costs_only_itself(wlab):
+    """On a running daemon: "ifup wan\\xff" then "ifdown wan" in the spool,
+    and the ifdown is taken (the tunnel leaves wan); then 1 MB of random
+    bytes ending in "ifup wan": the daemon keeps running, cuts the spool,
+    takes the newest line and fails back after the hold-down."""
+    import os
+    import random
+    import signal
+    from tests.lab import scenarios
+    from tests.test_scenarios import SCALE, daemon_log
+    from wgrouter import control
+    lab = wlab()
+    scenarios.steady(lab.probes)
+    spool = os.path.join(lab.root, control.SPOOL)
+    with open(spool, "ab") as f:
+        f.write(b"ifup wan\xff\nifdown wan\n")
+    lab.wgrouter.send_signal(signal.SIGUSR1)
+    scenarios.wait_state(lab, lambda p: p.get("wan") == "wanb", 5 * SCALE)
+    assert "1 bad line(s) skipped" in daemon_log(lab), daemon_log(lab)
+    with open(spool, "ab") as f:
+        f.write(random.Random(2).randbytes(1024 * 1024) + b"\nifup wan\n")
+    lab.wgrouter.send_signal(signal.SIGUSR1)
+    scenarios.wait_state(lab, lambda p: p.get("wan") == "wan", (scenarios.LAB_HOLDDOWN + 5) * SCALE)
+    log = daemon_log(lab)
+    assert "cut unread" in log and "event source failed" not in log, log
+    assert lab.wgrouter.poll() is None
+    assert lab.tunnel_works(10)

@@ -171,3 +171,60 @@ m.close()
 print(json.dumps(result))
 """)
     assert out == {"idle": False, "ready": True, "link": True, "after": False, "addr": True, "route": True}
+
+
+# ------------------------------------------------------------ malformed input
+
+
+def addr_payload(index, address):
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    body = struct.pack("=BBBBi", family, 24, 0, 0, index)
+    return body + rta(netlink.IFA_ADDRESS, socket.inet_pton(family, address))
+
+
+@pytest.fixture
+def reports(monkeypatch):
+    said = []
+    monkeypatch.setattr(netlink, "report", said.append)
+    monkeypatch.setattr(netlink, "_reported", set())
+    return said
+
+
+@pytest.mark.parametrize("bad", [
+    b"",  # no ifaddrmsg at all
+    struct.pack("=BBBBi", socket.AF_INET, 24, 0, 0, 5) + rta(netlink.IFA_ADDRESS, b"\1\2\3"),  # 3-byte IPv4
+    struct.pack("=BBBBi", 77, 24, 0, 0, 5) + rta(netlink.IFA_ADDRESS, b"\1\2\3\4"),  # unknown family
+    struct.pack("=BBBBi", socket.AF_INET, 24, 0, 0, 5) + rta(netlink.IFA_FLAGS, b"\1"),  # short u32
+])
+def test_a_malformed_message_is_skipped_and_the_rest_of_the_batch_parsed(reports, bad):
+    batch = (nlmsg(netlink.RTM_NEWADDR, addr_payload(3, "10.0.1.2"))
+             + nlmsg(netlink.RTM_NEWADDR, bad)
+             + nlmsg(netlink.RTM_NEWADDR, addr_payload(4, "2001:db8::2")))
+    done = nlmsg(netlink.NLMSG_DONE, b"\0\0\0\0")
+    got = netlink.collect([batch, done], 1, netlink.parse_addr)
+    assert [(a["ifindex"], a["address"]) for a in got] == [(3, "10.0.1.2"), (4, "2001:db8::2")]
+    assert len(reports) == 1 and "1 malformed message(s) skipped in a addr dump" in reports[0], reports
+    netlink.collect([batch + done], 1, netlink.parse_addr)
+    assert len(reports) == 1  # the same complaint is said once
+
+
+@pytest.mark.parametrize("parse, bad", [
+    (netlink.parse_link, struct.pack("=BxHiII", 0, 1, 7, 0, 0) + rta(netlink.IFLA_CARRIER, b"")),
+    (netlink.parse_link, struct.pack("=BxHiII", 0, 1, 7, 0, 0) + rta(netlink.IFLA_MTU, b"\1\2")),
+    (netlink.parse_route, struct.pack("=BBBBBBBBI", socket.AF_INET, 32, 0, 0, 254, 4, 0, 1, 0)
+     + rta(netlink.RTA_GATEWAY, b"\1" * 16)),
+    (netlink.parse_route, b"\2\0"),
+])
+def test_malformed_links_and_routes_are_malformed_not_a_crash(parse, bad):
+    with pytest.raises(netlink.Malformed):
+        netlink.parse_one(parse, bad)
+
+
+def test_a_short_error_message_is_skipped_and_a_real_error_still_raised(reports):
+    short = nlmsg(netlink.NLMSG_ERROR, b"\1")
+    link = nlmsg(netlink.RTM_NEWLINK, link_payload(7, "wan", 1, 6))
+    done = nlmsg(netlink.NLMSG_DONE, b"\0\0\0\0")
+    assert [x["ifname"] for x in netlink.collect([short + link + done], 1, netlink.parse_link)] == ["wan"]
+    refused = nlmsg(netlink.NLMSG_ERROR, struct.pack("=i", -1) + b"\0" * 16)
+    with pytest.raises(netlink.NetlinkError, match="EPERM"):
+        netlink.collect([refused], 1, netlink.parse_link)

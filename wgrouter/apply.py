@@ -109,6 +109,25 @@ def send_kick(device, target):
         sock.close()
 
 
+def _table(value):
+    return value is None or (type(value) is int and 0 < value < 2 ** 32)
+
+
+def _route_record(r):
+    """A route record as Applier.apply_path writes it."""
+    return (isinstance(r, dict) and isinstance(r.get("address"), str) and model.is_ip(r["address"])
+            and _table(r.get("table")) and isinstance(r.get("device"), str)
+            and isinstance(r.get("gateway"), (str, type(None))) and isinstance(r.get("owners"), list)
+            and all(isinstance(o, list) and len(o) == 2 and all(isinstance(x, str) for x in o)
+                    for o in r["owners"]))
+
+
+def _rule_record(r):
+    """A rule record as Applier.apply_path writes it (always in a table)."""
+    return (isinstance(r, dict) and isinstance(r.get("address"), str) and model.is_ip(r["address"])
+            and r.get("table") is not None and _table(r.get("table")))
+
+
 class State:
     """The host routes and rules wgrouter added, as a JSON file.
 
@@ -121,6 +140,7 @@ class State:
         self.path = path
         self.routes = {}
         self.rules = {}
+        self.problems = []  # what load() refused, for the daemon's log
         self.load()
 
     @staticmethod
@@ -128,17 +148,35 @@ class State:
         return "%s %s" % (address, "main" if table is None else table)
 
     def load(self):
+        """Read the file, record by record.  What is refused (an unreadable
+        file, a record that is not one we write) is left out and said in
+        ``problems``: we can then only leak a route, never delete one we did
+        not add, nor run a command with what the file made up."""
         try:
-            with open(self.path) as f:
-                data = json.load(f)
+            data = control.read_json(self.path)
         except FileNotFoundError:
             return
-        except (OSError, ValueError):
-            # A corrupt record is treated as empty: we can then only leak a
-            # route, never delete one we did not add.
+        except (OSError, ValueError) as e:
+            self.problems.append("%s ignored: %s" % (self.path, e))
             return
-        self.routes = dict(data.get("routes", {}))
-        self.rules = dict(data.get("rules", {}))
+        if not isinstance(data, dict):
+            self.problems.append("%s ignored: not a JSON object" % self.path)
+            return
+        for name, valid, into in (("routes", _route_record, self.routes),
+                                  ("rules", _rule_record, self.rules)):
+            records = data.get(name, {})
+            if not isinstance(records, dict):
+                self.problems.append("%s: %s ignored: not a JSON object" % (self.path, name))
+                continue
+            bad = []
+            for key, record in records.items():
+                if valid(record) and key == self.key(record["address"], record["table"]):
+                    into[key] = record
+                else:
+                    bad.append(key)
+            if bad:
+                self.problems.append("%s: %d %s record(s) ignored, not as wgrouter writes them "
+                                     "(first: %r)" % (self.path, len(bad), name[:-1], bad[0][:80]))
 
     def save(self):
         control.write_atomic(self.path, json.dumps({"routes": self.routes, "rules": self.rules},

@@ -7,7 +7,6 @@ hotplug events (a spool file plus SIGUSR1), SIGHUP (reload), SIGTERM/SIGINT
 rate except the core's monitor interval.
 """
 
-import json
 import os
 import random
 import selectors
@@ -29,9 +28,6 @@ from wgrouter import shell as wshell
 # route messages) is folded into one observation: wait this long for the
 # burst to end.  Short enough not to matter for a 1 s failover budget.
 NETLINK_SETTLE = 0.02
-
-# Control-socket clients get this long to send their one request line.
-CONTROL_TIMEOUT = 2.0
 
 
 class DaemonError(wgrouter.Error):
@@ -79,30 +75,90 @@ def read_pid(root):
         return 0
 
 
-def read_spool(root):
-    """Take every pending hotplug line; return Event("hotplug") objects."""
+# The hotplug script appends one short line per event (a few dozen bytes):
+# a spool this big is junk, or events nobody took for a long time.  Only its
+# newest part is read (the last events of an interface decide its state),
+# so that no spool makes the daemon read and hold more than this.
+SPOOL_MAX = 64 * 1024
+# The actions the hotplug script passes on (files/etc/hotplug.d/iface/).
+HOTPLUG_ACTIONS = ("ifup", "ifdown", "ifupdate", "connected", "disconnected")
+
+
+def spool_event(line):
+    """One spool line ("ACTION INTERFACE [DEVICE]", bytes) as an
+    Event("hotplug"); None for a blank line.  ValueError says what is wrong
+    with a bad one."""
+    words = line.split()
+    if not words:
+        return None
+    try:
+        words = [w.decode("utf-8") for w in words]
+    except UnicodeDecodeError:
+        raise ValueError("not UTF-8: %r" % line[:80]) from None
+    if not 2 <= len(words) <= 3 or words[0] not in HOTPLUG_ACTIONS \
+            or not all(w.isprintable() for w in words):
+        raise ValueError("not ACTION INTERFACE [DEVICE]: %r" % line[:80])
+    data = {"action": words[0], "interface": words[1]}
+    if len(words) > 2:
+        if not control.is_device_name(words[2]):
+            raise ValueError("not a device name: %r" % words[2][:80])
+        data["device"] = words[2]
+    return model.Event("hotplug", data)
+
+
+def read_spool(root, log=log):
+    """Take every pending hotplug line; return Event("hotplug") objects.
+
+    Each line stands alone: a bad one is skipped (and the bad lines of one
+    read are logged once, with where the first one was), the others are
+    taken.  A spool over SPOOL_MAX is cut to its newest lines, and the cut
+    is logged."""
     spool = _path(root, SPOOL)
     taken = "%s.%d" % (spool, os.getpid())
     try:
         os.rename(spool, taken)
     except FileNotFoundError:
         return []
-    events = []
+    except OSError as e:
+        log("hotplug spool %s not taken: %s" % (spool, e))
+        return []
+    cut = 0
     try:
-        with open(taken) as f:
-            for line in f:
-                words = line.split()
-                if len(words) < 2:
-                    continue
-                data = {"action": words[0], "interface": words[1]}
-                if len(words) > 2:
-                    data["device"] = words[2]
-                events.append(model.Event("hotplug", data))
+        with open(taken, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > SPOOL_MAX:
+                # from the byte before the cut: a cut just after a newline
+                # keeps the whole line that follows it
+                f.seek(size - SPOOL_MAX - 1)
+                data = f.read(SPOOL_MAX + 1)
+                start = data.find(b"\n") + 1 if b"\n" in data else len(data)
+                data = data[start:]
+                cut = size - len(data)
+            else:
+                data = f.read(SPOOL_MAX)
+    except OSError as e:
+        log("hotplug spool %s not read: %s" % (spool, e))
+        return []
     finally:
         try:
             os.unlink(taken)
         except OSError:
             pass
+    if cut:
+        log("hotplug spool %s: %d bytes, the oldest %d cut unread (kept the last %d)"
+            % (spool, size, cut, len(data)))
+    events = []
+    bad = []
+    for number, line in enumerate(data.split(b"\n"), 1):
+        try:
+            event = spool_event(line)
+        except ValueError as e:
+            bad.append("line %d%s: %s" % (number, " after the cut" if cut else "", e))
+            continue
+        if event is not None:
+            events.append(event)
+    if bad:
+        log("hotplug spool %s: %d bad line(s) skipped (first: %s)" % (spool, len(bad), bad[0]))
     return events
 
 
@@ -208,20 +264,14 @@ class Daemon:
             signal.signal(sig, self._on_signal)
         self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
 
+        netlink.report = log  # a malformed message in a dump is skipped, and said
         self.monitor = netlink.Monitor()
         self.sel.register(self.monitor.fileno(), selectors.EVENT_READ, self._on_netlink)
 
-        ctl = _path(self.root, CONTROL)
-        try:
-            os.unlink(ctl)
-        except FileNotFoundError:
-            pass
-        self.control = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.control.bind(ctl)
-        os.chmod(ctl, 0o600)
-        self.control.listen(4)
-        self.control.setblocking(False)
-        self.sel.register(self.control, selectors.EVENT_READ, self._on_control)
+        # served in this loop without ever waiting for a client
+        self.control = control.Server(_path(self.root, CONTROL), self.handle_request,
+                                      threaded={"diagnose": self._diagnose}, log=log)
+        self.control.register(self.sel)
 
         # The core and the shell run on the monotonic clock: a step of the
         # wall clock (NTP at boot without RTC, date -s) neither stalls the
@@ -229,6 +279,8 @@ class Daemon:
         self.shell = wshell.Shell(
             self.config, root=self.root, restart_cmd=self.restart_cmd,
             state_path=_path(self.root, STATE), clock=time.monotonic)
+        for problem in self.shell.problems:
+            log(problem)
         now = time.monotonic()
         self.engine = core.Engine(self.config, now, rng=random.Random())
         # published last, once the signal handlers are in place (the hotplug
@@ -299,59 +351,14 @@ class Daemon:
             return [model.Event("link", {})]
         return []
 
-    def _on_control(self):
+    def _diagnose(self, request):
+        """The control socket's diagnose, in a thread of its own: it only
+        reads but may wait seconds on a dead WAN's DNS."""
+        from wgrouter import diagnose
         try:
-            conn, _ = self.control.accept()
-        except (BlockingIOError, InterruptedError):
-            return []
-        events = []
-        with conn:
-            deadline = time.monotonic() + CONTROL_TIMEOUT
-            try:
-                buf = b""
-                while not buf.endswith(b"\n") and len(buf) < 4096:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        raise OSError("request not received within %gs" % CONTROL_TIMEOUT)
-                    conn.settimeout(remaining)
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    buf += chunk
-                request = json.loads(buf.decode() or "{}")
-                if not isinstance(request, dict):
-                    raise ValueError("a request is a JSON object")
-                if request.get("method") == "diagnose":
-                    # it only reads but may wait seconds on a dead WAN's
-                    # DNS: answer from a thread, never block the loop
-                    threading.Thread(target=self._diagnose_reply, args=(conn.detach(),),
-                                     daemon=True).start()
-                    return []
-                reply, events = self.handle_request(request)
-            except (OSError, ValueError) as e:
-                reply = {"error": "bad request: %s" % e}
-            except Exception as e:  # a bad request never stops failover
-                log("control: request failed: %r" % (e,))
-                reply = {"error": "request failed: %s" % e}
-            try:
-                conn.sendall(json.dumps(reply).encode() + b"\n")
-            except OSError:
-                pass
-        return events
-
-    def _diagnose_reply(self, fd):
-        conn = socket.socket(fileno=fd)
-        try:
-            from wgrouter import diagnose
-            try:
-                reply = diagnose.run(self.root, self.config)
-            except Exception as e:  # a report, never a dead daemon
-                reply = {"error": "diagnose failed: %s" % e}
-            conn.sendall(json.dumps(reply).encode() + b"\n")
-        except OSError:
-            pass
-        finally:
-            conn.close()
+            return diagnose.run(self.root, self.config)
+        except Exception as e:  # a report, never a dead daemon
+            return {"error": "diagnose failed: %s" % e}
 
     def handle_request(self, request):
         """Answer one CLI/ubus request; returns (reply, events for the core)."""
@@ -453,7 +460,8 @@ class Daemon:
             self.mqtt.publish_event(data)
 
     def _timeout(self, deadline, now):
-        candidates = [d for d in (deadline, self.shell.deadline()) if d is not None]
+        candidates = [d for d in (deadline, self.shell.deadline(),
+                                  self.control.deadline() if self.control else None) if d is not None]
         if self.mqtt is not None:
             wall = time.time()  # heartbeats are timed on the wall clock
             candidates.append(self.mqtt.heartbeat_due(wall) - wall + now)
@@ -485,6 +493,7 @@ class Daemon:
                     self._reload()
                 now = time.monotonic()
                 self.pending.extend(self.shell.expire(now))
+                self.control.expire(now)
                 wall = time.time()
                 if self.mqtt is not None and wall >= self.mqtt.heartbeat_due(wall):
                     self.mqtt.heartbeat(wall, self.snapshot)

@@ -214,6 +214,68 @@ def parse_route(payload):
     }
 
 
+class Malformed(NetlinkError):
+    """malformed netlink message"""
+
+
+# Where a skipped message is said: the daemon sets its log here.  Each
+# distinct complaint is said once (a kernel that keeps sending the same odd
+# message would otherwise log it on every dump), up to REPORTS_MAX of them.
+report = None
+REPORTS_MAX = 32
+_reported = set()
+
+
+def _report(text):
+    if report is None or text in _reported or len(_reported) >= REPORTS_MAX:
+        return
+    _reported.add(text)
+    report(text)
+
+
+def parse_one(parse, payload):
+    """``parse(payload)``, with any failure on a malformed payload (too short,
+    an attribute of the wrong size, an address of an unknown family) made
+    Malformed."""
+    try:
+        return parse(payload)
+    except (struct.error, ValueError, IndexError, TypeError, OverflowError) as e:
+        raise Malformed("%s: %s" % (parse.__name__, e)) from None
+
+
+def collect(datagrams, seq, parse):
+    """The parsed messages of one dump, from an iterable of datagrams, up to
+    its NLMSG_DONE.  A malformed message is skipped (and reported once);
+    the rest of its batch is parsed.  NetlinkError when the kernel refuses
+    the dump."""
+    result = []
+    skipped = []
+    for data in datagrams:
+        for rtype, _flags, rseq, payload in messages(data):
+            if rseq != seq:
+                continue
+            if rtype == NLMSG_DONE:
+                if skipped:
+                    _report("netlink: %d malformed message(s) skipped in a %s dump (first: %s)"
+                            % (len(skipped), parse.__name__[len("parse_"):], skipped[0]))
+                return result
+            if rtype == NLMSG_ERROR:
+                if len(payload) < 4:
+                    skipped.append("NLMSG_ERROR of %d bytes" % len(payload))
+                    continue
+                code = -struct.unpack_from("=i", payload)[0]
+                if code == 0:
+                    continue
+                raise NetlinkError("netlink dump failed: %s" % errno.errorcode.get(code, code))
+            if rtype == NLMSG_OVERRUN or rtype == NLMSG_NOOP:
+                continue
+            try:
+                result.append(parse_one(parse, payload))
+            except Malformed as e:
+                skipped.append(str(e))
+    raise NetlinkError("netlink dump ended without NLMSG_DONE")
+
+
 def _dump(mtype, header, parse):
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
     try:
@@ -221,22 +283,7 @@ def _dump(mtype, header, parse):
         seq = 1
         flags = NLM_F_REQUEST | NLM_F_DUMP
         sock.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(header), mtype, flags, seq, 0) + header)
-        result = []
-        while True:
-            data = sock.recv(RECV_SIZE)
-            for rtype, _flags, rseq, payload in messages(data):
-                if rseq != seq:
-                    continue
-                if rtype == NLMSG_DONE:
-                    return result
-                if rtype == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", payload)[0]
-                    if code == 0:
-                        continue
-                    raise NetlinkError("netlink dump failed: %s" % errno.errorcode.get(code, code))
-                if rtype == NLMSG_OVERRUN or rtype == NLMSG_NOOP:
-                    continue
-                result.append(parse(payload))
+        return collect(iter(lambda: sock.recv(RECV_SIZE), None), seq, parse)
     finally:
         sock.close()
 

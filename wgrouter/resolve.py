@@ -156,6 +156,7 @@ def answer(query, response):
     if rcode != dns.rcode.NOERROR:
         raise ResolveFailed(dns.rcode.to_text(rcode))
     rdtype = query.question[0].rdtype
+    rdclass = query.question[0].rdclass
     name = query.question[0].name
     ttls = []
     seen = set()
@@ -163,11 +164,15 @@ def answer(query, response):
         seen.add(name)
         found = None
         for rrset in response.answer:
-            if rrset.name == name and rrset.rdtype == rdtype:
+            # records of another class (CH, or a number dnspython keeps as
+            # generic data) are no address, whatever their type says
+            if rrset.name != name or rrset.rdclass != rdclass:
+                continue
+            if rrset.rdtype == rdtype:
                 addresses = [rdata.address for rdata in rrset]
                 ttls.append(rrset.ttl)
                 return addresses, min(ttls)
-            if rrset.name == name and rrset.rdtype == dns.rdatatype.CNAME:
+            if rrset.rdtype == dns.rdatatype.CNAME:
                 found = rrset
         if found is None:
             break
@@ -332,10 +337,17 @@ class Query:
             self.pending -= 1
             return self.pending > 0
         try:
-            response = dns.message.from_wire(data)
-            if not self.query.is_response(response):
-                return True  # not ours: keep waiting
-            addresses, ttl = answer(self.query, response)
+            try:
+                response = dns.message.from_wire(data)
+                if not self.query.is_response(response):
+                    return True  # not ours: keep waiting
+                addresses, ttl = answer(self.query, response)
+            except (ResolveFailed, dns.exception.DNSException):
+                raise
+            except Exception as e:
+                # dnspython parsing hostile bytes may fail in ways it does not
+                # wrap; that is a malformed answer, never a failed loop
+                raise dns.exception.FormError("malformed answer: %r" % (e,)) from None
         except NoRecord as e:
             import dns.rdatatype
 
@@ -389,15 +401,19 @@ def _outcome(action, limit):
             reply = None
         if not isinstance(reply, dict):
             return failed("resolver exited %d: %s" % (rc, (err.strip() or out.strip())[-200:]))
-        if rc == 0 and isinstance(reply.get("addresses"), list) and reply["addresses"]:
+        addresses, ttl = reply.get("addresses"), reply.get("ttl", 0)
+        if rc == 0 and isinstance(addresses, list) and addresses:
+            if not all(isinstance(a, str) and model.is_ip(a) for a in addresses) \
+                    or type(ttl) is not int or ttl < 0:
+                return failed("malformed resolver reply: %s" % line[:200])
             return [
                 model.Event(
                     "resolved",
                     {
                         "host": action.host,
                         "wan": action.wan,
-                        "addresses": [str(a) for a in reply["addresses"]],
-                        "ttl": int(reply.get("ttl", 0)),
+                        "addresses": list(addresses),
+                        "ttl": ttl,
                     },
                 )
             ]

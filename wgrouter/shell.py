@@ -100,6 +100,8 @@ class Shell:
         # for tests: where endpoint name queries go
         self.resolve_port = None
         self.devices_path = os.path.join(root, DEVICES_FILE)
+        # what the run files held that was refused (the daemon logs it)
+        self.problems = list(self.applier.state.problems)
         self.learned = self._read_learned()
         self.reconfigure(config)
 
@@ -114,14 +116,26 @@ class Shell:
     # ------------------------------------------------------------ devices
 
     def _read_learned(self):
+        """The learned devices, entry by entry: a bad file or entry is left
+        out (the WAN waits for its next ifup, as on a first start) and said
+        in ``problems``."""
         try:
-            with open(self.devices_path) as f:
-                learned = json.load(f)
-        except (OSError, ValueError):
+            learned = control.read_json(self.devices_path)
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            self.problems.append("%s ignored: %s" % (self.devices_path, e))
             return {}
         if not isinstance(learned, dict):
+            self.problems.append("%s ignored: not a JSON object" % self.devices_path)
             return {}
-        return {k: v for k, v in learned.items() if isinstance(k, str) and isinstance(v, str) and v}
+        good = {wan: device for wan, device in learned.items()
+                if isinstance(device, str) and control.is_device_name(device)}
+        bad = [wan for wan in learned if wan not in good]
+        if bad:
+            self.problems.append("%s: %d entry(ies) ignored, not a device name (first: %r: %r)"
+                                 % (self.devices_path, len(bad), bad[0][:80], learned[bad[0]]))
+        return good
 
     def learn(self, events):
         """A WAN configured without a device takes the one netifd names in
