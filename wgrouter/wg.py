@@ -347,6 +347,10 @@ def parse_device_messages(payloads):
     return [_freeze(p) for p in peers.values()]
 
 
+class _Refused(OSError):
+    """the kernel answered a request with an errno (the socket stays usable)"""
+
+
 def _error_code(payload):
     return -struct.unpack_from("=i", payload)[0] if len(payload) >= 4 else 0
 
@@ -408,13 +412,15 @@ class Genetlink:
                         # wireguard.h: a dump's NLMSG_DONE carries its error code
                         code = _error_code(payload)
                         if code:
-                            raise OSError(code, os.strerror(code))
+                            raise _Refused(code, os.strerror(code))
                         if mtype == netlink.NLMSG_DONE or not dump:
                             return out
                         continue
                     if mtype in (netlink.NLMSG_NOOP, netlink.NLMSG_OVERRUN):
                         continue
                     out.append((mflags, payload))
+        except _Refused:
+            raise
         except OSError:
             # a timeout or a half-read dump leaves the socket unusable
             self.close()
