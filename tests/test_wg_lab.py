@@ -131,3 +131,26 @@ def test_uapi_read_matches_wg_show_and_set_touches_one_peer(tmp_path):
     assert after[v_pub][1] == before[v_pub][1] and after[v_pub][5:] == before[v_pub][5:]
     assert set(after) == {v_pub, other}
     assert set(out["after_absent"]) == {v_pub, other}  # update only: no new peer
+
+
+def test_daemon_forks_nothing_in_steady_state(lab_factory):
+    """A healthy tunnel, nothing changing: ten checks and not one process."""
+    from tests.lab import scenarios, topology
+
+    if not shutil.which("strace"):
+        pytest.skip("needs strace")
+    lab = lab_factory()
+    lab.start_wgrouter(check_interval=1, endpoint_host=topology.VPN_ADDRESSES[0])
+    assert lab.wait_for(lambda: scenarios.peer_status(lab).get("state") == "up", 30)
+    assert lab.wait_for(lab.tunnel_works, 30)
+    time.sleep(3)  # the first checks after the handshake settle
+    trace = os.path.join(lab.logdir, "strace.txt")
+    checks0 = scenarios.status(lab)["wakeups"]
+    subprocess.run(["timeout", "-s", "INT", "10", "strace", "-f", "-qq", "-o", trace,
+                    "-e", "trace=clone,clone3,fork,vfork,execve", "-p", str(lab.wgrouter.pid)])
+    woke = scenarios.status(lab)["wakeups"] - checks0
+    with open(trace) as f:
+        calls = [line for line in f if "(" in line and "resumed" not in line]
+    assert woke >= 8  # the daemon did run its checks meanwhile
+    assert calls == []
+    assert scenarios.peer_status(lab)["state"] == "up"
