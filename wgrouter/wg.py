@@ -119,7 +119,7 @@ class Uapi:
                 # no socket, or one its process left behind: not userspace
                 raise Unavailable("%s: no UAPI socket (%s)" % (ifname, e.strerror)) from None
             sock.sendall(text.encode())
-            data = b""
+            data = bytearray()
             # the body has no blank line: the one after errno= ends the reply
             while not data.endswith(b"\n\n"):
                 chunk = sock.recv(65536)
@@ -491,7 +491,6 @@ class Client:
     def __init__(self, transports=None):
         self.transports = tuple((Uapi(), Genetlink()) if transports is None else transports)
         self.used = {}  # device -> name of the transport that answered last
-        self.errors = {}  # device -> why no transport answered, last read
 
     def _each(self, ifname, op):
         why = []
@@ -523,7 +522,6 @@ class Client:
                 continue
             except WgError as e:
                 failed[name] = str(e)
-        self.errors = failed
         return found, failed
 
     def set_peer(self, ifname, public_key, address, port, keepalive):
