@@ -4,6 +4,9 @@ Writes bench/results.json (layout in the README) and bench/results.md (the
 table the README quotes).  Needs root and the lab's tools, like make test.
 
     python3 -m bench.run [--runs N] [--baseline-runs N] [--idle-seconds S] [--only NAME,...]
+
+--only takes scenario names and check_cost (one healthy check, forked wg
+against the in-process read).
 """
 
 import argparse
@@ -291,6 +294,94 @@ def bench_hotplug(n=50):
         shutil.rmtree(root, ignore_errors=True)
 
 
+# ---------------------------------------------------------- cost of one check
+
+CHECK_COST = "check_cost"  # an --only name beside the scenarios
+# One process, CHECKS healthy checks in a row: the shell's observe() as the
+# daemon runs it, reading the peers with `wg show all dump` forked and parsed,
+# or in process.  Netlink (the WANs) is dumped once before, as in steady state.
+CHECK_CODE = r"""
+import json, resource, sys, tempfile, time
+from wgrouter import model, shell, wg
+mode, n, dev = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+client = wg.Client(()) if mode == "fork" else wg.Client()
+config = model.Config(model.Settings(), (), (model.Tunnel(dev, ()),))
+s = shell.Shell(config, root=tempfile.mkdtemp(), wg=client)
+_, peers, present = s.observe(True)
+assert present == {dev} and peers, (present, s.wg_error)
+def cpu():
+    a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+c0, t0 = cpu(), time.perf_counter()
+for _ in range(n):
+    _, again, _ = s.observe(False)
+    assert again.keys() == peers.keys()
+c1, t1 = cpu(), time.perf_counter()
+print(json.dumps({"cpu_s": c1 - c0, "wall_s": t1 - t0, "used": client.used}))
+"""
+
+
+def _perf_instructions():
+    """Why ``perf stat -e instructions`` cannot count here, or None."""
+    if not shutil.which("perf"):
+        return "perf not installed"
+    r = subprocess.run(["perf", "stat", "-x,", "-e", "instructions", "true"], capture_output=True, text=True)
+    line = (r.stderr.strip().splitlines() or [""])[-1]
+    if r.returncode != 0 or not line.split(",")[0].strip().isdigit():
+        return "perf stat -e instructions: %s" % (line.split(",")[0] or r.stderr.strip() or r.returncode)
+    return None
+
+
+def _check_run(lab, mode, n, perf):
+    argv = [sys.executable, "-c", CHECK_CODE, mode, str(n), lab.router_wg]
+    if perf:
+        argv = ["perf", "stat", "-x,", "-e", "instructions"] + argv
+    r = subprocess.run(lab.cmd("router", *argv), capture_output=True, text=True, cwd=REPO, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError("check cost (%s): %s" % (mode, r.stderr.strip()[-500:]))
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    if perf:
+        counts = [line.split(",") for line in r.stderr.splitlines() if ",instructions" in line]
+        out["instructions"] = int(counts[-1][0])
+    return out
+
+
+def bench_check_cost(checks=500, rounds=3):
+    """CPU time (and instructions, where perf counts them) of one healthy
+    check: `wg show all dump` forked against the in-process read, in the same
+    lab, rounds alternating.  The forked side includes the child's CPU."""
+    res = {"checks_per_round": checks, "rounds": rounds}
+    why = _perf_instructions()
+    res["instructions"] = "counted with perf stat" if why is None else "not counted: %s" % why
+    with topology.Lab() as lab:
+        lab.start_wgrouter(check_interval=10, endpoint_host=topology.VPN_ADDRESSES[0])
+        lab.wait_for(lab.tunnel_works, 30)
+        cpu = {"fork": [], "inprocess": []}
+        ins = {"fork": [], "inprocess": []}
+        for _ in range(rounds):
+            for mode in ("fork", "inprocess"):
+                full = _check_run(lab, mode, checks, why is None)
+                if mode == "inprocess" and full["used"] != {lab.router_wg: "uapi"}:
+                    raise RuntimeError("in-process read did not use the UAPI: %r" % full["used"])
+                cpu[mode].append(full["cpu_s"] / checks)
+                if why is None:
+                    # startup and the first check cancel out against a run of none
+                    empty = _check_run(lab, mode, 0, True)
+                    ins[mode].append((full["instructions"] - empty["instructions"]) / checks)
+    for mode in ("fork", "inprocess"):
+        res["%s_cpu_ms" % mode] = round(statistics.median(cpu[mode]) * 1000.0, 4)
+        if ins[mode]:
+            res["%s_instructions" % mode] = int(statistics.median(ins[mode]))
+    res["cpu_ratio"] = round(res["fork_cpu_ms"] / max(res["inprocess_cpu_ms"], 1e-6), 1)
+    if ins["fork"]:
+        res["instructions_ratio"] = round(res["fork_instructions"] / max(res["inprocess_instructions"], 1), 1)
+    res["transport"] = "uapi (wireguard-go); the forked wg reads the same socket"
+    log("  one check: forked wg %.3f ms CPU, in process %.3f ms CPU (%.1fx)%s" % (
+        res["fork_cpu_ms"], res["inprocess_cpu_ms"], res["cpu_ratio"],
+        "" if why is None else "; instructions %s" % res["instructions"]))
+    return res
+
+
 # ------------------------------------------------------------------ report
 
 
@@ -322,6 +413,13 @@ def table(results):
                                                               results.get("idle_seconds", 0)))
         rows.append("| idle wake-ups | %.1f /min (%.1f context switches/min, children included) |" % (
             results["wakeups_per_min"], results["context_switches_per_min"]))
+    c = results.get("check_cost")
+    if c:
+        rows.append("| one healthy check, CPU | %.3f ms forking `wg show all dump`, %.3f ms in process (%.1fx) |" % (
+            c["fork_cpu_ms"], c["inprocess_cpu_ms"], c["cpu_ratio"]))
+        if "instructions_ratio" in c:
+            rows.append("| one healthy check, instructions | %d forking, %d in process (%.1fx) |" % (
+                c["fork_instructions"], c["inprocess_instructions"], c["instructions_ratio"]))
     if results.get("ipk_bytes"):
         rows.append("| ipk size | %d bytes |" % results["ipk_bytes"])
     if results.get("hotplug_ms") is not None:
@@ -356,6 +454,8 @@ def main(argv=None):
         earlier["generated_partial"] = results["generated"]
         results = earlier
     names = [n for n in args.only.split(",") if n] if args.only is not None else list(scenarios.ALL)
+    check_cost = args.only is None or CHECK_COST in names
+    names = [n for n in names if n != CHECK_COST]
     for name in names:
         log("scenario %s" % name)
         results["scenarios"][name] = bench_scenario(name, args.runs, args.baseline_runs)
@@ -365,6 +465,9 @@ def main(argv=None):
         for key in ("cpu_s_per_hour", "wakeups_per_min", "context_switches_per_min", "idle_seconds"):
             results[key] = m.pop(key)
         results["memory"] = m
+    if check_cost:
+        log("cost of one check")
+        results["check_cost"] = bench_check_cost()
     if args.merge and args.skip_memory and "ipk_bytes" in results:
         return _write(results, args.out)
     log("ipk and hotplug")

@@ -7,6 +7,10 @@ import pytest
 from tests.fakerunner import FakeRunner
 from wgrouter import apply
 from wgrouter import model
+from wgrouter import wg
+
+# answers for no device: endpoints are set with `wg set`, which the fake records
+FORKED = wg.Client(())
 
 KEY = "hIg3Yh7Q5Xk0/7D1b3Nc3xY6B1m8Qk1B0w4ePf1eW1I="
 KEY2 = "2Bz9Hc4m5n6o7p8q9r0s1t2u3v4w5x6y7z8A9B0C1D0="
@@ -37,6 +41,7 @@ def env(tmp_path):
     state = str(tmp_path / "run" / "routes.json")
 
     def make(**kw):
+        kw.setdefault("wg", FORKED)
         return apply.Applier(fake, state, config=CONFIG, kick=kicks, **kw)
 
     return fake, kicks, state, make
@@ -202,7 +207,7 @@ def test_kick_failure_reported(env, tmp_path):
     def bad_kick(device, target):
         raise OSError(19, "No such device")
 
-    event = apply.Applier(fake, state, config=CONFIG, kick=bad_kick).execute(path())
+    event = apply.Applier(fake, state, config=CONFIG, kick=bad_kick, wg=FORKED).execute(path())
     assert not event.data["ok"] and "No such device" in event.data["error"]
     assert event.data["steps"] == ["route 198.51.100.7 main", "conntrack", "endpoint"]
 
@@ -307,7 +312,7 @@ def test_corrupt_state_is_empty(env):
 
 def test_restart_tunnel(env, tmp_path):
     fake, kicks, state, make = env
-    ev = apply.Applier(fake, state, restart_cmd=("ubus", "call", "x")).execute(model.RestartTunnel("wg0"))
+    ev = apply.Applier(fake, state, restart_cmd=("ubus", "call", "x"), wg=FORKED).execute(model.RestartTunnel("wg0"))
     assert ev.data["ok"] and fake.calls == [["ubus", "call", "x", "wg0"]]
     fake.on(["ifup"], rc=1, err="no such interface")
     ev = make().execute(model.RestartTunnel("wg0"))
@@ -512,7 +517,7 @@ class ForkFails(FakeRunner):
 
 
 def test_fork_failure_fails_the_step_not_the_daemon(tmp_path):
-    applier = apply.Applier(ForkFails(), str(tmp_path / "s.json"), config=CONFIG, kick=None)
+    applier = apply.Applier(ForkFails(), str(tmp_path / "s.json"), config=CONFIG, kick=None, wg=FORKED)
     event = applier.execute(path())
     assert not event.data["ok"] and "ip route replace" in event.data["error"]
     assert "Cannot allocate memory" in event.data["error"]

@@ -8,6 +8,10 @@ from tests.fakerunner import FakeRunner, NetNS, netns_unavailable
 from wgrouter import kernel
 from wgrouter import model
 from wgrouter import shell
+from wgrouter import wg
+
+# answers for no device: peers are read with `wg show all dump`, which the fake answers
+FORKED = wg.Client(())
 
 KEY = "hIg3Yh7Q5Xk0/7D1b3Nc3xY6B1m8Qk1B0w4ePf1eW1I="
 KEY2 = "2Bz9Hc4m5n6o7p8q9r0s1t2u3v4w5x6y7z8A9B0C1D0="
@@ -41,7 +45,7 @@ def kernel_calls(monkeypatch):
 @pytest.fixture
 def sh(tmp_path):
     fake = FakeRunner()
-    s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path))
+    s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path), wg=FORKED)
     yield s, fake
     s.stop()
 
@@ -169,7 +173,7 @@ def test_probe_wan_without_targets_or_ping(sh):
 
 def test_expire_kills_overdue_children(tmp_path):
     fake = FakeRunner().on(["ping"], rc=0, delay=30)
-    s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path), clock=time.monotonic)
+    s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path), clock=time.monotonic, wg=FORKED)
     sel = selectors.DefaultSelector()
     s.execute(model.Probe("wg0", KEY, "10.9.0.1", None, 1.0), sel)
     s.execute(model.ProbeWan("wan", "eth1", ("1.1.1.1", "8.8.8.8"), 3.0), sel)
@@ -190,7 +194,7 @@ def test_expire_kills_overdue_children(tmp_path):
 def test_deadlines_survive_a_wall_clock_step(tmp_path):
     wall = [1e9]  # a router booting at its build date, NTP steps later
     fake = FakeRunner().on(["ping"], rc=0, delay=30)
-    s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path), clock=lambda: wall[0] + time.monotonic())
+    s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path), clock=lambda: wall[0] + time.monotonic(), wg=FORKED)
     sel = selectors.DefaultSelector()
     s.execute(model.Probe("wg0", KEY, "10.9.0.1", None, 1.0), sel)
     before = s.deadline()
@@ -225,7 +229,7 @@ def test_reconfigure_and_cleanup(sh, kernel_calls):
 
 def test_state_path_option(tmp_path):
     fake = FakeRunner()
-    s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path), state_path=str(tmp_path / "applied.json"))
+    s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path), state_path=str(tmp_path / "applied.json"), wg=FORKED)
     s.applier.kick = None
     s.execute(model.ApplyPath("wg0", KEY, "wan", "eth1", "10.1.0.1", "198.51.100.7", 51820, 0), None)
     with open(tmp_path / "applied.json") as f:
@@ -338,7 +342,7 @@ def test_observe_puts_handshakes_on_the_monotonic_clock(tmp_path, kernel_calls, 
     wall = [1700000010.0]  # the kernel's latest_handshake is unix time
     monkeypatch.setattr(shell.time, "time", lambda: wall[0])
     fake = FakeRunner().on(["wg", "show", "all", "dump"], out=DUMP)  # handshake at 1700000000
-    s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path), clock=lambda: mono[0])
+    s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path), clock=lambda: mono[0], wg=FORKED)
     _, peers, _ = s.observe(True)
     assert peers[("wg0", KEY)].latest_handshake == 990.0  # 10 s old, on the engine's clock
     mono[0] += 5
@@ -381,7 +385,7 @@ class ForkFails(FakeRunner):
 
 
 def test_fork_failure_is_an_error_not_an_exception(tmp_path, kernel_calls):
-    s = shell.Shell(CONFIG, runner=ForkFails(), root=str(tmp_path))
+    s = shell.Shell(CONFIG, runner=ForkFails(), root=str(tmp_path), wg=FORKED)
     wans, peers, tunnels = s.observe(True)
     assert peers == {} and tunnels is None and "Cannot allocate memory" in s.wg_error
     sel = selectors.DefaultSelector()
@@ -401,7 +405,7 @@ def test_a_wan_without_device_learns_it_from_netifds_ifup(tmp_path, kernel_calls
     DEVICE of its ifup event fills it in, and a respawned daemon keeps it."""
     cfg = model.Config(CONFIG.settings, (CONFIG.wans[0], model.Wan("wwan", "")), CONFIG.tunnels)
     (tmp_path / "var/run/wgrouter").mkdir(parents=True)
-    s = shell.Shell(cfg, runner=FakeRunner(), root=str(tmp_path))
+    s = shell.Shell(cfg, runner=FakeRunner(), root=str(tmp_path), wg=FORKED)
     wans, _, _ = s.observe(True)
     assert wans["wwan"].device == ""  # down until netifd says which device
     hotplug = [model.Event("hotplug", {"action": "ifdown", "interface": "wwan", "device": "x"}),
@@ -413,6 +417,6 @@ def test_a_wan_without_device_learns_it_from_netifds_ifup(tmp_path, kernel_calls
     assert [w.device for w in kernel_calls[-1][0]] == ["eth1", "phy0-sta0"]  # a configured one stays
     assert wans["wwan"].device == "phy0-sta0"
     s.stop()
-    again = shell.Shell(cfg, runner=FakeRunner(), root=str(tmp_path))
+    again = shell.Shell(cfg, runner=FakeRunner(), root=str(tmp_path), wg=FORKED)
     assert [w.device for w in again.config_wans()] == ["eth1", "phy0-sta0"]
     again.stop()

@@ -1,4 +1,5 @@
-"""Put a peer on a WAN, and take it off again, by running ip/wg/conntrack.
+"""Put a peer on a WAN, and take it off again, by running ip/conntrack and
+setting the endpoint in process (``wgrouter.wg``, `wg set` as the fallback).
 
 Order matters (see ``Applier.apply_path``): the new host route replaces the
 old one atomically, stale conntrack entries go before the endpoint is set
@@ -16,6 +17,7 @@ import wgrouter
 from wgrouter import control
 from wgrouter import model
 from wgrouter import runner as runner_mod
+from wgrouter import wg as wg_mod
 
 
 class UnknownAction(wgrouter.Error):
@@ -197,8 +199,11 @@ class Applier:
         conntrack_flush=True,
         config=None,
         kick=send_kick,
+        wg=None,
     ):
         self.runner = runner
+        # wg.Client(()) answers for no device: every endpoint is set with `wg set`
+        self.wg = wg if wg is not None else wg_mod.Client()
         self.state = State(state_path)
         self.restart_cmd = tuple(restart_cmd)
         self.conntrack_flush = conntrack_flush
@@ -326,13 +331,7 @@ class Applier:
                     self.conntrack_missing = True
                     self.notes.append("conntrack not installed: stale flows are not flushed")
             # 3. endpoint and keepalive; re-setting clears the cached source
-            self._run(
-                [
-                    "wg", "set", a.tunnel, "peer", a.peer,
-                    "endpoint", str(model.Endpoint(a.address, a.port)),
-                    "persistent-keepalive", str(a.keepalive),
-                ]
-            )
+            self._set_endpoint(a)
             steps.append("endpoint")
             # 4. the routes this peer used before, if nobody else uses them
             try:
@@ -351,6 +350,25 @@ class Applier:
         except StepFailed as e:
             error = str(e)
         return self._event(a, error, steps)
+
+    def _set_endpoint(self, a):
+        """This one peer's endpoint and keepalive, nothing else: in process
+        (update only: a peer netifd removed meanwhile is not created again),
+        else `wg set`."""
+        try:
+            self.wg.set_peer(a.tunnel, a.peer, a.address, a.port, a.keepalive)
+            return
+        except wg_mod.Unavailable:
+            pass
+        except wg_mod.WgError as e:
+            raise StepFailed("set endpoint %s of %s: %s" % (model.Endpoint(a.address, a.port), a.tunnel, e)) from None
+        self._run(
+            [
+                "wg", "set", a.tunnel, "peer", a.peer,
+                "endpoint", str(model.Endpoint(a.address, a.port)),
+                "persistent-keepalive", str(a.keepalive),
+            ]
+        )
 
     def remove_path(self, a):
         steps = []

@@ -5,8 +5,10 @@ probes and resolutions run as async children whose stdout the daemon's one
 selectors loop watches.  A key's ``data`` is a callable returning the
 events of that child once it has finished.
 
-Steady state costs one process per check: `wg show all dump`.  Netlink is
-dumped only when the daemon's monitor saw a change.
+Steady state forks no process: each check reads the tunnels' peers in
+process (``wgrouter.wg``: the UAPI socket of wireguard-go, else the kernel's
+generic netlink), and forks `wg show all dump` only for a device neither
+answers for.  Netlink is dumped only when the daemon's monitor saw a change.
 """
 
 import dataclasses
@@ -23,6 +25,7 @@ from wgrouter import kernel
 from wgrouter import model
 from wgrouter import resolve
 from wgrouter import runner as runner_mod
+from wgrouter import wg as wg_mod
 from wgrouter import wgdump
 
 Child = runner_mod.Child
@@ -76,12 +79,18 @@ class Shell:
     kernel's handshake times on it.  Children are timed on the monotonic
     clock inside, so an NTP step at boot neither kills them early nor lets
     them run forever.
+
+    ``wg`` reads and sets peers in process (a ``wg.Client``; one answering
+    for no device, ``wg.Client(())``, leaves everything to `wg` through
+    ``runner``).
     """
 
     def __init__(
-        self, config, runner=None, root="/", restart_cmd=("ifup",), state_path=None, clock=time.time
+        self, config, runner=None, root="/", restart_cmd=("ifup",), state_path=None, clock=time.time,
+        wg=None,
     ):
         self.runner = runner or runner_mod.Runner()
+        self.wg = wg if wg is not None else wg_mod.Client()
         self.root = root
         self.clock = clock
         self.applier = apply_mod.Applier(
@@ -90,6 +99,7 @@ class Shell:
             restart_cmd=restart_cmd,
             conntrack_flush=config.settings.conntrack_flush,
             config=config,
+            wg=self.wg,
         )
         self.wans = None
         self.wg_error = ""
@@ -172,7 +182,7 @@ class Shell:
         """(wan states, {(tunnel, key): PeerStats}, tunnels present).
 
         Netlink is dumped only when ``kernel_changed`` (or on the first call);
-        `wg show all dump` runs every time.  When it fails, the tunnels
+        the tunnels' peers are read every time.  When that fails, the tunnels
         present are unknown: None (an empty set says none is there).
         Handshake times are on ``clock``.
         """
@@ -186,31 +196,46 @@ class Shell:
                 self.kernel_error = "netlink dump failed: %s" % e
                 if self.wans is None:
                     self.wans = {w.name: model.WanState(w.name, w.device, False) for w in self.config_wans()}
+        dump = self._read_peers()
+        if dump is None:
+            return self.wans, {}, None
         peers = {}
-        present = set()
+        handshakes = {}
+        for tunnel, rows in dump.items():
+            for row in rows:
+                key = (tunnel, row.public_key)
+                peers[key] = self._on_clock(key, row.stats(), handshakes)
+        self._handshakes = handshakes
+        return self.wans, peers, frozenset(dump)
+
+    def _read_peers(self):
+        """{tunnel: [wg.PeerInfo]} of the managed tunnels present, or None
+        (unknown, ``wg_error`` says why).  In process where a transport
+        answers; `wg show all dump` only for the tunnels none answers for."""
+        found, failed = self.wg.read(sorted(self.tunnel_names))
+        self.wg_error = ""
+        if not failed:
+            return found
         try:
             result = self.runner.run(["wg", "show", "all", "dump"])
         except (runner_mod.CommandMissing, OSError) as e:  # OSError: fork failed (ENOMEM)
             self.wg_error = "wg show all dump: %s" % e
-            return self.wans, peers, None
-        if result.rc != 0:
-            self.wg_error = result.err.strip() or "wg exited %d" % result.rc
-            return self.wans, peers, None
-        self.wg_error = ""
-        try:
-            dump = wgdump.parse(result.out)
-        except wgdump.BadDump as e:
-            self.wg_error = str(e)
-            return self.wans, peers, None
-        handshakes = {}
-        for tunnel, stats in dump.items():
-            if tunnel not in self.tunnel_names:
-                continue
-            present.add(tunnel)
-            for key, peer in stats.items():
-                peers[(tunnel, key)] = self._on_clock((tunnel, key), peer, handshakes)
-        self._handshakes = handshakes
-        return self.wans, peers, frozenset(present)
+        else:
+            if result.rc != 0:
+                self.wg_error = result.err.strip() or "wg exited %d" % result.rc
+            else:
+                try:
+                    dump = wgdump.parse_peers(result.out)
+                except wgdump.BadDump as e:
+                    self.wg_error = str(e)
+                else:
+                    for tunnel in failed:
+                        if tunnel in dump:
+                            found[tunnel] = list(dump[tunnel].values())
+                    return found
+        if self.wg.transports:
+            self.wg_error += " (in process: %s)" % "; ".join(failed[t] for t in sorted(failed))
+        return None
 
     def _on_clock(self, key, stats, handshakes):
         """``stats`` with its handshake time (unix time from the kernel) on

@@ -3,11 +3,12 @@
 Interface lines carry the private key, public key, listen port and fwmark;
 peer lines carry public key, preshared key, endpoint, allowed ips, latest
 handshake, rx, tx and persistent keepalive.  `wg show all dump` prefixes
-every line with the interface name.
+every line with the interface name.  This is the fallback where no
+in-process transport (``wgrouter.wg``) answers, and what `diagnose` reads.
 """
 
 import wgrouter
-from wgrouter import model
+from wgrouter import wg
 
 
 class BadDump(wgrouter.Error):
@@ -20,6 +21,12 @@ def parse(text, interface=None):
     With ``interface`` the text is the output of `wg show INTERFACE dump`
     (no name column).  Every interface appears, even one without peers.
     """
+    return {name: {key: peer.stats() for key, peer in peers.items()}
+            for name, peers in parse_peers(text, interface).items()}
+
+
+def parse_peers(text, interface=None):
+    """Return {tunnel: {public_key: wg.PeerInfo}}: ``parse`` with the allowed IPs."""
     result = {}
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -36,12 +43,14 @@ def parse(text, interface=None):
             raise BadDump("unexpected line %d in wg dump output (%d fields)" % (lineno, len(fields)))
         peers = result.setdefault(name, {})
         try:
-            peers[fields[1]] = model.PeerStats(
+            peers[fields[1]] = wg.PeerInfo(
+                public_key=fields[1],
                 endpoint=None if fields[3] == "(none)" else fields[3],
                 latest_handshake=int(fields[5]),
                 rx=int(fields[6]),
                 tx=int(fields[7]),
                 keepalive=0 if fields[8] == "off" else int(fields[8]),
+                allowed_ips=() if fields[4] in ("(none)", "") else tuple(fields[4].split(",")),
             )
         except ValueError:
             raise BadDump("unexpected line %d in wg dump output (a number field is not a number)"
