@@ -19,7 +19,8 @@ from wgrouter import config
 from wgrouter import model
 from wgrouter import uci
 
-pytestmark = pytest.mark.skipif(browser.CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
+needs_chromium = pytest.mark.skipif(browser.CHROMIUM is None,
+                                    reason="chromium is not installed (apt-get install chromium)")
 
 MENU = os.path.join(fixtures.APP, "root/usr/share/luci/menu.d/luci-app-wgrouter.json")
 ACL = os.path.join(fixtures.APP, "root/usr/share/rpcd/acl.d/luci-app-wgrouter.json")
@@ -102,6 +103,8 @@ def daemon_knows(kind, option):
 
 @pytest.fixture(scope="module")
 def chromium():
+    if browser.CHROMIUM is None:
+        pytest.skip("chromium is not installed (apt-get install chromium)")
     with browser.Browser() as b:
         yield b
 
@@ -400,6 +403,7 @@ def png_size(path):
     return struct.unpack(">II", head[16:24])
 
 
+@needs_chromium
 def test_screenshots_render(tmp_path):
     from tests.luci_standin import shots
     written = shots.take(str(tmp_path))
