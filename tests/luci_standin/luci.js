@@ -89,17 +89,23 @@ Class.isSubclass = function(cls) {
 
 /* ------------------------------------------------------------ dom */
 
-/* luci.js DOM.create (E): E(tag, attrs, children); attrs with a function value
- * become event listeners, null values are left out; E([...]) is a fragment */
+/* luci.js DOM.append: an array's items are appended as nodes or text
+ * nodes; a single node is appended; any other single value becomes the
+ * node's innerHTML (so a view escapes text it passes alone, '%h') */
 function append(node, children) {
 	if (children == null)
 		return;
 	if (Array.isArray(children))
-		children.forEach(function(c) { append(node, c); });
+		children.forEach(function(c) {
+			if (c instanceof Node)
+				node.appendChild(c);
+			else if (c != null)
+				node.appendChild(document.createTextNode(String(c)));
+		});
 	else if (children instanceof Node)
 		node.appendChild(children);
 	else
-		node.appendChild(document.createTextNode(String(children)));
+		node.innerHTML = String(children);
 }
 
 var dom = {
@@ -114,7 +120,9 @@ var dom = {
 		else {
 			node = (tag.charAt(0) == '<') ? dom.parse(tag) : document.createElement(tag);
 		}
-		if (attrs != null && (typeof attrs != 'object' || Array.isArray(attrs) || attrs instanceof Node)) {
+		/* luci.js DOM.create: the second argument is the children unless it is
+		 * an object that is no array (a Node too: it is taken for attributes) */
+		if (attrs != null && (typeof attrs != 'object' || Array.isArray(attrs))) {
 			children = attrs;
 			attrs = null;
 		}
@@ -122,7 +130,7 @@ var dom = {
 			append(node, children);
 			return node;
 		}
-		Object.keys(attrs || {}).forEach(function(k) {
+		Object.keys(attrs instanceof Node ? {} : (attrs || {})).forEach(function(k) {
 			var v = attrs[k];
 			if (v == null)
 				return;
@@ -170,6 +178,14 @@ var dom = {
 	}
 };
 window.E = function() { return dom.create.apply(dom, arguments); };
+
+/* the stand-in's own markup: E() with nested arrays of children flattened */
+function flat(list) {
+	return list.reduce(function(out, x) { return out.concat(Array.isArray(x) ? flat(x) : [ x ]); }, []);
+}
+function H(tag, attrs, children) {
+	return dom.create(tag, Array.isArray(attrs) ? flat(attrs) : attrs, Array.isArray(children) ? flat(children) : children);
+}
 
 /* ------------------------------------------------------------ L */
 
@@ -336,8 +352,8 @@ var ui = {
 	/* ui.js addNotification(title, children, classes): a div.alert-message
 	 * at the top of #maincontent */
 	addNotification: function(title, children, cls) {
-		var node = E('div', { 'class': 'alert-message fade-in ' + (cls || '') }, [
-			title ? E('h4', title) : '', children ]);
+		var node = H('div', { 'class': 'alert-message fade-in ' + (cls || '') }, [
+			title ? H('h4', title) : '', children ]);
 		RECORD.ui.push([ 'notification', cls || '', node.textContent ]);
 		var main = document.getElementById('maincontent');
 		main.insertBefore(node, main.firstChild);
@@ -359,8 +375,8 @@ var ui = {
 	},
 	showModal: function(title, children) {
 		var overlay = document.getElementById('modal_overlay') ||
-			document.body.appendChild(E('div', { 'id': 'modal_overlay' }, E('div', { 'class': 'modal' })));
-		dom.content(overlay.firstChild, [ E('h4', title), children ]);
+			document.body.appendChild(H('div', { 'id': 'modal_overlay' }, H('div', { 'class': 'modal' })));
+		dom.content(overlay.firstChild, flat([ H('h4', title), children ]));
 		document.body.classList.add('modal-overlay-active');
 		RECORD.ui.push([ 'modal', title ]);
 		return overlay.firstChild;
@@ -375,19 +391,19 @@ var ui = {
 		__init__: function(captions, options, placeholder) {
 			this.captions = captions;
 			this.placeholder = placeholder;
-			this.node = E('table', { 'class': 'table' }, E('tr', { 'class': 'tr table-titles' },
-				captions.map(function(c) { return E('th', { 'class': 'th' }, c); })));
+			this.node = H('table', { 'class': 'table' }, H('tr', { 'class': 'tr table-titles' },
+				captions.map(function(c) { return H('th', { 'class': 'th' }, c); })));
 		},
 		update: function(rows) {
 			var self = this;
 			while (this.node.rows.length > 1)
 				this.node.deleteRow(1);
 			if (!rows.length)
-				this.node.appendChild(E('tr', { 'class': 'tr placeholder' }, E('td', { 'class': 'td' }, this.placeholder)));
+				this.node.appendChild(H('tr', { 'class': 'tr placeholder' }, H('td', { 'class': 'td' }, this.placeholder)));
 			rows.forEach(function(cells, n) {
-				self.node.appendChild(E('tr', { 'class': 'tr cbi-rowstyle-' + (n % 2 + 1) }, cells.map(function(c, i) {
+				self.node.appendChild(H('tr', { 'class': 'tr cbi-rowstyle-' + (n % 2 + 1) }, cells.map(function(c, i) {
 					var title = self.captions[i];
-					return E('td', { 'class': 'td', 'data-title': (typeof title == 'string' && title) ? title : null }, c);
+					return H('td', { 'class': 'td', 'data-title': (typeof title == 'string' && title) ? title : null }, c);
 				})));
 			});
 			return this;
@@ -400,7 +416,7 @@ var ui = {
 	changes: {
 		apply: function(checked) {
 			RECORD.applied.push({ checked: !!checked, configs: JSON.parse(JSON.stringify(saved)) });
-			ui.addNotification(null, E('p', 'Configuration changes applied.'), 'info');
+			ui.addNotification(null, H('p', 'Configuration changes applied.'), 'info');
 		},
 		renderChangeIndicator: function() {}
 	},
@@ -475,7 +491,7 @@ var CBIMap = AbstractElement.extend({
 			.then(function() { return self.load(); }).then(function() { return self.reset(); })
 			.catch(function(e) {
 				if (!silent)
-					ui.addNotification(_('Save error'), E('p', [ _('An error occurred while saving the form:'), ' ', String(e.message) ]), 'danger');
+					ui.addNotification(_('Save error'), H('p', [ _('An error occurred while saving the form:'), ' ', String(e.message) ]), 'danger');
 				RECORD.ui.push([ 'save-error', String(e.message) ]);
 				return Promise.reject(e);
 			});
@@ -492,10 +508,10 @@ var CBIMap = AbstractElement.extend({
 	renderContents: function() {
 		var self = this;
 		var nodes = this.children.map(function(s) { return s.render(); });
-		this.root = E('div', { 'class': 'cbi-map', 'id': 'cbi-' + this.config }, [
-			this.title ? E('h2', { 'name': 'content' }, this.title) : '',
-			this.description ? E('div', { 'class': 'cbi-map-descr' }, this.description) : '',
-			E('div', { 'class': 'cbi-section-node' }, nodes)
+		this.root = H('div', { 'class': 'cbi-map', 'id': 'cbi-' + this.config }, [
+			this.title ? H('h2', { 'name': 'content' }, this.title) : '',
+			this.description ? H('div', { 'class': 'cbi-map-descr' }, this.description) : '',
+			H('div', { 'class': 'cbi-section-node' }, nodes)
 		]);
 		if (this.readonly)
 			this.root.querySelectorAll('input, select, button').forEach(function(n) { n.disabled = true; });
@@ -577,11 +593,11 @@ var TypedSection = AbstractElement.extend({
 		return this.map.save(null, true);
 	},
 	renderOption: function(o, sid) {
-		return E('div', { 'class': 'cbi-value', 'data-name': o.option, 'id': 'cbi-%s-%s-%s'.format(this.map.config, sid, o.option) }, [
-			E('label', { 'class': 'cbi-value-title' }, o.title),
-			E('div', { 'class': 'cbi-value-field' }, [
+		return H('div', { 'class': 'cbi-value', 'data-name': o.option, 'id': 'cbi-%s-%s-%s'.format(this.map.config, sid, o.option) }, [
+			H('label', { 'class': 'cbi-value-title' }, o.title),
+			H('div', { 'class': 'cbi-value-field' }, [
 				o.render(sid),
-				o.description ? E('div', { 'class': 'cbi-value-description' }, o.description) : ''
+				o.description ? H('div', { 'class': 'cbi-value-description' }, o.description) : ''
 			])
 		]);
 	},
@@ -590,22 +606,22 @@ var TypedSection = AbstractElement.extend({
 		if (!this.addremove || this.map.readonly)
 			return '';
 		if (this.anonymous)
-			return E('div', { 'class': 'cbi-section-create' },
-				E('button', { 'class': 'cbi-button cbi-button-add', 'click': function(ev) { return self.handleAdd(ev); } }, _('Add')));
-		input = E('input', { 'type': 'text', 'class': 'cbi-section-create-name', 'placeholder': _('New name') });
-		return E('div', { 'class': 'cbi-section-create' }, [ input, ' ',
-			E('button', { 'class': 'cbi-button cbi-button-add', 'click': function(ev) {
+			return H('div', { 'class': 'cbi-section-create' },
+				H('button', { 'class': 'cbi-button cbi-button-add', 'click': function(ev) { return self.handleAdd(ev); } }, _('Add')));
+		input = H('input', { 'type': 'text', 'class': 'cbi-section-create-name', 'placeholder': _('New name') });
+		return H('div', { 'class': 'cbi-section-create' }, [ input, ' ',
+			H('button', { 'class': 'cbi-button cbi-button-add', 'click': function(ev) {
 				if (input.value)
 					return self.handleAdd(ev, input.value);
 			} }, _('Add')) ]);
 	},
 	render: function() {
 		var self = this;
-		return E('div', { 'class': 'cbi-section', 'id': 'cbi-%s-%s'.format(this.map.config, this.sectiontype) }, [
-			this.title ? E('h3', this.title) : '',
-			this.description ? E('div', { 'class': 'cbi-section-descr' }, this.description) : '',
+		return H('div', { 'class': 'cbi-section', 'id': 'cbi-%s-%s'.format(this.map.config, this.sectiontype) }, [
+			this.title ? H('h3', this.title) : '',
+			this.description ? H('div', { 'class': 'cbi-section-descr' }, this.description) : '',
 			this.cfgsections().map(function(sid) {
-				return E('div', { 'class': 'cbi-section-node', 'data-sid': sid },
+				return H('div', { 'class': 'cbi-section-node', 'data-sid': sid },
 					self.children.map(function(o) { return self.renderOption(o, sid); }));
 			}),
 			this.renderAddRemove()
@@ -625,15 +641,15 @@ var NamedSection = TypedSection.extend({
 	},
 	render: function() {
 		var self = this, sid = this.section, exists = this.cfgsections().length > 0;
-		return E('div', { 'class': 'cbi-section', 'id': 'cbi-%s-%s'.format(this.map.config, sid) }, [
-			this.title ? E('h3', this.title) : '',
-			this.description ? E('div', { 'class': 'cbi-section-descr' }, this.description) : '',
-			exists ? E('div', { 'class': 'cbi-section-node', 'data-sid': sid },
+		return H('div', { 'class': 'cbi-section', 'id': 'cbi-%s-%s'.format(this.map.config, sid) }, [
+			this.title ? H('h3', this.title) : '',
+			this.description ? H('div', { 'class': 'cbi-section-descr' }, this.description) : '',
+			exists ? H('div', { 'class': 'cbi-section-node', 'data-sid': sid },
 				this.children.map(function(o) { return self.renderOption(o, sid); })) : '',
 			(this.addremove && !this.map.readonly)
-				? E('div', { 'class': 'cbi-section-create' }, exists
-					? E('button', { 'class': 'cbi-button cbi-button-remove', 'click': function() { return self.handleRemove(sid); } }, _('Delete'))
-					: E('button', { 'class': 'cbi-button cbi-button-add', 'click': function(ev) { return self.handleAdd(ev, sid); } }, _('Add')))
+				? H('div', { 'class': 'cbi-section-create' }, exists
+					? H('button', { 'class': 'cbi-button cbi-button-remove', 'click': function() { return self.handleRemove(sid); } }, _('Delete'))
+					: H('button', { 'class': 'cbi-button cbi-button-add', 'click': function(ev) { return self.handleAdd(ev, sid); } }, _('Add')))
 				: ''
 		]);
 	}
@@ -651,25 +667,25 @@ var GridSection = TypedSection.extend({
 	},
 	render: function() {
 		var self = this, cols = this.columns(), ro = this.map.readonly, sids = this.cfgsections();
-		var head = E('tr', { 'class': 'tr cbi-section-table-titles' }, [
-			this.anonymous ? '' : E('th', { 'class': 'th cbi-section-table-cell' }, _('Name')),
-			cols.map(function(o) { return E('th', { 'class': 'th cbi-section-table-cell' }, o.title); }),
-			E('th', { 'class': 'th cbi-section-table-cell cbi-section-actions' })
+		var head = H('tr', { 'class': 'tr cbi-section-table-titles' }, [
+			this.anonymous ? '' : H('th', { 'class': 'th cbi-section-table-cell' }, _('Name')),
+			cols.map(function(o) { return H('th', { 'class': 'th cbi-section-table-cell' }, o.title); }),
+			H('th', { 'class': 'th cbi-section-table-cell cbi-section-actions' })
 		]);
 		var rows = sids.map(function(sid, n) {
-			var row = E('tr', { 'class': 'tr cbi-section-table-row cbi-rowstyle-' + (n % 2 + 1), 'data-sid': sid,
+			var row = H('tr', { 'class': 'tr cbi-section-table-row cbi-rowstyle-' + (n % 2 + 1), 'data-sid': sid,
 				'id': 'cbi-%s-%s'.format(self.map.config, sid) }, [
-				self.anonymous ? '' : E('td', { 'class': 'td cbi-value-field', 'data-title': _('Name') }, E('strong', sid)),
+				self.anonymous ? '' : H('td', { 'class': 'td cbi-value-field', 'data-title': _('Name') }, H('strong', sid)),
 				cols.map(function(o) {
-					return E('td', { 'class': 'td cbi-value-field', 'data-title': o.title, 'data-name': o.option },
+					return H('td', { 'class': 'td cbi-value-field', 'data-title': o.title, 'data-name': o.option },
 						o.editable ? o.render(sid) : o.textvalue(sid));
 				}),
-				E('td', { 'class': 'td cbi-section-table-cell nowrap cbi-section-actions' }, E('div', [
-					self.sortable && !ro ? E('div', { 'class': 'btn cbi-button drag-handle center', 'title': _('Drag to reorder'),
+				H('td', { 'class': 'td cbi-section-table-cell nowrap cbi-section-actions' }, H('div', [
+					self.sortable && !ro ? H('div', { 'class': 'btn cbi-button drag-handle center', 'title': _('Drag to reorder'),
 						'draggable': 'true' }, '☰') : '',
-					E('button', { 'class': 'cbi-button cbi-button-edit', 'click': function() { return self.renderMoreOptionsModal(sid); } },
+					H('button', { 'class': 'cbi-button cbi-button-edit', 'click': function() { return self.renderMoreOptionsModal(sid); } },
 						ro ? _('Show') : _('Edit')),
-					self.addremove && !ro ? E('button', { 'class': 'cbi-button cbi-button-remove',
+					self.addremove && !ro ? H('button', { 'class': 'cbi-button cbi-button-remove',
 						'click': function() { return self.handleRemove(sid); } }, _('Delete')) : ''
 				]))
 			]);
@@ -677,11 +693,11 @@ var GridSection = TypedSection.extend({
 				self.bindDrag(row);
 			return row;
 		});
-		return E('div', { 'class': 'cbi-section cbi-tblsection', 'id': 'cbi-%s-%s'.format(this.map.config, this.sectiontype) }, [
-			this.title ? E('h3', this.title) : '',
-			this.description ? E('div', { 'class': 'cbi-section-descr' }, this.description) : '',
-			E('table', { 'class': 'table cbi-section-table' }, [ head ].concat(rows.length ? rows
-				: [ E('tr', { 'class': 'tr placeholder' }, E('td', { 'class': 'td' }, E('em', _('This section contains no values yet')))) ])),
+		return H('div', { 'class': 'cbi-section cbi-tblsection', 'id': 'cbi-%s-%s'.format(this.map.config, this.sectiontype) }, [
+			this.title ? H('h3', this.title) : '',
+			this.description ? H('div', { 'class': 'cbi-section-descr' }, this.description) : '',
+			H('table', { 'class': 'table cbi-section-table' }, [ head ].concat(rows.length ? rows
+				: [ H('tr', { 'class': 'tr placeholder' }, H('td', { 'class': 'td' }, H('em', _('This section contains no values yet')))) ])),
 			this.renderAddRemove()
 		]);
 	},
@@ -707,12 +723,12 @@ var GridSection = TypedSection.extend({
 	},
 	renderMoreOptionsModal: function(sid) {
 		var self = this, ro = this.map.readonly;
-		var body = E('div', { 'class': 'cbi-section', 'data-sid': sid },
+		var body = H('div', { 'class': 'cbi-section', 'data-sid': sid },
 			this.children.map(function(o) { return self.renderOption(o, sid); }));
 		this.modal = { sid: sid, node: body };
-		ui.showModal(this.title + ' » ' + sid, [ body, E('div', { 'class': 'right' }, [
-			E('button', { 'class': 'cbi-button', 'click': function() { return self.handleModalCancel(); } }, _('Dismiss')), ' ',
-			ro ? '' : E('button', { 'class': 'cbi-button cbi-button-positive important',
+		ui.showModal(this.title + ' » ' + sid, [ body, H('div', { 'class': 'right' }, [
+			H('button', { 'class': 'cbi-button', 'click': function() { return self.handleModalCancel(); } }, _('Dismiss')), ' ',
+			ro ? '' : H('button', { 'class': 'cbi-button cbi-button-positive important',
 				'click': function() { return self.handleModalSave(); } }, _('Save'))
 		]) ]);
 		if (ro)
@@ -782,11 +798,13 @@ var AbstractValue = AbstractElement.extend({
 	},
 	validate: function(sid, value) { return true; },
 	cfgvalue: function(sid) { return uci.get(this.map.config, sid, this.option); },
+	/* form.js AbstractValue.textvalue: the saved value (else the default),
+	 * HTML-escaped; GridSection.renderTextValue puts it in the cell */
 	textvalue: function(sid) {
 		var v = this.cfgvalue(sid);
 		if (v == null || v === '')
 			v = this.default;
-		return Array.isArray(v) ? v.join(', ') : (v == null ? '-' : String(v));
+		return '%h'.format(Array.isArray(v) ? v.join(', ') : (v == null ? '-' : String(v)));
 	},
 	formvalue: function(sid) {
 		var w = this.widgets[sid];
@@ -832,15 +850,15 @@ var AbstractValue = AbstractElement.extend({
 	/* the widget: ui.Textfield (ui.Combobox with values) */
 	renderWidget: function(sid, value) {
 		var self = this, list = null;
-		var input = E('input', { 'type': this.password ? 'password' : 'text', 'class': 'cbi-input-text',
+		var input = H('input', { 'type': this.password ? 'password' : 'text', 'class': 'cbi-input-text',
 			'id': 'widget.cbid.%s.%s.%s'.format(this.map.config, sid, this.option),
 			'placeholder': this.placeholder || null, 'value': value == null ? null : value });
 		if (this.keylist.length) {
-			list = E('datalist', { 'id': 'list.%s.%s'.format(sid, this.option) },
-				this.keylist.map(function(k, i) { return E('option', { 'value': k }, self.vallist[i]); }));
+			list = H('datalist', { 'id': 'list.%s.%s'.format(sid, this.option) },
+				this.keylist.map(function(k, i) { return H('option', { 'value': k }, self.vallist[i]); }));
 			input.setAttribute('list', list.id);
 		}
-		var w = { node: E('div', { 'class': 'cbi-value-widget' }, [ input, list || '' ]), error: null,
+		var w = { node: H('div', { 'class': 'cbi-value-widget' }, [ input, list || '' ]), error: null,
 			getValue: function() { return input.value; },
 			isValid: function() { return w.check() === true; },
 			check: function() {
@@ -881,9 +899,9 @@ var Flag = AbstractValue.extend({
 	},
 	renderWidget: function(sid, value) {
 		var self = this;
-		var box = E('input', { 'type': 'checkbox', 'id': 'widget.cbid.%s.%s.%s'.format(this.map.config, sid, this.option) });
+		var box = H('input', { 'type': 'checkbox', 'id': 'widget.cbid.%s.%s.%s'.format(this.map.config, sid, this.option) });
 		box.checked = (value == this.enabled);
-		return { node: E('div', { 'class': 'cbi-checkbox' }, [ box, E('label', { 'for': box.id }) ]), error: null,
+		return { node: H('div', { 'class': 'cbi-checkbox' }, [ box, H('label', { 'for': box.id }) ]), error: null,
 			getValue: function() { return box.checked ? self.enabled : self.disabled; },
 			isValid: function() { return true; } };
 	},
@@ -904,13 +922,13 @@ var Flag = AbstractValue.extend({
 var ListValue = AbstractValue.extend({
 	renderWidget: function(sid, value) {
 		var self = this, seen = {};
-		var sel = E('select', { 'class': 'cbi-input-select', 'id': 'widget.cbid.%s.%s.%s'.format(this.map.config, sid, this.option) },
+		var sel = H('select', { 'class': 'cbi-input-select', 'id': 'widget.cbid.%s.%s.%s'.format(this.map.config, sid, this.option) },
 			this.keylist.filter(function(k) { return seen[k] ? false : (seen[k] = true); }).map(function(k) {
-				return E('option', { 'value': k }, self.vallist[self.keylist.indexOf(k)]);
+				return H('option', { 'value': k }, self.vallist[self.keylist.indexOf(k)]);
 			}));
 		if (value != null)
 			sel.value = value;
-		return { node: E('div', { 'class': 'cbi-value-widget' }, sel), error: null,
+		return { node: H('div', { 'class': 'cbi-value-widget' }, sel), error: null,
 			getValue: function() { return sel.value; }, isValid: function() { return true; } };
 	}
 });
@@ -921,22 +939,22 @@ var ListValue = AbstractValue.extend({
 var DynamicList = AbstractValue.extend({
 	textvalue: function(sid) {
 		var v = L.toArray(this.cfgvalue(sid));
-		return v.length ? v.join(', ') : '-';
+		return v.length ? '%h'.format(v.join(', ')) : '-';
 	},
 	renderWidget: function(sid, value) {
 		var self = this, items = L.toArray(value).slice();
-		var list = E('div', { 'class': 'cbi-dynlist' });
-		var add = E('input', { 'type': 'text', 'class': 'cbi-input-text', 'placeholder': this.placeholder || null,
+		var list = H('div', { 'class': 'cbi-dynlist' });
+		var add = H('input', { 'type': 'text', 'class': 'cbi-input-text', 'placeholder': this.placeholder || null,
 			'id': 'widget.cbid.%s.%s.%s'.format(this.map.config, sid, this.option) });
 		var w = { node: list, error: null, items: items,
 			getValue: function() { return items.slice(); },
 			isValid: function() { return w.error == null; } };
 		function draw() {
-			dom.content(list, [ items.map(function(item, i) {
-				return E('div', { 'class': 'item' }, [ E('span', item), E('span', { 'class': 'remove', 'title': _('Remove'),
+			dom.content(list, flat([ items.map(function(item, i) {
+				return H('div', { 'class': 'item' }, [ H('span', [ item ]), H('span', { 'class': 'remove', 'title': _('Remove'),
 					'click': function() { items.splice(i, 1); draw(); } }, '×') ]);
-			}), E('div', { 'class': 'add-item' }, [ add, E('button', { 'class': 'cbi-button cbi-button-add',
-				'click': function() { w.addItem(); } }, '+') ]) ]);
+			}), H('div', { 'class': 'add-item' }, [ add, H('button', { 'class': 'cbi-button cbi-button-add',
+				'click': function() { w.addItem(); } }, '+') ]) ]));
 		}
 		w.addItem = function() {
 			var v = ui.validate(add, true, L.bind(self.validate, self, sid));
@@ -956,7 +974,7 @@ var DynamicList = AbstractValue.extend({
 
 var DummyValue = AbstractValue.extend({
 	renderWidget: function(sid, value) {
-		return { node: E('div', this.textvalue(sid)), getValue: function() { return null; }, isValid: function() { return true; } };
+		return { node: H('div', this.textvalue(sid)), getValue: function() { return null; }, isValid: function() { return true; } };
 	},
 	parse: function() { return Promise.resolve(); }
 });
@@ -978,7 +996,7 @@ var form = {
 var view = Class.extend({
 	__init__: function() {
 		var vp = document.getElementById('view'), self = this;
-		dom.content(vp, E('div', { 'class': 'spinning' }, _('Loading view…')));
+		dom.content(vp, H('div', { 'class': 'spinning' }, _('Loading view…')));
 		this.ready = Promise.resolve(this.load()).then(function(data) { return self.render(data); }).then(function(nodes) {
 			dom.content(vp, nodes);
 			dom.append(vp, self.addFooter());
@@ -1016,16 +1034,16 @@ var view = Class.extend({
 		if (!hasmap)
 			readonly = !L.hasViewPermission();
 		if (!this.handleSaveApply && !this.handleSave && !this.handleReset)
-			return E([]);
-		return E('div', { 'class': 'cbi-page-actions' }, [
+			return H([]);
+		return H('div', { 'class': 'cbi-page-actions' }, [
 			/* the ComboButton's first choice, '0': Save & Apply (checked) */
-			this.handleSaveApply ? E('button', { 'class': 'btn cbi-button cbi-button-apply important', 'id': 'save-apply',
+			this.handleSaveApply ? H('button', { 'class': 'btn cbi-button cbi-button-apply important', 'id': 'save-apply',
 				'disabled': readonly ? '' : null, 'click': function(ev) {
 					return ui.createHandlerFn(self, 'handleSaveApply')(ev, '0');
 				} }, _('Save & Apply')) : '', ' ',
-			this.handleSave ? E('button', { 'class': 'cbi-button cbi-button-save', 'disabled': readonly ? '' : null,
+			this.handleSave ? H('button', { 'class': 'cbi-button cbi-button-save', 'disabled': readonly ? '' : null,
 				'click': ui.createHandlerFn(this, 'handleSave') }, _('Save')) : '', ' ',
-			this.handleReset ? E('button', { 'class': 'cbi-button cbi-button-reset', 'disabled': readonly ? '' : null,
+			this.handleReset ? H('button', { 'class': 'cbi-button cbi-button-reset', 'disabled': readonly ? '' : null,
 				'click': ui.createHandlerFn(this, 'handleReset') }, _('Reset')) : ''
 		]);
 	}

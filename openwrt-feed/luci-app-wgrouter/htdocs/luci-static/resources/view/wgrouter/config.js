@@ -452,7 +452,7 @@ return view.extend({
 					name = p['.anonymous'] ? '@%s[%d]'.format(p['.type'],
 						uci.sections('network', p['.type']).indexOf(p)) : p['.name'];
 			});
-			return key ? '%s%s…'.format(name ? name + ' · ' : '', key.substring(0, 8)) : '-';
+			return key ? '%h%h…'.format(name ? name + ' · ' : '', key.substring(0, 8)) : '-';
 		};
 		o.validate = function(section_id, value) {
 			return /^[A-Za-z0-9+\/]{43}=$/.test(value) ? true
