@@ -125,6 +125,17 @@ SETTLE = "new Promise(function(r) { setTimeout(r, 50); })"
 
 MAP = "L.dom.findClassInstance(document.querySelector('.cbi-map'))"
 
+# the option object of a section type, from the form's tree (a grid's
+# options have no field on the page until their editor opens)
+OPTION = """function(map, type, name) {
+    var found = null;
+    map.children.forEach(function(s) {
+        if (s.sectiontype == type)
+            s.children.forEach(function(o) { if (o.option == name) found = o; });
+    });
+    return found;
+}"""
+
 
 def js_set(widget_id, value):
     """Type a value into a field as a user does (the input event validates)."""
@@ -154,13 +165,12 @@ def test_view_refuses_what_the_daemon_refuses_with_its_message(chromium):
     cases = [c for c in CASES if c[1] != "relay" or daemon_knows("peer", "relay")]
     expected = [daemon_verdict(*c) for c in cases]
     got = chromium.evaluate("""(function(cases) {
-        var map = %s;
+        var map = %s, option = %s;
         return cases.map(function(c) {
-            var found = map.lookupOption(c[1], c[3]);
-            if (!found) return 'no field';
-            return found[0].validate(found[1], c[2]);
+            var o = option(map, c[0], c[1]);
+            return o ? o.validate(c[3], c[2]) : 'no field';
         });
-    })(%s)""" % (MAP, json.dumps([list(c) + [TARGET[c[0]]] for c in cases])))
+    })(%s)""" % (MAP, OPTION, json.dumps([list(c) + [TARGET[c[0]]] for c in cases])))
     differ = [(c, e, g) for c, e, g in zip(cases, expected, got) if e != g]
     assert not differ, "\n".join("%s: daemon %r, view %r" % d for d in differ)
     # the table holds both verdicts for every kind of field
@@ -169,12 +179,26 @@ def test_view_refuses_what_the_daemon_refuses_with_its_message(chromium):
         assert True in verdicts and any(v is not True for v in verdicts), (kind, option)
 
 
+def test_an_empty_field_is_valid_and_removes_the_option(chromium):
+    # LuCI asks the option's validate() about an empty field too; empty
+    # removes the option, which the daemon reads as its default
+    open_config(chromium)
+    got = chromium.evaluate("""(function(cases) {
+        var map = %s, option = %s;
+        return cases.map(function(c) { return option(map, c[0], c[1]).validate(c[2], ''); });
+    })(%s)""" % (MAP, OPTION, json.dumps([[c[0], c[1], TARGET[c[0]]] for c in sorted({(c[0], c[1]) for c in CASES})])))
+    assert set(got) == {True}
+    cls = chromium.evaluate(js_set(field("check_interval"), ""))
+    assert "cbi-input-invalid" not in cls
+    assert fixtures.daemon_errors(fixtures.WGROUTER.replace("\toption failback_holddown '120'\n", "")) == []
+
+
 def test_relay_is_offered_and_checked_like_an_endpoint(chromium):
     open_config(chromium)
-    got = chromium.evaluate("""(function() {
-        var f = %s.lookupOption('relay', %s);
-        return [ f[0].validate(f[1], 'relay.example.net:443'), f[0].validate(f[1], 'relay.example.net:0') ];
-    })()""" % (MAP, json.dumps(PEER_SID)))
+    got = chromium.evaluate("""(function(sid) {
+        var o = (%s)(%s, 'peer', 'relay');
+        return [ o.validate(sid, 'relay.example.net:443'), o.validate(sid, 'relay.example.net:0') ];
+    })(%s)""" % (OPTION, MAP, json.dumps(PEER_SID)))
     assert got == [True, "'relay.example.net:0' has a port that is not between 1 and 65535"]
 
 
@@ -293,7 +317,9 @@ def test_edit_reorder_save_and_apply(chromium):
         var from = document.querySelector('#cbi-wgrouter-wan tr[data-sid="wanb"]'),
             to = document.querySelector('#cbi-wgrouter-wan tr[data-sid="wan"]'),
             dt = new DataTransfer(), r = to.getBoundingClientRect();
-        from.querySelector('.drag-handle').dispatchEvent(new DragEvent('dragstart', {bubbles: true, dataTransfer: dt}));
+        from.querySelector('.drag-handle').dispatchEvent(new MouseEvent('mousedown', {bubbles: true}));
+        from.dispatchEvent(new DragEvent('dragstart', {bubbles: true, dataTransfer: dt}));
+        to.dispatchEvent(new DragEvent('dragenter', {bubbles: true, dataTransfer: dt, clientY: r.top + 2}));
         to.dispatchEvent(new DragEvent('dragover', {bubbles: true, cancelable: true, dataTransfer: dt, clientY: r.top + 2}));
         to.dispatchEvent(new DragEvent('drop', {bubbles: true, cancelable: true, dataTransfer: dt, clientY: r.top + 2}));
     })()""")

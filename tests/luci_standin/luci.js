@@ -4,6 +4,11 @@
  * luci-base code is in here.  Each rule names the file and function it
  * models.  What the real one does and this one does not: no translations,
  * no themes' JavaScript, no widgets the views do not use, no network.
+ * Observed against luci-base's own JavaScript (LuCI of August 2024,
+ * oui-lrf/luci-mt7981 0d4d477) running the configuration view: validate()
+ * is asked about an empty field too, Map.lookupOption finds rendered fields
+ * only, readonly comes from session access, a row is dragged from its
+ * handle (mousedown, dragstart, dragenter, dragover, drop).
  *
  * The page that loads this file sets window.STANDIN = { uci: {config: [sections]},
  * rpc: {method: reply}, acl: {read, write} } first; everything the view
@@ -421,13 +426,14 @@ var ui = {
 		renderChangeIndicator: function() {}
 	},
 	/* ui.js AbstractElement.setValidator/triggerValidation with
-	 * validation.js Validator.validate: an empty value passes when optional;
-	 * else the option's validate() result is the verdict, a string marks the
-	 * field cbi-input-invalid with the message as data-tooltip */
+	 * validation.js Validator.validate: an empty value fails unless the field
+	 * is optional; then the option's validate() is asked, for an empty value
+	 * too, and its result is the verdict: a string marks the field
+	 * cbi-input-invalid with the message as data-tooltip */
 	validate: function(field, optional, vfunc) {
 		var value = field.value, verdict = true;
-		if (value.length == 0)
-			verdict = optional ? true : _('non-empty value');
+		if (value.length == 0 && !optional)
+			verdict = _('Expecting: %s').format(_('non-empty value'));
 		else if (vfunc)
 			verdict = vfunc(value);
 		if (verdict === true) {
@@ -467,7 +473,7 @@ var CBIMap = AbstractElement.extend({
 		this.config = config;
 		this.data = uci;
 		this.parsechain = [ config ];
-		this.readonly = false;
+		this.readonly = null;
 	},
 	chain: function(config) { this.parsechain.push(config); },
 	section: function(cls) {
@@ -477,7 +483,15 @@ var CBIMap = AbstractElement.extend({
 		this.append(obj);
 		return obj;
 	},
-	load: function() { return uci.load(this.parsechain); },
+	/* form.js Map.load: unless the view set readonly, rpcd's session access
+	 * (uci, config, write) decides it: no write access, a readonly form */
+	load: function() {
+		if (this.readonly == null) {
+			RECORD.rpc.push([ 'session', 'access', { scope: 'uci', object: this.config, function: 'write' } ]);
+			this.readonly = !!(STANDIN.acl && STANDIN.acl.write === false);
+		}
+		return uci.load(this.parsechain);
+	},
 	parse: function() {
 		var tasks = [];
 		this.children.forEach(function(s) { tasks.push(s.parse()); });
@@ -536,15 +550,16 @@ var CBIMap = AbstractElement.extend({
 		});
 	},
 
-	/* form.js Map.lookupOption(name, section_id): [option, section_id] */
+	/* form.js Map.lookupOption(name, section_id): [option, section_id] of a
+	 * field rendered now (found by its data-field), else null */
 	lookupOption: function(name, section_id) {
 		var found = null;
+		if (!document.querySelector('[data-field="cbid.%s.%s.%s"]'.format(this.config, section_id, name)))
+			return null;
 		this.children.forEach(function(s) {
-			if (section_id != null && s.cfgsections().indexOf(section_id) < 0)
-				return;
 			s.children.forEach(function(o) {
-				if (!found && o.option == name)
-					found = [ o, section_id != null ? section_id : s.cfgsections()[0] ];
+				if (!found && o.option == name && o.widgets[section_id])
+					found = [ o, section_id ];
 			});
 		});
 		return found;
@@ -701,24 +716,46 @@ var GridSection = TypedSection.extend({
 			this.renderAddRemove()
 		]);
 	},
-	/* HTML5 drag and drop as form.js TableSection.handleDragStart/Over/Drop:
-	 * dropping on the lower half of a row places the dragged row after it */
+	/* HTML5 drag and drop as form.js TableSection does it: a drag starts only
+	 * from a mousedown on the row's drag handle (handleDragInit,
+	 * handleDragStart), dragenter takes the target row (handleDragEnter),
+	 * dragover marks its upper or lower half (handleDragOver) and drop puts
+	 * the row there and calls uci.move(config, dragged, target, after)
+	 * (handleDrop) */
 	bindDrag: function(row) {
 		var self = this;
+		row.addEventListener('mousedown', function(ev) { GridSection.drag = { node: ev.target }; });
 		row.addEventListener('dragstart', function(ev) {
-			GridSection.dragged = row;
+			var d = GridSection.drag;
+			if (!d || !d.node.classList.contains('drag-handle')) {
+				GridSection.drag = null;
+				ev.preventDefault();
+				return;
+			}
+			d.node = d.node.closest('.tr');
 			ev.dataTransfer.setData('text', 'drag');
 		});
-		row.addEventListener('dragover', function(ev) { ev.preventDefault(); });
-		row.addEventListener('drop', function(ev) {
-			var from = GridSection.dragged, rect = row.getBoundingClientRect(),
-			    after = ev.clientY > rect.top + rect.height / 2;
-			ev.preventDefault();
-			if (!from || from === row)
+		row.addEventListener('dragenter', function(ev) {
+			if (GridSection.drag) {
+				GridSection.drag.target = row;
+				GridSection.drag.rect = row.getBoundingClientRect();
+			}
+		});
+		row.addEventListener('dragover', function(ev) {
+			var d = GridSection.drag;
+			if (!d || !d.target)
 				return;
-			row.parentNode.insertBefore(from, after ? row.nextSibling : row);
-			self.map.data.move(self.map.config, from.getAttribute('data-sid'), row.getAttribute('data-sid'), after);
-			GridSection.dragged = null;
+			d.below = ev.clientY > d.rect.top + d.rect.height / 2;
+			ev.preventDefault();
+		});
+		row.addEventListener('drop', function(ev) {
+			var d = GridSection.drag;
+			ev.preventDefault();
+			GridSection.drag = null;
+			if (!d || !d.node || !d.target || d.node === d.target)
+				return;
+			d.target.parentNode.insertBefore(d.node, d.below ? d.target.nextSibling : d.target);
+			self.map.data.move(self.map.config, d.node.getAttribute('data-sid'), d.target.getAttribute('data-sid'), !!d.below);
 		});
 	},
 	renderMoreOptionsModal: function(sid) {

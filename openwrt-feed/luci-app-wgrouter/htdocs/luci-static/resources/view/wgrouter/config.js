@@ -245,6 +245,16 @@ function endpointError(text) {
 	return null;
 }
 
+/* LuCI asks validate() about an empty field too (validation.js
+ * Validator.validate calls the option's function after the empty check);
+ * an empty field removes the option on save, which leaves the daemon's
+ * default, so it is valid */
+function optional(check) {
+	return function(section_id, value) {
+		return (value == null || value === '') ? true : check.apply(this, arguments);
+	};
+}
+
 /* A list option's words: config.py _Options.words splits each item at blanks */
 function words(value) {
 	return [].concat(value == null ? [] : value).join(' ').split(/\s+/).filter(function(w) {
@@ -333,7 +343,6 @@ return view.extend({
 
 		m = new form.Map('wgrouter', _('WireGuard uplinks: configuration'),
 			_('wgrouter keeps each managed WireGuard peer on a working WAN uplink. Keys, endpoints and allowed IPs stay in the WireGuard interfaces of Network → Interfaces; these are wgrouter\'s own settings. Save & Apply reloads wgrouter, which leaves healthy tunnels alone.'));
-		m.readonly = !L.hasViewPermission();
 
 		/* -------------------------------------------------- main */
 		s = m.section(form.NamedSection, 'main', 'wgrouter', _('Daemon'));
@@ -358,7 +367,7 @@ return view.extend({
 		for (name in SETTINGS) {
 			o = s.option(form.Value, name, labels[name][0], labels[name][1]);
 			o.placeholder = SETTINGS[name][1];
-			o.validate = settingRule(name);
+			o.validate = optional(settingRule(name));
 		}
 
 		o = s.option(form.Flag, 'mwan3', _('mwan3 chooses the WAN'),
@@ -389,19 +398,19 @@ return view.extend({
 		o = s.option(form.Value, 'keepalive', _('Keepalive (s)'),
 			_('Persistent keepalive of the peers while on this WAN (e.g. 25 on CGNAT LTE).'));
 		o.placeholder = _('peer\'s own');
-		o.validate = function(section_id, value) { return integer(value, 0, 65535); };
+		o.validate = optional(function(section_id, value) { return integer(value, 0, 65535); });
 
 		o = s.option(form.DynamicList, 'track_ip', _('Track IPs'),
 			_('Health probe targets (IPv4), pinged through this WAN only.'));
-		o.validate = eachWord(ipRule(4));
+		o.validate = optional(eachWord(ipRule(4)));
 
 		o = s.option(form.DynamicList, 'dns_server', _('DNS servers'),
 			_('Resolvers for endpoint names, asked through this WAN (default: the servers netifd learned on it).'));
-		o.validate = eachWord(ipRule());
+		o.validate = optional(eachWord(ipRule()));
 
 		o = s.option(form.Value, 'table', _('mwan3 table'),
 			_('Routing table of this WAN in mwan3, with "mwan3 chooses the WAN".'));
-		o.validate = function(section_id, value) { return integer(value, 1, 4294967295); };
+		o.validate = optional(function(section_id, value) { return integer(value, 1, 4294967295); });
 
 		/* -------------------------------------------------- tunnels */
 		s = m.section(form.GridSection, 'tunnel', _('Managed tunnels'),
@@ -421,7 +430,7 @@ return view.extend({
 
 		o = s.option(form.Value, 'probe', _('In-tunnel probe'),
 			_('An address behind the tunnel, pinged through it; it tests the peer whose allowed IPs hold it.'));
-		o.validate = function(section_id, value) { return ipRule()(value); };
+		o.validate = optional(function(section_id, value) { return ipRule()(value); });
 
 		/* -------------------------------------------------- peers */
 		s = m.section(form.GridSection, 'peer', _('Peer extras'),
@@ -450,14 +459,15 @@ return view.extend({
 			uci.sections('network').forEach(function(p) {
 				if (/^wireguard_/.test(p['.type']) && p.public_key == key)
 					name = p['.anonymous'] ? '@%s[%d]'.format(p['.type'],
-						uci.sections('network', p['.type']).indexOf(p)) : p['.name'];
+						uci.sections('network', p['.type']).map(function(q) { return q['.name']; }).indexOf(p['.name']))
+						: p['.name'];
 			});
 			return key ? '%h%h…'.format(name ? name + ' · ' : '', key.substring(0, 8)) : '-';
 		};
-		o.validate = function(section_id, value) {
+		o.validate = optional(function(section_id, value) {
 			return /^[A-Za-z0-9+\/]{43}=$/.test(value) ? true
 				: _("%s is not a WireGuard key (44 characters of base64 ending in '=')").format(quote(value));
-		};
+		});
 
 		o = s.option(form.Value, 'section', _('Peer section'),
 			_('Instead of the public key: the name of the peer\'s section in /etc/config/network.'));
@@ -465,15 +475,15 @@ return view.extend({
 
 		o = s.option(form.DynamicList, 'endpoint', _('Extra endpoints'),
 			_('host:port candidates tried after the peer\'s own endpoint, e.g. port 443 where a carrier blocks the usual port.'));
-		o.validate = eachWord(endpointRule);
+		o.validate = optional(eachWord(endpointRule));
 
 		o = s.option(form.DynamicList, 'relay', _('TCP relays'),
 			_('host:port of a WireGuard-over-TCP relay, the last resort when no UDP path works.'));
-		o.validate = eachWord(endpointRule);
+		o.validate = optional(eachWord(endpointRule));
 
 		o = s.option(form.Value, 'probe', _('In-tunnel probe'),
 			_('This peer\'s own probe target, inside its allowed IPs.'));
-		o.validate = function(section_id, value) { return ipRule()(value); };
+		o.validate = optional(function(section_id, value) { return ipRule()(value); });
 
 		/* -------------------------------------------------- MQTT */
 		s = m.section(form.NamedSection, 'mqtt', 'mqtt', _('MQTT telemetry'),
@@ -485,14 +495,14 @@ return view.extend({
 
 		o = s.option(form.Value, 'host', _('Broker'));
 		o.placeholder = 'localhost';
-		o.validate = function(section_id, value) {
+		o.validate = optional(function(section_id, value) {
 			return (isIP(value) || isHostname(value)) ? true
 				: _('%s is not a host name or IP address').format(quote(value));
-		};
+		});
 
 		o = s.option(form.Value, 'port', _('Port'));
 		o.placeholder = '1883';
-		o.validate = function(section_id, value) { return integer(value, 1, 65535); };
+		o.validate = optional(function(section_id, value) { return integer(value, 1, 65535); });
 
 		o = s.option(form.ListValue, 'protocol', _('Protocol'));
 		o.value('3.1.1', 'MQTT 3.1.1');
@@ -516,17 +526,17 @@ return view.extend({
 
 		o = s.option(form.Value, 'prefix', _('Topic prefix'));
 		o.placeholder = 'wgrouter';
-		o.validate = topicRule;
+		o.validate = optional(topicRule);
 
 		o = s.option(form.Value, 'identity', _('Identity'), _('Topic level of this router (default: its hostname).'));
-		o.validate = function(section_id, value) {
+		o.validate = optional(function(section_id, value) {
 			return /[+#\/\0]/.test(value)
 				? _("%s cannot be an MQTT topic level (no '+', '#', '/')").format(quote(value)) : true;
-		};
+		});
 
 		o = s.option(form.Value, 'heartbeat', _('Heartbeat (s)'));
 		o.placeholder = '300';
-		o.validate = function(section_id, value) { return number(value, 0, false); };
+		o.validate = optional(function(section_id, value) { return number(value, 0, false); });
 
 		o = s.option(form.ListValue, 'qos', _('QoS'));
 		o.value('0');
@@ -540,11 +550,11 @@ return view.extend({
 		o = s.option(form.Value, 'ha_prefix', _('Home Assistant prefix'));
 		o.placeholder = 'homeassistant';
 		o.depends('ha_discovery', '1');
-		o.validate = topicRule;
+		o.validate = optional(topicRule);
 
 		o = s.option(form.Value, 'queue_max', _('Queue length'), _('Messages queued while the broker is away (1 to 100000).'));
 		o.placeholder = '100';
-		o.validate = function(section_id, value) { return integer(value, 1, 100000); };
+		o.validate = optional(function(section_id, value) { return integer(value, 1, 100000); });
 
 		return m.render();
 	}
