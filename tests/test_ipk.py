@@ -318,6 +318,7 @@ def test_luci_package(dist):
     assert sorted(pkg.files()) == [
         "./usr/share/luci/menu.d/luci-app-wgrouter.json",
         "./usr/share/rpcd/acl.d/luci-app-wgrouter.json",
+        "./www/luci-static/resources/view/wgrouter/config.js",
         "./www/luci-static/resources/view/wgrouter/status.js",
     ]
     depends = [d.strip() for d in pkg.fields()["Depends"].split(",")]

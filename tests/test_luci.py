@@ -82,7 +82,9 @@ def test_acl_shape_and_split():
 
 def test_menu_shape():
     menu = load(MENU)
-    assert list(menu) == ["admin/status/wgrouter"]
+    # the page and its tabs (tests/test_luci_config.py checks the tabs)
+    assert list(menu)[0] == "admin/status/wgrouter"
+    assert all(k.startswith("admin/status/wgrouter/") for k in list(menu)[1:])
     entry = menu["admin/status/wgrouter"]
     assert isinstance(entry["title"], str) and entry["title"]
     assert entry["action"] == {"type": "view", "path": "wgrouter/status"}
