@@ -53,6 +53,10 @@ class Rig:
             p.key: model.PeerStats(endpoint=None, latest_handshake=0, rx=0, tx=0, keepalive=0)
             for p in self.config.peers()}
         self.engine = core.Engine(self.config, self.t, rng=rng)
+        # {wan: ok}: the WAN probes of one step are answered so in the next
+        # (as the shell would); None = tests answer them by hand
+        self.wan_ok = None
+        self._answers = []
 
     def obs(self, events=()):
         wans = {}
@@ -72,7 +76,12 @@ class Rig:
         if self.live:
             for key in self.stats:
                 self.traffic(key, rx=100, tx=100, handshake=int(self.t))
-        d = self.engine.step(self.obs(events), self.t)
+        answers, self._answers = self._answers, []
+        d = self.engine.step(self.obs(tuple(answers) + events), self.t)
+        if self.wan_ok is not None:
+            self._answers = [model.Event("wan_probe", {"wan": a.wan, "ok": self.wan_ok.get(a.wan, True),
+                                                       "family": model.family(a.targets[0])})
+                             for a in of(d, model.ProbeWan)]
         if self.strict:  # an exception inside the engine must not hide as an ignored event
             assert not [t for t in transitions(d) if t.now == "ignored"], d
         return d
@@ -293,6 +302,7 @@ def test_mwan3_verdict_is_not_overruled_by_our_wan_probe():
 @pytest.mark.parametrize("clear", ["connected", "ifup"])
 def test_mwan3_connected_or_ifup_ends_the_verdict_and_failback_follows(clear):
     rig = Rig(failback_holddown=20.0)
+    rig.wan_ok = {}  # our own probes answer too
     rig.step()
     rig.step(hotplug("disconnected", "wan"), dt=1)
     d = rig.step(hotplug(clear, "wan"), dt=1)
@@ -302,7 +312,8 @@ def test_mwan3_connected_or_ifup_ends_the_verdict_and_failback_follows(clear):
     # the reason names what cleared the verdict, not what cleared an earlier one
     said = {"connected": "mwan3 reports it connected", "ifup": "it came up anew (ifup)"}
     assert wtr.because.endswith("; " + said[clear]), wtr
-    (ap,) = of(rig.step(dt=20), model.ApplyPath)
+    assert not of(rig.step(dt=10), model.ApplyPath)  # a check: our probe goes out through wan
+    (ap,) = of(rig.step(dt=10), model.ApplyPath)
     assert ap.wan == "wan"
 
 
@@ -324,6 +335,7 @@ def test_mwan3_both_disconnected_keeps_the_tunnel_on_a_wan():
 
 def test_failback_only_after_holddown():
     rig = Rig(failback_holddown=60.0)
+    rig.wan_ok = {}  # every track IP answers
     rig.step()
     rig.up["wan"] = False
     rig.step(dt=1)
@@ -343,6 +355,7 @@ def test_failback_only_after_holddown():
 
 def test_flapping_primary_is_damped_and_ends_stable():
     rig = Rig(failback_holddown=30.0, live=True)
+    rig.wan_ok = {}  # every track IP answers
     rig.step()
     applies = []
     for i in range(40):  # wan toggles every 4 s for 160 s
@@ -393,6 +406,7 @@ def test_both_down_then_backup_returns():
 
 def test_manual_switch_pins_until_cleared():
     rig = Rig()
+    rig.wan_ok = {}  # every track IP answers
     rig.step()
     d = rig.step(model.Event("switch", {"wan": "wanb"}), dt=100)
     assert [a.wan for a in of(d, model.ApplyPath)] == ["wanb"]
