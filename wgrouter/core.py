@@ -122,7 +122,7 @@ class _WanTrack:
     # the other, so each family is probed and judged on its own.
     probe_until: typing.Dict[int, float] = dataclasses.field(default_factory=dict)  # a ProbeWan is out
     probe_sent: typing.Dict[int, float] = dataclasses.field(default_factory=dict)
-    answered: typing.Dict[int, float] = dataclasses.field(default_factory=dict)  # sent time of the last answer
+    answered: typing.Dict[int, float] = dataclasses.field(default_factory=dict)  # its track IPs last answered
     bad: typing.Dict[int, str] = dataclasses.field(default_factory=dict)  # family -> ": why" it failed
     fails: typing.Dict[int, int] = dataclasses.field(default_factory=dict)  # failed rounds in a row
     healed_at: typing.Dict[int, float] = dataclasses.field(default_factory=dict)
@@ -130,7 +130,7 @@ class _WanTrack:
     probe_error: str = ""  # ": why" the last ProbeWan failed, as the shell said
     proven: typing.Dict[int, float] = dataclasses.field(default_factory=dict)  # a tunnel last received through it
     link_at: typing.Optional[float] = None  # last link change: came up, ifup, new address
-    address: typing.Optional[str] = None  # its addresses at the last step
+    address: typing.Optional[typing.Tuple[typing.Optional[str], ...]] = None  # (IPv4, IPv6) at the last step
 
 
 @dataclasses.dataclass
