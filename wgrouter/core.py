@@ -701,7 +701,7 @@ class Engine:
         if flipped:
             if hs.flipped_at is None or now - hs.flipped_at >= DNS_FLIP_WINDOW:
                 for ps, old in zip(mine, before):
-                    if ps.state == UP and old != chosen:
+                    if ps.state == UP:
                         self._transition(ps.peer.tunnel, ps.peer.label, "%s -> %s" % (host, hs.address),
                                          "keeping %s" % old, "%s flips between %s and %s: a healthy peer keeps "
                                          "the address that works" % (host, hs.address, chosen), "resolve")
