@@ -151,6 +151,16 @@ def test_realistic_config(tmp_path):
     assert config.check(str(tmp_path)) == [PROBE_WARNING % tmp_path]
 
 
+def test_track_ips_of_both_families_and_holddown_max(tmp_path):
+    wg = WGROUTER.replace("\tlist track_ip '198.51.100.1'\n",
+                          "\tlist track_ip '198.51.100.1'\n\tlist track_ip '2001:db8:ffff::1'\n")
+    wg = wg.replace("option check_interval '0.5'", "option check_interval '0.5'\n\toption holddown_max '120'")
+    cfg = config.load(write(tmp_path, wgrouter=wg))
+    assert cfg.wan("wanb").track_ips == ("198.51.100.1", "2001:db8:ffff::1")
+    assert cfg.settings.holddown_max == 120.0
+    assert model.Settings().holddown_max == 300.0  # a few minutes by default
+
+
 PROBE_WARNING = ("%s/etc/config/wgrouter: section 'wg0' (tunnel), option 'probe': '10.99.0.1' is not in the "
                  "allowed_ips of peer '@wireguard_wg0[1]' (10.98.0.0/24, 10.97.0.0/24): that peer gets no "
                  "in-tunnel probe; give it one in a 'config peer' section")
@@ -358,6 +368,8 @@ ERRORS = [
      WG, "main", "check_interval", "'nan' is not a number of at least 0 (e.g. 2.5)"),
     ("holddown-negative", WGROUTER.replace("'0.5'", "'1'\n\toption failback_holddown '-1'"), NETWORK,
      WG, "main", "failback_holddown", "'-1' is not a number of at least 0 (e.g. 2.5)"),
+    ("holddown-max-negative", WGROUTER.replace("'0.5'", "'1'\n\toption holddown_max '-5'"), NETWORK,
+     WG, "main", "holddown_max", "'-5' is not a number of at least 0 (e.g. 2.5)"),
     ("enabled-word", WGROUTER.replace("option enabled '1'", "option enabled 'maybe'"), NETWORK,
      WG, "main", "enabled", "'maybe' is not a boolean (1/0, yes/no, on/off, true/false, enabled/disabled)"),
     ("events-range", WGROUTER.replace("'0.5'", "'1'\n\toption events '2000'"), NETWORK,
@@ -384,10 +396,8 @@ ERRORS = [
      WG, "@bogus[0]", None, "unknown section type 'bogus' (known: wgrouter, wan, tunnel, peer, mqtt)"),
     ("list-for-option", WGROUTER.replace("option keepalive '25'", "list keepalive '25'"), NETWORK,
      WG, "wanb", "keepalive", "is a list; give it once, with 'option'"),
-    ("track-ip-v6", WGROUTER.replace("'198.51.100.1'", "'2001:db8::1'"), NETWORK,
-     WG, "wanb", "track_ip", "'2001:db8::1' is not an IPv4 address"),
     ("track-ip-name", WGROUTER.replace("'198.51.100.1'", "'one.one.one.one'"), NETWORK,
-     WG, "wanb", "track_ip", "'one.one.one.one' is not an IPv4 address"),
+     WG, "wanb", "track_ip", "'one.one.one.one' is not an IP address"),
     ("dns-server", WGROUTER.replace("'192.0.2.53'", "'dns.google'"), NETWORK,
      WG, "wan", "dns_server", "'dns.google' is not an IP address"),
     ("table-zero", WGROUTER.replace("option keepalive '25'", "option table '0'"), NETWORK,

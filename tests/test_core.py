@@ -53,6 +53,10 @@ class Rig:
             p.key: model.PeerStats(endpoint=None, latest_handshake=0, rx=0, tx=0, keepalive=0)
             for p in self.config.peers()}
         self.engine = core.Engine(self.config, self.t, rng=rng)
+        # {wan: ok}: the WAN probes of one step are answered so in the next
+        # (as the shell would); None = tests answer them by hand
+        self.wan_ok = None
+        self._answers = []
 
     def obs(self, events=()):
         wans = {}
@@ -72,7 +76,12 @@ class Rig:
         if self.live:
             for key in self.stats:
                 self.traffic(key, rx=100, tx=100, handshake=int(self.t))
-        d = self.engine.step(self.obs(events), self.t)
+        answers, self._answers = self._answers, []
+        d = self.engine.step(self.obs(tuple(answers) + events), self.t)
+        if self.wan_ok is not None:
+            self._answers = [model.Event("wan_probe", {"wan": a.wan, "ok": self.wan_ok.get(a.wan, True),
+                                                       "family": model.family(a.targets[0])})
+                             for a in of(d, model.ProbeWan)]
         if self.strict:  # an exception inside the engine must not hide as an ignored event
             assert not [t for t in transitions(d) if t.now == "ignored"], d
         return d
@@ -293,6 +302,7 @@ def test_mwan3_verdict_is_not_overruled_by_our_wan_probe():
 @pytest.mark.parametrize("clear", ["connected", "ifup"])
 def test_mwan3_connected_or_ifup_ends_the_verdict_and_failback_follows(clear):
     rig = Rig(failback_holddown=20.0)
+    rig.wan_ok = {}  # our own probes answer too
     rig.step()
     rig.step(hotplug("disconnected", "wan"), dt=1)
     d = rig.step(hotplug(clear, "wan"), dt=1)
@@ -302,7 +312,8 @@ def test_mwan3_connected_or_ifup_ends_the_verdict_and_failback_follows(clear):
     # the reason names what cleared the verdict, not what cleared an earlier one
     said = {"connected": "mwan3 reports it connected", "ifup": "it came up anew (ifup)"}
     assert wtr.because.endswith("; " + said[clear]), wtr
-    (ap,) = of(rig.step(dt=20), model.ApplyPath)
+    assert not of(rig.step(dt=10), model.ApplyPath)  # a check: our probe goes out through wan
+    (ap,) = of(rig.step(dt=10), model.ApplyPath)
     assert ap.wan == "wan"
 
 
@@ -324,6 +335,7 @@ def test_mwan3_both_disconnected_keeps_the_tunnel_on_a_wan():
 
 def test_failback_only_after_holddown():
     rig = Rig(failback_holddown=60.0)
+    rig.wan_ok = {}  # every track IP answers
     rig.step()
     rig.up["wan"] = False
     rig.step(dt=1)
@@ -343,6 +355,7 @@ def test_failback_only_after_holddown():
 
 def test_flapping_primary_is_damped_and_ends_stable():
     rig = Rig(failback_holddown=30.0, live=True)
+    rig.wan_ok = {}  # every track IP answers
     rig.step()
     applies = []
     for i in range(40):  # wan toggles every 4 s for 160 s
@@ -393,6 +406,7 @@ def test_both_down_then_backup_returns():
 
 def test_manual_switch_pins_until_cleared():
     rig = Rig()
+    rig.wan_ok = {}  # every track IP answers
     rig.step()
     d = rig.step(model.Event("switch", {"wan": "wanb"}), dt=100)
     assert [a.wan for a in of(d, model.ApplyPath)] == ["wanb"]
@@ -1158,3 +1172,321 @@ def test_tunnels_sharing_an_endpoint_address_ride_the_same_wan():
     assert "wg1 left wan" in tr.because and IP1 in tr.because, tr
     snap = rig.engine.snapshot(rig.t)["tunnels"]
     assert snap["wg0"]["wan"] == snap["wg1"]["wan"] == "wanb"
+
+
+# ------------------------------------------------------------ health verdicts that trust evidence
+
+
+def wan_probe6(wan, ok, family):
+    return model.Event("wan_probe", {"wan": wan, "ok": ok, "family": family})
+
+
+def suspect_on(rig, wan="wan"):
+    """Make the peer suspect at the next check; returns that check's decision."""
+    rig.check(rx=100, tx=100)
+    d = rig.check(tx=5000)
+    assert [p.wan for p in of(d, model.ProbeWan)] == [wan], d
+    return d
+
+
+def test_tunnel_traffic_through_the_wan_overrules_its_silent_track_ips():
+    rig = Rig()
+    rig.step()
+    suspect_on(rig)
+    rig.step(dt=0.3)
+    rig.traffic(rx=200)  # the tunnel receives through wan meanwhile
+    rig.step(dt=0.3)
+    d = rig.step(wan_probe("wan", False), probe(False), dt=0.3)
+    assert not of(d, model.ApplyPath) or {a.wan for a in of(d, model.ApplyPath)} == {"wan"}
+    assert not transitions(d, "failover")
+    assert any("a tunnel answered" in t.because for t in transitions(d, "wan")), transitions(d)
+    assert rig.engine.snapshot(rig.t)["wans"]["wan"]["healthy"]
+
+
+def test_rx_from_before_the_path_was_applied_is_no_evidence():
+    rig = Rig()
+    rig.step()
+    rig.up["wan"] = False
+    rig.step(dt=1)  # on wanb
+    rig.up["wan"] = True
+    rig.step(hotplug("ifup", "wan"), dt=1)
+    engine = rig.engine
+    assert "wan" not in [ps.applied.wan for ps in engine._peers.values()]
+    rig.traffic(rx=500)  # received through wanb: says nothing about wan
+    rig.step(dt=1)
+    assert not engine._wans["wan"].proven
+    assert engine._wans["wanb"].proven.get(4) == rig.t
+
+
+@pytest.mark.parametrize("retry_ok", [True, False])
+def test_wan_probe_right_after_a_link_change_is_retried(retry_ok):
+    rig = Rig(check_interval=1.0)
+    rig.step()
+    rig.step(hotplug("ifup", "wan"), dt=0.5)  # carrier back: netifd's ifup
+    rig.t = rig.engine._next_check - 1.0
+    suspect_on(rig)  # 0.5 s after the ifup: the gateway may still be resolving
+    d = rig.step(wan_probe("wan", False), probe(False), dt=0.3)
+    assert not of(d, model.ApplyPath) and not transitions(d, "failover"), d
+    (tr,) = transitions(d, "wan")
+    assert tr.now == "retrying" and "after a link change" in tr.because, tr
+    assert rig.engine.snapshot(rig.t)["wans"]["wan"]["healthy"]
+    assert d.deadline == pytest.approx(rig.t + core.WAN_RETRY)
+    d = rig.step(dt=core.WAN_RETRY)
+    assert [p.wan for p in of(d, model.ProbeWan)] == ["wan"]  # the retry
+    d = rig.step(wan_probe("wan", retry_ok), dt=0.3)
+    moved = [a.wan for a in of(d, model.ApplyPath) if a.wan == "wanb"]
+    assert bool(moved) is not retry_ok, d
+    assert rig.engine.snapshot(rig.t)["wans"]["wan"]["healthy"] is retry_ok
+
+
+def fail_round(rig, wan="wan"):
+    """One WAN probe round fails along with the tunnel probe."""
+    suspect_on(rig, wan)
+    return rig.step(wan_probe(wan, False), probe(False), dt=0.5)
+
+
+def test_one_lost_echo_moves_the_tunnel_but_is_no_flap():
+    rig = Rig(failback_holddown=10.0, live=False)
+    rig.step()
+    rig.up["wan"] = False  # an earlier real outage (the one free loss)
+    rig.step(dt=1)
+    rig.up["wan"] = True
+    rig.wan_ok = {}
+    for _ in range(4):
+        rig.step(dt=5)
+    assert rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["wan"] == "wan"
+    rig.wan_ok = None
+    d = fail_round(rig)
+    assert [a.wan for a in of(d, model.ApplyPath)] == ["wanb"]  # left at once
+    snap = rig.engine.snapshot(rig.t)["wans"]["wan"]
+    assert (snap["healthy"], snap["flaps"], snap["holddown"]) == (False, 1, 10.0)
+    rig.wan_ok = {}  # its next round answers: the base hold-down, not a damped one
+    rig.check(rx=100, tx=100)
+    d = rig.step(dt=0.5)
+    snap = rig.engine.snapshot(rig.t)["wans"]["wan"]
+    assert (snap["healthy"], snap["flaps"], snap["holddown"]) == (True, 1, 10.0)
+
+
+def test_a_second_failed_round_confirms_the_loss():
+    rig = Rig(failback_holddown=10.0)
+    rig.step()
+    fail_round(rig)
+    assert rig.engine.snapshot(rig.t)["wans"]["wan"]["flaps"] == 0
+    d = rig.check(rx=100, tx=100)  # the unhealthy WAN is probed again
+    assert [p.wan for p in of(d, model.ProbeWan)] == ["wan"]
+    rig.step(wan_probe("wan", False), dt=0.5)
+    assert rig.engine.snapshot(rig.t)["wans"]["wan"]["flaps"] == 1
+
+
+def test_no_failback_onto_a_primary_whose_link_is_back_but_upstream_dead():
+    rig = Rig(failback_holddown=10.0, check_interval=1.0, live=True)
+    rig.step()
+    rig.up["wan"] = False
+    rig.step(hotplug("ifdown", "wan"), dt=0.5)
+    rig.up["wan"] = True
+    back = rig.t + 1
+    rig.step(hotplug("ifup", "wan"), at=back)
+    rig.wan_ok = {"wan": False}  # carrier back, nothing answers upstream
+    applies = []
+    for _ in range(120):
+        applies += [a.wan for a in of(rig.step(dt=0.5), model.ApplyPath)]
+    assert applies == [], applies
+    assert not rig.engine.snapshot(rig.t)["wans"]["wan"]["healthy"]
+    # the upstream returns: back once its track IPs answered, after the hold-down
+    rig.wan_ok = {}
+    healed = rig.t
+    hold = None
+    for _ in range(80):
+        applies += [(rig.t, a.wan) for a in of(rig.step(dt=0.5), model.ApplyPath)]
+        if hold is None and rig.engine.snapshot(rig.t)["wans"]["wan"]["healthy"]:
+            hold = rig.engine.snapshot(rig.t)["wans"]["wan"]["holddown"]
+    assert hold == 20.0  # damped: the ifdown and the confirmed dead upstream are two losses
+    assert [w for _, w in applies] == ["wan"], applies
+    assert hold <= applies[0][0] - healed <= hold + 2.0
+
+
+def test_failback_waits_for_an_answer_sent_through_the_primary():
+    rig = Rig(failback_holddown=5.0, check_interval=1.0, live=True)
+    rig.step()
+    rig.up["wan"] = False
+    rig.step(dt=0.5)
+    rig.up["wan"] = True
+    d = rig.step(dt=0.5)
+    t = rig.t
+    probes = of(d, model.ProbeWan)
+    while rig.t < t + 5.0 + 0.01:
+        d = rig.step(dt=0.25)
+        probes += of(d, model.ProbeWan)
+        assert not of(d, model.ApplyPath)  # nothing answered yet
+    assert probes and {p.wan for p in probes} == {"wan"}
+    assert {p.device for p in probes} == {"eth1"}  # through the primary itself
+    d = rig.step(wan_probe("wan", True), dt=0.25)
+    (ap,) = of(d, model.ApplyPath)
+    (tr,) = transitions(d, "failback")
+    assert ap.wan == "wan" and "track ips answer" in tr.because, tr
+
+
+@pytest.mark.parametrize("base, cap, expected", [
+    (5.0, 60.0, 60.0),
+    (60.0, 300.0, 300.0),
+    (600.0, 300.0, 600.0),  # a failback_holddown above the cap is used as it is
+])
+def test_damped_holddown_never_exceeds_holddown_max(base, cap, expected):
+    rig = Rig(failback_holddown=base, holddown_max=cap, live=True)
+    rig.step()
+    seen = []
+    for i in range(30):  # carrier losses 20 s apart
+        rig.up["wan"] = i % 2 == 1
+        rig.step(dt=10)
+        seen.append(rig.engine.snapshot(rig.t)["wans"]["wan"]["holddown"])
+    assert max(seen) == expected
+    assert seen[0] == base  # the first loss costs nothing
+
+
+def test_damping_is_forgotten_after_the_flap_window():
+    rig = Rig(failback_holddown=5.0, live=True)
+    rig.step()
+    for i in range(6):
+        rig.up["wan"] = i % 2 == 1
+        rig.step(dt=10)
+    assert rig.engine.snapshot(rig.t)["wans"]["wan"]["holddown"] == 20.0  # 3 losses: 2 beyond the free one
+    rig.step(dt=core.FLAP_WINDOW)
+    assert rig.engine.snapshot(rig.t)["wans"]["wan"]["holddown"] == 5.0
+
+
+# ------------------------------------------------------------ health per address family
+
+DUAL = (
+    model.Wan("wan", "eth1", track_ips=("192.0.2.254", "2001:db8:ffff::1")),
+    model.Wan("wanb", "wwan0", keepalive=25, track_ips=("100.64.0.254", "2001:db8:fffe::1")),
+)
+
+
+def test_wan_probes_go_out_per_family():
+    rig = Rig(config=make_config(endpoints=(model.Endpoint(IP6),), wans=DUAL))
+    rig.v6 = {"wan", "wanb"}
+    rig.step()
+    d = suspect_on(rig)
+    (pw,) = of(d, model.ProbeWan)
+    assert pw.targets == ("2001:db8:ffff::1",)  # the peer's own family only
+
+
+def test_dual_stack_wan_that_lost_only_ipv6_is_not_taken_back_on_ipv4_evidence():
+    rig = Rig(config=make_config(endpoints=(model.Endpoint(IP6),), wans=DUAL, failback_holddown=5.0,
+                                 check_interval=1.0))
+    rig.v6 = {"wan", "wanb"}
+    rig.step()
+    suspect_on(rig)
+    d = rig.step(wan_probe6("wan", False, 6), probe(False), dt=0.3)
+    assert [a.wan for a in of(d, model.ApplyPath)] == ["wanb"]
+    snap = rig.engine.snapshot(rig.t)["wans"]["wan"]
+    assert snap["healthy"]  # IPv4 through wan is fine: only IPv6 is lost
+    assert any(t.now == "IPv6 unhealthy" for t in transitions(d, "wan")), transitions(d)
+    applies, asked = [], set()
+    for _ in range(40):  # IPv4 answers through wan, IPv6 does not
+        d = rig.step(dt=0.5)
+        applies += of(d, model.ApplyPath)
+        answers = []
+        for p in of(d, model.ProbeWan):
+            family = model.family(p.targets[0])
+            asked.add((p.wan, family))
+            answers.append(wan_probe6(p.wan, family == 4 or p.wan == "wanb", family))
+        if answers:
+            applies += of(rig.step(*answers, dt=0.1), model.ApplyPath)
+    assert ("wan", 6) in asked and not applies, applies
+    # IPv6 answers again: back after the hold-down
+    for _ in range(30):
+        d = rig.step(dt=0.5)
+        applies += of(d, model.ApplyPath)
+        answers = [wan_probe6(p.wan, True, model.family(p.targets[0])) for p in of(d, model.ProbeWan)]
+        if answers:
+            applies += of(rig.step(*answers, dt=0.1), model.ApplyPath)
+    assert [a.wan for a in applies] == ["wan"], applies
+
+
+def test_ipv4_tunnel_stays_on_a_wan_that_lost_only_ipv6():
+    rig = Rig(config=make_config(wans=DUAL))
+    rig.v6 = {"wan", "wanb"}
+    rig.step()
+    engine = rig.engine
+    engine._probe_wan(engine._config.wan("wan"), set(), [6])
+    d = rig.step(wan_probe6("wan", False, 6), wan_probe6("wan", False, 6), dt=1)
+    assert not of(d, model.ApplyPath)
+    assert rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["wan"] == "wan"
+
+
+# ------------------------------------------------------------ DNS flips
+
+
+def dns_world(rig, answer, seconds, dt=0.1):
+    """Step for ``seconds``, answering every Resolve in the next step with
+    ``answer(t)``; returns the ApplyPaths and when."""
+    applies, pending = [], []
+    end = rig.t + seconds
+    while rig.t < end:
+        events, pending = pending, []
+        d = rig.step(*events, dt=dt)
+        applies += [(rig.t, a.address) for a in of(d, model.ApplyPath)]
+        pending = [resolved(r.host, [answer(rig.t)], ttl=1) for r in of(d, model.Resolve)]
+    return applies
+
+
+A, B = "203.0.113.5", "203.0.113.6"
+
+
+def healthy_dns_rig():
+    rig = dns_rig(dns_ttl_min=1.0, check_interval=1.0, live=True)
+    applies = dns_world(rig, lambda t: A, 5)
+    assert [a for _, a in applies] == [A]
+    assert rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["peers"][KEY]["state"] == "up"
+    return rig
+
+
+def test_healthy_peer_is_not_re_pinned_while_the_answer_flips():
+    rig = healthy_dns_rig()
+    start = rig.t
+    applies = dns_world(rig, lambda t: B if int((t - start) / 2) % 2 == 0 else A, 60)
+    assert applies == []
+    events = [e for e in rig.engine.snapshot(rig.t)["events"] if e["kind"] == "resolve" and e["time"] > start]
+    assert len(events) == 1 and "flips between" in events[0]["because"], events  # said once
+    assert events[0]["now"] == "keeping %s" % A
+
+
+def test_healthy_peer_follows_a_real_move_within_ttl_min_and_three_checks():
+    rig = healthy_dns_rig()
+    moved = rig.t
+    applies = dns_world(rig, lambda t: B, 10)
+    assert [a for _, a in applies] == [B]
+    assert applies[0][0] - moved <= 1.0 + 3 * 1.0
+
+
+def test_suspect_peer_follows_a_changed_answer_at_once():
+    rig = healthy_dns_rig()
+    rig.live = False
+    pending = []
+    for _ in range(30):  # the answer moves and the tunnel stops receiving
+        events, pending = pending, []
+        rig.traffic(tx=5000)
+        d = rig.step(*events, dt=0.1)
+        pending = [resolved(r.host, [B], ttl=1) for r in of(d, model.Resolve)]
+        if of(d, model.ApplyPath):
+            break
+    (ap,) = of(d, model.ApplyPath)
+    assert ap.address == B
+    assert any("suspect peer follows" in t.because for t in transitions(d, "resolve")), transitions(d)
+    assert rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["peers"][KEY]["state"] in ("suspect", "recovering")
+
+
+def test_round_robin_answers_holding_the_address_in_use_keep_it():
+    rig = healthy_dns_rig()
+    pending = []
+    applies = []
+    asked = 0
+    for _ in range(100):
+        events, pending = pending, []
+        d = rig.step(*events, dt=0.1)
+        applies += of(d, model.ApplyPath)
+        for r in of(d, model.Resolve):  # the server rotates the order of its two addresses
+            asked += 1
+            pending.append(resolved(r.host, [B, A] if asked % 2 else [A, B], ttl=1))
+    assert asked >= 5 and applies == []

@@ -142,7 +142,7 @@ def test_probe_wan_first_answer_wins_and_cancels_the_rest(sh):
     assert len(s.children) == 2
     procs = [c.proc for c in s.children]
     events = loop(s, sel)
-    assert events == [model.Event("wan_probe", {"wan": "wan", "ok": True})]
+    assert events == [model.Event("wan_probe", {"wan": "wan", "ok": True, "family": 4})]
     assert all(p.poll() is not None for p in procs)  # reaped, the slow one killed
     assert sel.get_map() == {}
 

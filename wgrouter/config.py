@@ -218,6 +218,7 @@ _SETTING_RANGES = {
     "handshake_timeout": (0, False, None),
     "probe_timeout": (0, False, None),
     "failback_holddown": (0, True, None),
+    "holddown_max": (0, True, None),
     "backoff_base": (0, False, None),
     "backoff_max": (0, False, None),
     "dns_ttl_min": (0, True, None),
@@ -597,7 +598,8 @@ class _Builder:
                     o.error(None, why)
                 elif not device:
                     o.warn(None, why)
-            track = [ip for ip in o.words("track_ip") if o.ip("track_ip", ip, 4)]
+            # IPv4 and IPv6 targets: each family of the WAN is probed with its own
+            track = [ip for ip in o.words("track_ip") if o.ip("track_ip", ip)]
             dns = [ip for ip in o.words("dns_server") if o.ip("dns_server", ip)]
             wans.append(model.Wan(
                 name=name,

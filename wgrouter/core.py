@@ -54,14 +54,34 @@ RESOLVE_ANSWER_TIMEOUT = 30.0
 # Bytes of one keepalive (an empty data message).  The peer never answers a
 # keepalive, so tx growing by only this much per keepalive interval is normal.
 KEEPALIVE_BYTES = 32
-# s of history used to count a WAN's state changes for flap damping.
+# s of history used to count a WAN's losses for flap damping: a WAN that has
+# not lost usability for this long gets the plain failback_holddown again.
 FLAP_WINDOW = 600.0
-# State changes in FLAP_WINDOW that cost nothing: one down/up cycle and a
-# spare; every change beyond doubles the WAN's failback hold-down.
-FLAP_FREE_CHANGES = 3
-# Ceiling on the flap multiplier of failback_holddown, so a WAN that flapped
-# an hour ago is trusted again within a bounded time.
-FLAP_FACTOR_MAX = 16
+# Losses in FLAP_WINDOW that cost nothing: one outage is not a flap.  Every
+# loss beyond doubles the WAN's failback hold-down, up to holddown_max.
+FLAP_FREE_LOSSES = 1
+# s after a link change (carrier back, ifup, new address) during which a WAN
+# probe that got no answer says nothing yet: the kernel's neighbour entry for
+# the gateway may still be resolving (pings 50 ms after a 3 s outage failed
+# 10 of 20 times in the lab).  Such a probe is retried instead.
+LINK_SETTLE = 2.0
+# s before that retry: the kernel's ARP/NDP retransmission time (neigh
+# retrans_time_ms defaults to 1000), so the retry finds the entry resolved.
+WAN_RETRY = 1.0
+# Failed WAN probe rounds in a row that confirm a WAN's loss for flap
+# damping: one lost echo may move a tunnel (with its own probe failing too),
+# but it does not lengthen the WAN's hold-down.
+WAN_CONFIRM_ROUNDS = 2
+# Answers in a row that must agree on a changed address before a healthy
+# peer is re-pinned to it (a peer that is not up follows the first one).
+# They are asked a check interval apart, so a real move is followed within
+# dns_ttl_min plus two check intervals (and a little jitter).
+DNS_CONFIRM_ANSWERS = 3
+# s a name whose answer went back to an address it had given up counts as
+# flipping (round-robin served one address at a time, a flapping record):
+# meanwhile healthy peers keep the address that works, and a peer that is
+# not up still follows the latest answer.
+DNS_FLIP_WINDOW = 600.0
 # s ceiling on how long a WAN stays marked bad for one tunnel after the
 # recovery ladder moved the tunnel off it (the mark doubles from backoff_max).
 SUSPECT_HOLD_MAX = 3600.0
@@ -89,18 +109,28 @@ class BadEvent(wgrouter.Error):
 class _WanTrack:
     up: bool = False  # obs says up and no hotplug ifdown is pending
     forced_down: bool = False  # hotplug ifdown seen, kernel may not show it yet
-    unhealthy: bool = False  # last ProbeWan failed, or mwan3 says disconnected
+    unhealthy: bool = False  # every probed family failed, or mwan3 says disconnected
     mwan3_down: bool = False  # mwan3 reported disconnected; only its connected (or ifup) clears it
     usable: bool = False  # up and not unhealthy
     usable_since: typing.Optional[float] = None
-    changes: typing.Deque[float] = dataclasses.field(default_factory=collections.deque)
+    changes: typing.Deque[float] = dataclasses.field(default_factory=collections.deque)  # losses
+    loss_counted: bool = True  # the current loss of usability is in ``changes``
     label: str = "unknown"  # "up" / "down" / "unhealthy", for Transitions
     why: str = "not seen yet"  # why it is not usable
     healed: str = ""  # what last cleared the unhealthy mark
-    probe_until: typing.Optional[float] = None  # a ProbeWan is out until then
-    probe_sent: typing.Optional[float] = None
+    # Per address family (4, 6): track IPs of one family say nothing about
+    # the other, so each family is probed and judged on its own.
+    probe_until: typing.Dict[int, float] = dataclasses.field(default_factory=dict)  # a ProbeWan is out
+    probe_sent: typing.Dict[int, float] = dataclasses.field(default_factory=dict)
+    answered: typing.Dict[int, float] = dataclasses.field(default_factory=dict)  # its track IPs last answered
+    bad: typing.Dict[int, str] = dataclasses.field(default_factory=dict)  # family -> ": why" it failed
+    fails: typing.Dict[int, int] = dataclasses.field(default_factory=dict)  # failed rounds in a row
+    healed_at: typing.Dict[int, float] = dataclasses.field(default_factory=dict)
+    retry: typing.Dict[int, float] = dataclasses.field(default_factory=dict)  # settle-window retry due
     probe_error: str = ""  # ": why" the last ProbeWan failed, as the shell said
-    proven_at: typing.Optional[float] = None  # a tunnel probe through it last answered
+    proven: typing.Dict[int, float] = dataclasses.field(default_factory=dict)  # a tunnel last received through it
+    link_at: typing.Optional[float] = None  # last link change: came up, ifup, new address
+    address: typing.Optional[typing.Tuple[typing.Optional[str], ...]] = None  # (IPv4, IPv6) at the last step
 
 
 @dataclasses.dataclass
@@ -110,6 +140,10 @@ class _HostState:
     pending_until: typing.Optional[float] = None  # a Resolve is out
     failures: int = 0
     ttl: typing.Optional[float] = None
+    answers: typing.Tuple[str, ...] = ()  # usable addresses of the last answer
+    agree: int = 0  # answers in a row that chose ``address``
+    history: typing.Deque[typing.Tuple[float, str]] = dataclasses.field(default_factory=collections.deque)
+    flipped_at: typing.Optional[float] = None  # the answer last went back to an address it gave up
 
 
 @dataclasses.dataclass
@@ -138,6 +172,8 @@ class _PeerState:
     last_step: typing.Optional[str] = None
     backoff_until: float = 0.0
     no_family: typing.Optional[str] = None  # WAN already said to lack the candidates' family
+    pin: typing.Optional[typing.Tuple[str, str]] = None  # (host, address) last applied from DNS
+    rx_mark: typing.Optional[typing.Tuple[int, float, float]] = None  # rx, handshake, time at the last step
 
 
 @dataclasses.dataclass
@@ -252,6 +288,7 @@ class Engine:
         out = self._out
         out.extend(self._removals)
         self._removals = []
+        self._evidence()
         for event in obs.events:
             try:
                 self._event(event)
@@ -261,6 +298,7 @@ class Engine:
         self._update_wans()
         self._update_peers()
         self._timeouts()
+        self._retries()
         if self._managed() and now >= self._next_check:
             self._next_check = now + self._check_interval()
             self._check()
@@ -428,12 +466,16 @@ class Engine:
         self._ring.append((self._now, tr))
 
     def _holddown(self, wan: str, now: float) -> float:
+        """failback_holddown, doubled for each loss of the WAN in the last
+        FLAP_WINDOW beyond FLAP_FREE_LOSSES, never above holddown_max (nor
+        below failback_holddown itself)."""
         s = self._config.settings
         wt = self._wans[wan]
         while wt.changes and wt.changes[0] <= now - FLAP_WINDOW:
             wt.changes.popleft()
-        excess = max(0, len(wt.changes) - FLAP_FREE_CHANGES)
-        return s.failback_holddown * min(2 ** min(excess, 30), FLAP_FACTOR_MAX)
+        excess = max(0, len(wt.changes) - FLAP_FREE_LOSSES)
+        damped = s.failback_holddown * 2 ** min(excess, 30)
+        return max(s.failback_holddown, min(damped, s.holddown_max))
 
     # ------------------------------------------------ events
 
@@ -475,6 +517,9 @@ class Engine:
                 if wt.unhealthy:
                     wt.healed = "it came up anew (ifup)"
                 wt.unhealthy = wt.mwan3_down = False
+                wt.bad.clear()
+                wt.fails.clear()
+                wt.link_at = self._now  # its first probe may find the gateway unresolved
                 # The kernel flushes a device's routes when it goes down; a
                 # quick bounce may have taken our host routes without us ever
                 # observing the WAN down.
@@ -492,7 +537,13 @@ class Engine:
             elif action == "connected":
                 if wt.mwan3_down:
                     wt.mwan3_down = wt.unhealthy = False
+                    wt.bad.clear()
+                    wt.fails.clear()
                     wt.healed = "mwan3 reports it connected"
+                    # mwan3track's own pings through it answered: the same
+                    # evidence as our track IPs answering
+                    for family in self._probe_families(self._config.wan(iface)):
+                        wt.answered[family] = self._now
         elif iface in self._tunnels:
             ts = self._tunnels[iface]
             if action == "ifdown":
@@ -516,7 +567,7 @@ class Engine:
         if ps.probe_wan != ts.wan:
             return
         if data["ok"]:
-            self._wans[ts.wan].proven_at = self._now
+            self._wans[ts.wan].proven[self._peer_family(ps)] = self._now
             self._recovered(ps, "probe to %s answered" % ps.peer.probe)
         else:
             ps.evidence += "; probe to %s failed%s" % (ps.peer.probe, _why(data))
@@ -528,30 +579,75 @@ class Engine:
         wt = self._wans.get(wan)
         if wt is None:
             return
-        wt.probe_until = None
+        family = data.get("family")
+        if family in (4, 6):
+            families = [family]
+        else:  # a shell that does not say: the families that were asked
+            families = sorted(wt.probe_until) or self._probe_families(self._config.wan(wan)) or [4]
         wt.probe_error = "" if ok else _why(data)
-        if ok:
-            if wt.unhealthy and not wt.mwan3_down:
-                wt.unhealthy = False
-                wt.healed = "track ips answer"
-            for ts, ps in self._waiting_on(wan):
+        for f in families:
+            self._wan_round(wan, wt, f, ok, _why(data))
+        for ts, ps in list(self._waiting_on(wan)):
+            if ok:
                 ps.evidence += "; wan probe ok"
-                self._verdict(ts, ps)
+            self._verdict(ts, ps)
+
+    def _wan_round(self, wan: str, wt: _WanTrack, family: int, ok: bool, error: str) -> None:
+        """Take one ProbeWan answer of one address family."""
+        now = self._now
+        sent = wt.probe_sent.get(family, now)
+        wt.probe_until.pop(family, None)
+        fam = self._fam_text(wan, family)
+        if ok:
+            wt.answered[family] = now
+            wt.fails[family] = 0
+            if family in wt.bad:
+                del wt.bad[family]
+                wt.healed_at[family] = now
+                wt.healed = "%strack ips answer" % fam
+                if not wt.unhealthy:
+                    self._transition(wan, None, "IPv%d unhealthy" % family, wt.label, wt.healed, "wan")
+            self._judge_wan(wan, wt)
             return
-        if wt.proven_at is not None and wt.probe_sent is not None and wt.proven_at >= wt.probe_sent:
-            # A tunnel answered through this WAN meanwhile: it carries traffic,
+        if wt.link_at is not None and sent < wt.link_at + LINK_SETTLE and wt.up:
+            # Not evidence yet: right after a link change the gateway's
+            # neighbour entry may still be resolving.
+            wt.retry[family] = now + WAN_RETRY
+            self._transition(wan, None, "probing", "retrying", "%strack ips silent %s after a link change%s; "
+                             "retry in %s" % (fam, _fmt(sent - wt.link_at), error, _fmt(WAN_RETRY)), "wan")
+            return
+        proven = wt.proven.get(family)
+        if proven is not None and proven >= sent:
+            # A tunnel received through this WAN meanwhile: it carries traffic,
             # only its track IPs are silent (filtered, or down themselves).
-            self._transition(wan, None, "probing", wt.label, "track ips silent but a tunnel answered", "wan")
-            for ts, ps in self._waiting_on(wan):
-                self._verdict(ts, ps)
+            wt.fails[family] = 0
+            self._transition(wan, None, "probing", wt.label, "%strack ips silent but a tunnel answered" % fam,
+                             "wan")
             return
-        if not wt.unhealthy:
+        wt.fails[family] = wt.fails.get(family, 0) + 1
+        fresh = family not in wt.bad
+        wt.bad[family] = error
+        wt.healed_at.pop(family, None)
+        self._judge_wan(wan, wt)
+        if fresh and not wt.unhealthy:
+            # only this family is lost: tunnels of the other one stay
+            self._transition(wan, None, wt.label, "IPv%d unhealthy" % family,
+                             "IPv%d track ips do not answer%s" % (family, error), "wan")
+
+    def _judge_wan(self, wan: str, wt: _WanTrack) -> None:
+        """The WAN-wide verdict: unhealthy when every family it can probe
+        failed (or while mwan3 says disconnected)."""
+        if wt.mwan3_down:
+            if wt.bad:
+                wt.why = "unhealthy (mwan3 reports it disconnected; track ips do not answer%s)" % wt.probe_error
+            return
+        can = self._probe_families(self._config.wan(wan))
+        dead = bool(can) and all(f in wt.bad for f in can)
+        if dead and not wt.unhealthy:
             wt.unhealthy = True
             wt.why = "unhealthy (track ips do not answer%s)" % wt.probe_error
-        elif wt.mwan3_down:
-            wt.why = "unhealthy (mwan3 reports it disconnected; track ips do not answer%s)" % wt.probe_error
-        for ts, ps in list(self._waiting_on(wan)):
-            self._verdict(ts, ps)
+        elif not dead and wt.unhealthy:
+            wt.unhealthy = False
 
     def _waiting_on(self, wan: str):
         for ts in self._tunnels.values():
@@ -585,16 +681,49 @@ class Engine:
             self._resolve_failed(host, hs, "no usable address in %s" % list(data["addresses"]))
             return
         s = self._config.settings
+        now = self._now
         ttl = min(max(float(data.get("ttl") or 0), s.dns_ttl_min), s.dns_ttl_max)
         hs.ttl = ttl
-        hs.refresh_at = self._now + self._scale(max(ttl, DNS_REFRESH_MIN), 0.0, DNS_JITTER)
+        hs.refresh_at = now + self._scale(max(ttl, DNS_REFRESH_MIN), 0.0, DNS_JITTER)
         hs.failures = 0
-        if chosen != hs.address:
-            for ps in users:
-                if self._current_host(ps) == host:
-                    self._transition(ps.peer.tunnel, ps.peer.label, hs.address or ps.adopted or "unresolved",
-                                     chosen, "%s resolved (ttl %s)" % (host, _fmt(ttl)), "resolve")
-            hs.address = chosen
+        mine = [ps for ps in users if self._current_host(ps) == host]
+        before = [self._address(ps)[0] for ps in mine]
+        while hs.history and hs.history[0][0] <= now - DNS_FLIP_WINDOW:
+            hs.history.popleft()
+        flipped = False
+        if hs.address is None or chosen == hs.address:
+            hs.agree += 1
+        else:
+            hs.agree = 1
+            # back to an address it gave up: the name flips, it did not move
+            flipped = any(address == chosen for _, address in hs.history)
+        hs.history.append((now, chosen))
+        if flipped:
+            if hs.flipped_at is None or now - hs.flipped_at >= DNS_FLIP_WINDOW:
+                for ps, old in zip(mine, before):
+                    if ps.state == UP:
+                        self._transition(ps.peer.tunnel, ps.peer.label, "%s -> %s" % (host, hs.address),
+                                         "keeping %s" % old, "%s flips between %s and %s: a healthy peer keeps "
+                                         "the address that works" % (host, hs.address, chosen), "resolve")
+            hs.flipped_at = now
+        hs.address = chosen
+        hs.answers = tuple(a for a in (str(_ip(x)) for x in data["addresses"] if _ip(x) is not None)
+                           if not any(bad_address(a, ps.peer.allowed_ips) for ps in users))
+        waiting = False
+        for ps, old in zip(mine, before):
+            new = self._address(ps)[0]
+            if new != old:
+                self._transition(ps.peer.tunnel, ps.peer.label, old or ps.adopted or "unresolved",
+                                 new, "%s resolved (ttl %s)%s" % (host, _fmt(ttl), "" if hs.agree == 1 else
+                                                                  ", %d answers agree" % hs.agree), "resolve")
+            elif new != chosen and hs.agree < DNS_CONFIRM_ANSWERS and not (
+                    hs.flipped_at is not None and now - hs.flipped_at < DNS_FLIP_WINDOW):
+                waiting = True
+        if waiting:
+            # a healthy peer waits for the change to be confirmed: ask again
+            # a check interval later rather than a TTL later
+            soon = now + self._scale(max(s.check_interval, DNS_REFRESH_MIN), 0.0, DNS_JITTER)
+            hs.refresh_at = min(hs.refresh_at, soon)
 
     def _on_resolve_failed(self, data) -> None:
         host = _hostkey(data["host"])
@@ -670,13 +799,26 @@ class Engine:
                     for ps in self._tunnel_peers(ts):
                         if ps.applied is not None and ps.applied.wan == wan.name:
                             ps.applied = None
+            if up:
+                address = (st.address, st.address6)
+                if not wt.up or (wt.address is not None and address != wt.address):
+                    wt.link_at = now  # its first probe may find the gateway unresolved
+                wt.address = address
+            else:
+                wt.retry.clear()
             wt.up = up
             usable = up and not wt.unhealthy
             label = UP if usable else ("unhealthy" if up else DOWN)
             if usable != wt.usable:
-                wt.changes.append(now)
                 wt.usable = usable
                 wt.usable_since = now if usable else None
+                if not usable:
+                    wt.loss_counted = False
+            if not wt.usable and not wt.loss_counted and self._confirmed(wt):
+                # A flap, for damping: a loss of link, mwan3's verdict, or
+                # WAN_CONFIRM_ROUNDS failed probes, not one lost echo.
+                wt.changes.append(now)
+                wt.loss_counted = True
             if label != wt.label:
                 if label == UP:
                     because = "link, address and default route present" + (
@@ -706,9 +848,11 @@ class Engine:
     def _timeouts(self) -> None:
         now = self._now
         for wan, wt in self._wans.items():
-            if wt.probe_until is not None and now >= wt.probe_until:
-                wt.probe_until = None  # no verdict: judge the tunnel alone
-                for ts, ps in self._waiting_on(wan):
+            late = [f for f, until in wt.probe_until.items() if now >= until]
+            for f in late:
+                del wt.probe_until[f]  # no verdict: judge the tunnel alone
+            if late and not wt.probe_until:
+                for ts, ps in list(self._waiting_on(wan)):
                     ps.evidence += "; wan probe unanswered"
                     self._verdict(ts, ps)
         for ps in self._peers.values():
@@ -724,6 +868,35 @@ class Engine:
                 hs.pending_until = None
                 host = next((h for h, v in self._hosts.items() if v is hs), "?")
                 self._resolve_failed(host, hs, "no answer")
+
+    def _retries(self) -> None:
+        """Send the WAN probes that got no answer right after a link change again."""
+        probed: typing.Set[typing.Tuple[str, int]] = set()
+        for wan in self._config.wans:
+            wt = self._wans[wan.name]
+            due = sorted(f for f, at in wt.retry.items() if at <= self._now)
+            if due:
+                for f in due:
+                    del wt.retry[f]
+                self._probe_wan(wan, probed, due)
+
+    def _evidence(self) -> None:
+        """Tunnel traffic received through a WAN is evidence that it works:
+        rx growth (or a new handshake) of a peer whose path is on it, seen
+        between two observations taken after the path was applied."""
+        now = self._now
+        for ps in self._peers.values():
+            st = self._obs.peers.get(ps.peer.key)
+            if st is None:
+                continue
+            mark, ps.rx_mark = ps.rx_mark, (st.rx, st.latest_handshake, now)
+            if mark is None or ps.applied is None or ps.applied_at is None or mark[2] <= ps.applied_at:
+                continue
+            handshake = st.latest_handshake != mark[1] and st.latest_handshake > ps.applied_at
+            if st.rx > mark[0] or handshake:
+                wt = self._wans.get(ps.applied.wan)
+                if wt is not None:
+                    wt.proven[model.family(ps.applied.address)] = now
 
     # ------------------------------------------------ monitor
 
@@ -742,12 +915,25 @@ class Engine:
                     self._recovered(ps, evidence)
                 elif verdict == SUSPECT:
                     self._suspect(ts, ps, evidence, probed)
-        # A WAN marked unhealthy is probed every check (cheap), so that its
-        # failback hold-down can start as soon as it answers again.
+        # A WAN marked unhealthy (or unhealthy for one family) is probed
+        # every check (cheap), so that its failback hold-down can start as
+        # soon as it answers again.
         for wan in self._config.wans:
             wt = self._wans[wan.name]
-            if wt.unhealthy and not wt.mwan3_down and wt.up and self._track_ips(wan) and wt.probe_until is None:
-                self._probe_wan(wan, probed)
+            if wt.bad and not wt.mwan3_down and wt.up and self._track_ips(wan):
+                self._probe_wan(wan, probed, sorted(wt.bad))
+        # A preferred WAN that would take a tunnel back is probed through
+        # itself every check of its hold-down: failback needs its answer.
+        for ts in self._tunnels.values():
+            if ts.wan is None or not self._tunnel_peers(ts):
+                continue
+            for wan in self._config.wans:
+                if wan.name == ts.wan:
+                    break
+                if self._wans[wan.name].up and self._usable_for(ts, wan.name):
+                    families = self._proof_families(ts, wan)
+                    if families:
+                        self._probe_wan(wan, probed, families)
 
     def _judge(self, ps: _PeerState, st: model.PeerStats) -> typing.Tuple[str, str]:
         s = self._config.settings
@@ -777,14 +963,19 @@ class Engine:
     def _suspect(self, ts: _TunnelState, ps: _PeerState, evidence: str, probed: typing.Set[str]) -> None:
         if ps.probe_until is not None or ps.probe_failed:
             return  # a verdict is already on its way
+        kept = self._address(ps)[0]
         ps.state = RECOVERING if ps.steps_done else SUSPECT
+        latest = self._address(ps)[0]
+        if latest != kept:
+            self._transition(ps.peer.tunnel, ps.peer.label, kept, latest, "%s; a suspect peer follows the "
+                             "latest answer of %s" % (evidence, self._current_host(ps)), "resolve")
         if self._now < ps.backoff_until:
             return
         s = self._config.settings
         ps.evidence = evidence
         wan = self._config.wan(ts.wan)
-        if self._track_ips(wan) and self._wans[wan.name].probe_until is None:
-            self._probe_wan(wan, probed)
+        if self._track_ips(wan):
+            self._probe_wan(wan, probed, [self._peer_family(ps)])
         ps.probe_wan = ts.wan
         if ps.peer.probe:
             self._out.append(model.Probe(tunnel=ps.peer.tunnel, peer=ps.peer.public_key, target=ps.peer.probe,
@@ -810,16 +1001,34 @@ class Engine:
             return tuple(wan.track_ips)
         return tuple(ip for ip in wan.track_ips if st.carries(model.family(ip)))
 
-    def _probe_wan(self, wan: model.Wan, probed: typing.Set[str]) -> None:
-        if wan.name in probed:
-            return
-        probed.add(wan.name)
+    def _probe_families(self, wan: model.Wan) -> typing.List[int]:
+        """The address families (4, 6) the WAN can be probed in now."""
+        return sorted({model.family(ip) for ip in self._track_ips(wan)})
+
+    def _fam_text(self, wan: str, family: int) -> str:
+        """"IPv6 " where the WAN has track IPs of both families, else ""."""
+        families = {model.family(ip) for ip in self._config.wan(wan).track_ips}
+        return "IPv%d " % family if len(families) > 1 else ""
+
+    def _probe_wan(self, wan: model.Wan, probed: typing.Set[typing.Tuple[str, int]],
+                   families: typing.Optional[typing.Iterable[int]] = None) -> None:
+        """One ProbeWan per address family: of ``families`` that the WAN can
+        be probed in (all of them when it can be in none of those), unless
+        one is out already."""
         s = self._config.settings
-        self._out.append(model.ProbeWan(wan=wan.name, device=self._device(wan), targets=self._track_ips(wan),
-                                        timeout=s.probe_timeout))
         wt = self._wans[wan.name]
-        wt.probe_until = self._now + s.probe_timeout + ANSWER_GRACE
-        wt.probe_sent = self._now
+        can = self._probe_families(wan)
+        wanted = can if families is None else ([f for f in families if f in can] or can)
+        for f in wanted:
+            if (wan.name, f) in probed or f in wt.probe_until:
+                continue
+            probed.add((wan.name, f))
+            targets = tuple(ip for ip in self._track_ips(wan) if model.family(ip) == f)
+            self._out.append(model.ProbeWan(wan=wan.name, device=self._device(wan), targets=targets,
+                                            timeout=s.probe_timeout))
+            wt.probe_until[f] = self._now + s.probe_timeout + ANSWER_GRACE
+            wt.probe_sent[f] = self._now
+            wt.retry.pop(f, None)
 
     def _verdict(self, ts: _TunnelState, ps: _PeerState) -> None:
         """The peer's probe failed: take a ladder step unless the WAN probe is still out."""
@@ -827,14 +1036,15 @@ class Engine:
             ps.probe_failed = False
             return
         wt = self._wans[ts.wan]
-        if wt.probe_until is not None:
+        if wt.probe_until or wt.retry:
             return
         ps.probe_failed = False
-        if wt.unhealthy and self._other_wan(ts):
+        if self._bad_for(ts, ts.wan) and self._other_wan(ts):
             # The WAN itself is dead: skip re-resolving and other candidates;
             # the WAN choice of this step moves every tunnel off it.
+            error = wt.bad.get(self._peer_family(ps), wt.probe_error)
             ps.candidate = 0
-            self._ladder_done(ps, STEP_WAN, ps.evidence + "; wan probe of %s failed%s" % (ts.wan, wt.probe_error))
+            self._ladder_done(ps, STEP_WAN, ps.evidence + "; wan probe of %s failed%s" % (ts.wan, error))
             ps.ladder = 0  # a fresh path: the ladder starts over on the new WAN
             return
         self._recover(ts, ps)
@@ -909,8 +1119,67 @@ class Engine:
         ps.state = RECOVERING
 
     def _other_wan(self, ts: _TunnelState) -> bool:
-        return any(w.name != ts.wan and self._wans[w.name].usable and ts.suspect.get(w.name, 0.0) <= self._now
+        return any(w.name != ts.wan and self._usable_for(ts, w.name) and ts.suspect.get(w.name, 0.0) <= self._now
                    for w in self._config.wans)
+
+    # ------------------------------------------------ health per address family
+
+    def _peer_family(self, ps: _PeerState) -> int:
+        """4 or 6: the family of the peer's path (applied, else its candidate's)."""
+        if ps.applied is not None:
+            return model.family(ps.applied.address)
+        return self._candidate_family(ps, ps.candidate)
+
+    def _tunnel_families(self, ts: _TunnelState) -> typing.Set[int]:
+        return {self._candidate_family(ps, ps.candidate) for ps in self._tunnel_peers(ts)}
+
+    def _bad_for(self, ts: _TunnelState, wan: str) -> bool:
+        """The WAN failed its probe in a family this tunnel uses (or as a whole)."""
+        wt = self._wans[wan]
+        return wt.unhealthy or bool(set(wt.bad) & self._tunnel_families(ts))
+
+    def _usable_for(self, ts: _TunnelState, wan: str) -> bool:
+        return self._wans[wan].usable and not self._bad_for(ts, wan)
+
+    def _confirmed(self, wt: _WanTrack) -> bool:
+        """The WAN's loss is more than one lost echo: a flap, for damping."""
+        return not wt.up or wt.mwan3_down or any(wt.fails.get(f, 0) >= WAN_CONFIRM_ROUNDS for f in wt.bad)
+
+    def _proof_families(self, ts: _TunnelState, wan: model.Wan) -> typing.List[int]:
+        """The families whose track IPs must answer through ``wan`` before
+        ``ts`` fails back onto it: the tunnel's own where the WAN has track
+        IPs of them, else any it has; none without track IPs (then link,
+        address and default route are all the evidence there is)."""
+        can = self._probe_families(wan)
+        return [f for f in can if f in self._tunnel_families(ts)] or can
+
+    def _hold_start(self, ts: _TunnelState, wan: str) -> typing.Optional[float]:
+        """When the WAN's hold-down started for this tunnel: it became usable,
+        or the tunnel's family on it answered again, whichever is later."""
+        wt = self._wans[wan]
+        if wt.usable_since is None:
+            return None
+        healed = [wt.healed_at[f] for f in self._tunnel_families(ts) if f in wt.healed_at]
+        return max([wt.usable_since] + healed)
+
+    def _failback_ready(self, ts: _TunnelState, wan: str) -> typing.Tuple[bool, str]:
+        """(ready, why): the hold-down is over and the WAN's track IPs of the
+        tunnel's family answered through it since the hold-down started."""
+        now = self._now
+        start = self._hold_start(ts, wan)
+        if start is None:
+            return False, ""
+        hold = self._holddown(wan, now)
+        if now - start < hold:
+            return False, ""
+        wt = self._wans[wan]
+        families = self._proof_families(ts, self._config.wan(wan))
+        if any(wt.answered.get(f, -math.inf) < start for f in families):
+            return False, ""
+        proof = ""
+        if families:
+            proof = "; its %strack ips answer" % (self._fam_text(wan, families[0]) if len(families) == 1 else "")
+        return True, "%s usable for %s (hold-down %s)%s" % (wan, _fmt(now - start), _fmt(hold), proof)
 
     # ------------------------------------------------ WAN choice and paths
 
@@ -931,16 +1200,16 @@ class Engine:
             if ts.suspect[w] <= now:
                 del ts.suspect[w]
         suspect, shared = self._suspects(ts)
-        good = [w for w in up if self._wans[w].usable and w not in suspect] or \
-            [w for w in up if self._wans[w].usable] or up
+        good = [w for w in up if self._usable_for(ts, w) and w not in suspect] or \
+            [w for w in up if self._usable_for(ts, w)] or up
         cur = ts.wan
         if cur is not None and cur in good:
-            best = good[0]
-            if best != cur and self._order(best) < self._order(cur):
-                since = self._wans[best].usable_since
-                hold = self._holddown(best, now)
-                if since is not None and now - since >= hold:
-                    return best, "%s usable for %s (hold-down %s)" % (best, _fmt(now - since), _fmt(hold))
+            for best in good:
+                if self._order(best) >= self._order(cur):
+                    break
+                ready, because = self._failback_ready(ts, best)
+                if ready:
+                    return best, because
             return cur, ""
         choice = good[0]
         if cur is None:
@@ -1104,6 +1373,8 @@ class Engine:
                              "%s has no IPv%d path and no other endpoint candidate" % (wan, family), "state")
 
     def _apply(self, ps: _PeerState, path: model.ApplyPath) -> None:
+        host = self._current_host(ps)
+        ps.pin = (host, path.address) if host is not None else None
         self._out.append(dataclasses.replace(path, old_address=ps.last_address))
         if ps.last_address is not None and ps.last_address != path.address and ps.last_table == path.table:
             ps.routes.discard((ps.last_address, ps.last_table))  # the shell deletes it
@@ -1137,12 +1408,25 @@ class Engine:
         ip = _ip(endpoint.host)
         if ip is not None:
             return str(ip), source, endpoint
-        hs = self._hosts.get(_hostkey(endpoint.host))
+        host = _hostkey(endpoint.host)
+        hs = self._hosts.get(host)
         if hs is not None and hs.address is not None:
+            pin = ps.pin
+            if pin is not None and pin[0] == host and pin[1] != hs.address and ps.state == UP and (
+                    pin[1] in hs.answers or not self._settled(hs)):
+                # A healthy peer keeps the address that works until the
+                # change is confirmed (or while the name flips).
+                return pin[1], "dns" if ps.candidate == 0 else source, endpoint
             return hs.address, "dns" if ps.candidate == 0 else source, endpoint
         if ps.candidate == 0 and ps.adopted is not None:
             return ps.adopted, "kernel", endpoint
         return None, None, endpoint
+
+    def _settled(self, hs: _HostState) -> bool:
+        """The name's latest answer is confirmed: DNS_CONFIRM_ANSWERS in a
+        row chose it, and the name has not flipped back within DNS_FLIP_WINDOW."""
+        flipping = hs.flipped_at is not None and self._now - hs.flipped_at < DNS_FLIP_WINDOW
+        return hs.agree >= DNS_CONFIRM_ANSWERS and not flipping
 
     def _resolves(self) -> None:
         now = self._now
@@ -1179,7 +1463,8 @@ class Engine:
         now = self._now
         times = [self._next_check]
         for wt in self._wans.values():
-            times.append(wt.probe_until)
+            times.extend(wt.probe_until.values())
+            times.extend(wt.retry.values())
         for ps in self._peers.values():
             times.append(ps.probe_until)
             if ps.failed is not None and ps.applied is None:
@@ -1193,9 +1478,9 @@ class Engine:
                 for wan in self._config.wans:
                     if wan.name == ts.wan:
                         break
-                    wt = self._wans[wan.name]
-                    if wt.usable and wt.usable_since is not None:
-                        times.append(wt.usable_since + self._holddown(wan.name, now))
+                    start = self._hold_start(ts, wan.name) if self._usable_for(ts, wan.name) else None
+                    if start is not None:
+                        times.append(start + self._holddown(wan.name, now))
                         break
             for ps in self._tunnel_peers(ts):
                 host = self._current_host(ps)

@@ -93,6 +93,10 @@ class Settings:
     handshake_timeout: float = 150.0  # s: older handshake + no rx = suspect
     probe_timeout: float = 2.0  # s for one in-tunnel or WAN probe
     failback_holddown: float = 60.0  # s the preferred WAN must be healthy
+    # s, cap on the flap-damped hold-down (a failback_holddown above it is
+    # used as it is): a few minutes, so that a primary that flapped is not
+    # left unused for a quarter of an hour while the backup may be metered
+    holddown_max: float = 300.0
     backoff_base: float = 2.0  # s, first recovery retry delay
     backoff_max: float = 300.0  # s, ceiling of recovery backoff
     dns_ttl_min: float = 30.0  # s, floor on re-resolution interval

@@ -296,6 +296,8 @@ class Shell:
     def _probe_wan(self, a, selector):
         def event(ok, error=""):
             data = {"wan": a.wan, "ok": ok}
+            if a.targets:  # the core sends one ProbeWan per address family
+                data["family"] = model.family(a.targets[0])
             if error:
                 data["error"] = error
             return [model.Event("wan_probe", data)]

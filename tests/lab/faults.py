@@ -158,3 +158,39 @@ class Flap:
 def flap(lab, wan="wan", period=1.0, duration=6.0):
     """Start flapping; returns a Flap (join() it).  Ends with the WAN up."""
     return Flap(lab, wan, period, duration)
+
+
+class DnsFlip:
+    """NAME.lab.test answers ``addresses[0]``, then ``addresses[1]``, ...
+    in turn, changing every ``period`` s for ``duration`` s (thread), as a
+    round-robin that serves one address at a time does.  Ends on the first."""
+
+    def __init__(self, lab, name, addresses, period, duration):
+        self.lab, self.name, self.addresses = lab, name, list(addresses)
+        self.period, self.duration = period, duration
+        self.changes = []  # (time, address)
+        self.error = None
+        self._thread = threading.Thread(target=self._run, daemon=True, name="dnsflip-" + name)
+        self._thread.start()
+
+    def _run(self):
+        end = time.monotonic() + self.duration
+        i = 0
+        try:
+            _record(self.lab, "dns_flip", "%s between %s every %ss for %ss" % (
+                self.name, ", ".join(self.addresses), self.period, self.duration))
+            while time.monotonic() < end:
+                i += 1
+                address = self.addresses[i % len(self.addresses)]
+                self.lab.set_dns(self.name, address)
+                self.changes.append((time.time(), address))
+                time.sleep(self.period)
+            self.lab.set_dns(self.name, self.addresses[0])
+            self.changes.append((time.time(), self.addresses[0]))
+        except Exception as e:
+            self.error = e
+
+    def join(self, timeout=None):
+        self._thread.join(timeout)
+        if self.error:
+            raise self.error
