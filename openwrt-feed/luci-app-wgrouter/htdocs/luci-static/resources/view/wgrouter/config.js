@@ -21,6 +21,7 @@ var SETTINGS = {
 	handshake_timeout: [ 'ufloat', '150', 0, false, null ],
 	probe_timeout:     [ 'ufloat', '2', 0, false, null ],
 	failback_holddown: [ 'ufloat', '60', 0, true, null ],
+	holddown_max:      [ 'ufloat', '300', 0, true, null ],
 	backoff_base:      [ 'ufloat', '2', 0, false, null ],
 	backoff_max:       [ 'ufloat', '300', 0, false, null ],
 	dns_ttl_min:       [ 'ufloat', '30', 0, true, null ],
@@ -357,6 +358,7 @@ return view.extend({
 			handshake_timeout: [ _('Handshake timeout (s)'), _('A peer whose handshake is older and that receives nothing is suspect.') ],
 			probe_timeout: [ _('Probe timeout (s)'), _('Seconds for one in-tunnel or WAN probe.') ],
 			failback_holddown: [ _('Failback hold-down (s)'), _('Seconds the preferred WAN must stay healthy before the tunnels move back to it.') ],
+			holddown_max: [ _('Hold-down cap (s)'), _('Longest hold-down a flapping WAN gets (each further loss within 600 s doubles it up to this).') ],
 			backoff_base: [ _('Backoff base (s)'), _('First delay between recovery retries; it doubles up to the maximum.') ],
 			backoff_max: [ _('Backoff maximum (s)'), _('Longest delay between recovery retries.') ],
 			dns_ttl_min: [ _('DNS TTL minimum (s)'), _('Endpoint names are re-resolved no sooner than this, whatever the TTL says.') ],
@@ -401,8 +403,8 @@ return view.extend({
 		o.validate = optional(function(section_id, value) { return integer(value, 0, 65535); });
 
 		o = s.option(form.DynamicList, 'track_ip', _('Track IPs'),
-			_('Health probe targets (IPv4), pinged through this WAN only.'));
-		o.validate = optional(eachWord(ipRule(4)));
+			_('Health probe targets (IPv4 or IPv6, each family judged on its own), pinged through this WAN only.'));
+		o.validate = optional(eachWord(ipRule()));
 
 		o = s.option(form.DynamicList, 'dns_server', _('DNS servers'),
 			_('Resolvers for endpoint names, asked through this WAN (default: the servers netifd learned on it).'));
