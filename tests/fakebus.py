@@ -27,7 +27,11 @@ the same module-level API (``connect``, ``disconnect``, ``get_connected``,
 socket and binds a new one when it starts, and unlinks it when it stops
 cleanly (ubus ``ubusd_main.c``, ``main``); a SIGKILLed ubusd leaves it
 behind (observed).  ``connect(socket_path=...)`` to a path no running Ubusd
-serves fails as the binding does.
+serves fails as the binding does.  Every new client gets a greeting at once
+(ubusd sends HELLO, ubus ``ubusd_proto.c``, ``ubusd_send_hello``), except
+from a frozen Ubusd (``freeze()``: stopped or hung, its socket still
+listening), where ``connect()`` waits as libubus's blocking read of the
+HELLO does.
 
 ``Uhttpd`` is the way LuCI reaches the bus: uhttpd's /ubus JSON-RPC handler
 with rpcd's session ACL (see the class).
@@ -103,6 +107,10 @@ class Ubusd:
         self.connections = []  # FakeBus instances connected to this ubusd
         self._sock = None
         self.up = False
+        # A stuck ubusd (stopped with SIGSTOP, or hung) still has its socket
+        # listening: connect() succeeds, nobody accepts, no HELLO comes.
+        self.stuck = threading.Event()
+        self.unstuck = threading.Event()
         self.start()
 
     def start(self):
@@ -113,9 +121,36 @@ class Ubusd:
             pass
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.bind(self.path)
+        self._sock.listen(8)
+        threading.Thread(target=self._greet, args=(self._sock,), daemon=True).start()
         self.objects = {name: None for name in self.names}  # name -> owning FakeBus
         self.listeners = []  # (pattern, callback, owner)
         self.up = True
+
+    def _greet(self, sock):
+        """Every new client gets HELLO at once (ubusd_proto.c, ubusd_send_hello);
+        a stuck ubusd accepts nobody."""
+        while True:
+            try:
+                client, _ = sock.accept()
+            except OSError:  # closed: this ubusd is gone
+                return
+            if self.stuck.is_set():
+                self.unstuck.wait()
+            with client:
+                try:
+                    client.sendall(b"\0")  # the header's first byte
+                except OSError:
+                    pass
+
+    def freeze(self):
+        """ubusd stops answering (SIGSTOP): its socket stays and listens."""
+        self.unstuck.clear()
+        self.stuck.set()
+
+    def thaw(self):
+        self.stuck.clear()
+        self.unstuck.set()
 
     def _drop_clients(self):
         self.up = False
@@ -190,8 +225,10 @@ class FakeBus:
     BLOBMSG_TYPE_BOOL = 7
     BLOBMSG_TYPE_DOUBLE = 8
 
-    def __init__(self, ubusd=None, call_timeout=5.0):
+    def __init__(self, ubusd=None, call_timeout=5.0, default_socket=DEFAULT_SOCKET):
         self.ubusd = ubusd if ubusd is not None else Ubusd()
+        # the binding's default: UBUS_UNIX_SOCKET when it was built (ubus_python.c)
+        self.default_socket = default_socket
         self.call_timeout = call_timeout
         self._socket_path = None
         self._connected = False
@@ -214,7 +251,12 @@ class FakeBus:
             raise TypeError("connect() argument 'socket_path' must be str")
         if self._connected:
             raise RuntimeError("You are already connected to ubus.")
-        path = socket_path or DEFAULT_SOCKET
+        path = socket_path or self.default_socket
+        if path == self.ubusd.path and self.ubusd.stuck.is_set():
+            # libubus reads ubusd's HELLO with a blocking read (libubus-io.c,
+            # ubus_reconnect); the real binding holds the GIL meanwhile, which
+            # a stand-in cannot do: here only this thread waits
+            self.ubusd.unstuck.wait()
         if not self.ubusd.up or path != self.ubusd.path:
             # the binding's message ends with a newline (ubus_python.c)
             raise IOError("Failed to connect to the ubus socket '%s'\n" % path)

@@ -654,3 +654,116 @@ def test_a_connection_that_keeps_failing_is_retried_with_backoff(service, bus, m
     monkeypatch.setattr(ubusobj, "RECONNECT_MAX", 60.0)
     wait_for(lambda: len(connects) >= 3, "three reconnections")
     assert service._delay >= 8 * ubusobj.RECONNECT_MIN
+
+
+def test_no_state_event_before_the_daemon_has_a_snapshot(bus, ubusd):
+    """At start the daemon's status has no tunnels yet: a state event then
+    would break the contract; the transitions of the first step follow."""
+    handlers = Handlers()
+    handlers.status = lambda: {"version": "0.1.0", "pid": 1, "uptime": 0.0}
+    seen = listen(ubusd)
+    svc = make_service(bus, handlers)
+    svc.start()
+    try:
+        wait_for(svc.registered.is_set, "registered")
+        start = bus.loop_calls
+        wait_for(lambda: bus.loop_calls >= start + 2, "two turns")
+    finally:
+        svc.stop()
+    assert seen == []
+
+
+def test_a_ubusd_that_does_not_answer_is_never_handed_to_the_binding(ubusd, monkeypatch):
+    """ubus.connect() would wait for the HELLO holding the GIL, freezing the
+    whole daemon: the service checks first, retries, and connects once ubusd
+    answers again."""
+    ubusd.freeze()
+    bus = fakebus.FakeBus(ubusd)
+    connects = []
+    real_connect = bus.connect
+    monkeypatch.setattr(bus, "connect", lambda **kw: connects.append(1) or real_connect(**kw))
+    monkeypatch.setattr(ubusobj, "HELLO_TIMEOUT", 0.05)
+    svc = make_service(bus)
+    svc.start()
+    try:
+        wait_for(lambda: any("does not answer" in line for line in svc.logs), "no answer logged")
+        assert connects == [] and not svc.registered.is_set()
+        ubusd.thaw()
+        wait_for(svc.registered.is_set, "registered")
+        assert connects
+    finally:
+        ubusd.thaw()
+        svc.stop()
+
+
+def _reloadable_daemon(tmp_path, monkeypatch, ubusd):
+    import sys
+    import types
+    from tests import test_config
+    from wgrouter import config, daemon
+    test_config.write(tmp_path)
+    (tmp_path / "var/run/wgrouter").mkdir(parents=True)
+    # the module-level API, as `import ubus` gives it, built for this socket
+    binding = fakebus.FakeBus(ubusd, default_socket=ubusd.path)
+    monkeypatch.setitem(sys.modules, "ubus", binding)
+    monkeypatch.setattr(ubusobj, "DEFAULT_SOCKET", ubusd.path)
+    monkeypatch.setattr(ubusobj, "HELLO_TIMEOUT", 0.05)
+    d = daemon.Daemon(root=str(tmp_path), cfg=config.load(str(tmp_path)), use_ubus=True)
+    d.engine = types.SimpleNamespace(reconfigure=lambda cfg, now: None)
+    d.shell = types.SimpleNamespace(reconfigure=lambda cfg: None)
+    return d, binding
+
+
+@pytest.mark.parametrize("bus_state", ["stuck", "absent", "up"])
+def test_a_reload_finishes_whatever_the_bus_does(tmp_path, monkeypatch, capsys, bus_state):
+    """A reload used to register the object from the main thread.  A ubusd
+    that accepts but does not greet (stopped, hung) holds ubus.connect() for
+    ever, and with it the GIL, so the whole process (observed with the real
+    binding: no tick of the main thread in 10 s).  Now the reload only
+    starts the service; its thread talks to the bus, and never hands a
+    silent ubusd to the binding."""
+    ubusd = fakebus.Ubusd()
+    if bus_state == "stuck":
+        ubusd.freeze()
+    elif bus_state == "absent":
+        ubusd.stop()
+    d, binding = _reloadable_daemon(tmp_path, monkeypatch, ubusd)
+    connects = []
+    real_connect = binding.connect
+    monkeypatch.setattr(binding, "connect", lambda **kw: connects.append(1) or real_connect(**kw))
+    reload = threading.Thread(target=d._reload, daemon=True)
+    try:
+        reload.start()
+        reload.join(10)
+        assert not reload.is_alive(), "the reload hangs"
+        assert "configuration reloaded" in capsys.readouterr().err
+        assert d.ubus is not None
+        if bus_state == "up":
+            wait_for(d.ubus.registered.is_set, "registered")
+        else:
+            threading.Event().wait(0.2)
+            assert connects == []  # the binding was never asked to wait for a silent bus
+    finally:
+        ubusd.thaw()
+        if d.ubus is not None:
+            d.ubus.stop()
+
+
+def test_the_daemons_handlers_answer_through_both_objects(tmp_path, monkeypatch):
+    """The daemon's own Handlers behind the service: its status through the
+    shell's object and through uhttpd to the LuCI object."""
+    ubusd = fakebus.Ubusd()
+    d, _ = _reloadable_daemon(tmp_path, monkeypatch, ubusd)
+    d.snapshot = {"tunnels": {}, "wans": {"wan": {"up": True, "healthy": True, "active": True}},
+                  "events": []}
+    d._start_ubus()
+    try:
+        wait_for(d.ubus.registered.is_set, "registered")
+        [reply] = shell(ubusd).call("wgrouter", "status", {})
+        fakebus.check_reply("status", reply)
+        web = uhttpd(ubusd)
+        status, luci = rpc_call(web, web.login(read=["luci-app-wgrouter"]), LUCI, "status",
+                                {})["result"]
+        assert status == 0 and luci["pid"] == reply["pid"] == os.getpid()
+    finally:
+        d.ubus.stop()

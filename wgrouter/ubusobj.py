@@ -32,6 +32,7 @@ connection.  A failed ``send()`` is confirmed the same way.
 import collections
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -80,6 +81,15 @@ RECONNECT_MAX = 60.0  # s
 # often (s), in case ubusd's socket is replaced in a way stat cannot see.
 PROBE_INTERVAL = 60.0
 
+# Before ubus.connect(), a plain socket checks that ubusd answers: it sends
+# HELLO to every new client at once (ubus ubusd_proto.c, ubusd_send_hello).
+# ubus.connect() reads that HELLO with a blocking read (libubus-io.c,
+# ubus_reconnect) while holding the GIL (ubus_python.c releases it only in
+# loop()), so a socket that accepts but never speaks (a stopped or hung
+# ubusd) would freeze every thread of the daemon, the main loop included
+# (observed: no main-thread tick for 10 s, and SIGTERM swallowed by uloop).
+HELLO_TIMEOUT = 1.0  # s
+
 # Queued events beyond this are dropped (oldest first): the bus is down or
 # nobody reads fast enough, and a burst of stale transitions helps no one.
 EVENT_QUEUE_MAX = 64
@@ -99,6 +109,10 @@ class NotStarted(UbusError):
 
 class ConnectionLost(UbusError):
     """the connection to ubusd is lost"""
+
+
+class NoAnswer(UbusError):
+    """ubusd does not answer"""
 
 
 def _stderr_log(msg):
@@ -146,6 +160,19 @@ def socket_identity(path):
     except OSError:
         return "unknown"
     return (st.st_dev, st.st_ino, st.st_ctime_ns)
+
+
+def ubusd_answers(path, timeout=None):
+    """Whether the socket at ``path`` accepts a client and greets it."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(HELLO_TIMEOUT if timeout is None else timeout)
+    try:
+        s.connect(path)
+        return bool(s.recv(1))
+    except OSError:
+        return False
+    finally:
+        s.close()
 
 
 class UbusService:
@@ -230,6 +257,8 @@ class UbusService:
         """Connect and add both objects; raises what the binding raises."""
         bus = self.backend
         identity = socket_identity(self.socket_path)
+        if not ubusd_answers(self.socket_path):
+            raise NoAnswer("ubusd at %s does not answer" % self.socket_path)
         bus.connect(socket_path=self.socket_path)
         try:
             for name, methods in signatures().items():
@@ -344,12 +373,10 @@ class UbusService:
         except Exception as e:
             self.log("state not sent: %s: %s" % (type(e).__name__, e))
             return
-        if not isinstance(st, dict) or "error" in st:
-            return
-        data = {"time": time.time(), "because": because}
-        for key in ("tunnels", "wans", "version"):
-            if key in st:
-                data[key] = st[key]
+        if not isinstance(st, dict) or not all(k in st for k in ("tunnels", "wans", "version")):
+            return  # no snapshot yet (the daemon is starting): transitions follow
+        data = {"time": time.time(), "because": because, "tunnels": st["tunnels"],
+                "wans": st["wans"], "version": st["version"]}
         self._events.appendleft(("wgrouter.state", data))
 
     def _try_connect(self, first):
