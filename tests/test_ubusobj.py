@@ -16,7 +16,8 @@ LUCI = CONTRACT["luci_object"]["name"]
 SESSION = CONTRACT["luci_object"]["session_arg"]
 # the module's own timers, before the tests scale them down
 REAL_TIMERS = (ubusobj.LOOP_MS, ubusobj.TICK, ubusobj.RECONNECT_MIN, ubusobj.PROBE_INTERVAL)
-ACL = os.path.join(ROOT, "openwrt-feed/luci-app-wgrouter/root/usr/share/rpcd/acl.d/luci-app-wgrouter.json")
+ACL = os.path.join(ROOT, "openwrt-feed/luci-app-wgrouter/root/usr/share/rpcd/acl.d",
+                   "luci-app-wgrouter.json")
 
 # JSON type of a contract argument -> blobmsg type name of the binding
 BLOBMSG = {"string": "STRING", "integer": "INT32", "boolean": "BOOL", "number": "DOUBLE",
@@ -29,7 +30,8 @@ STATUS = {
         "rx": 1234, "tx": 5678, "last_step": None}}}},
     "wans": {"wan": {"up": True, "healthy": True, "active": True},
              "wanb": {"up": True, "healthy": True, "active": False}},
-    "events": [{"time": 1700000000.5, "text": "wg0 peer office: was wanb, now wan, because failback"}],
+    "events": [{"time": 1700000000.5,
+                "text": "wg0 peer office: was wanb, now wan, because failback"}],
     "version": "0.1.0",
     "pid": 1234,
     "uptime": 12.0,
@@ -483,9 +485,11 @@ def test_comes_back_after_ubusd_restart(service, bus, ubusd, how):
     real_log = service.log
     service.log = lambda msg: (back_at.append(bus.loop_calls) if "registered again" in msg
                                else None, real_log(msg))
-    turns_before = bus.loop_calls
     if how == "restart":
-        ubusd.restart()
+        ubusd.stop()
+        turns_before = bus.loop_calls  # the turn running now, or the next
+        threading.Event().wait(fakebus.RESTART_PAUSE)
+        ubusd.start()
     else:
         ubusd.kill()
         service.send_event("transition", TRANSITION)  # while ubusd is away
