@@ -299,12 +299,12 @@ class Daemon:
         except ImportError:
             return
         try:
+            # returns at once: the service's thread connects, and reconnects
+            # after ubusd restarts; a reload never waits for the bus
             service = ubusobj.UbusService(Handlers(self))
             if service.start():
-                service.serve_forever_in_thread()
                 self.ubus = service
-                log("ubus object 'wgrouter' registered")
-        except Exception as e:  # no binding or no ubusd: run without ubus
+        except Exception as e:  # a broken binding: run without ubus
             log("ubus unavailable (%s); status only through the CLI" % e)
 
     def _start_mqtt(self):

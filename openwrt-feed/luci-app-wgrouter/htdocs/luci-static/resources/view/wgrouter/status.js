@@ -6,29 +6,93 @@
 'require dom';
 
 /* Status of wgrouter: one row per WireGuard peer, the WANs, recent events,
- * and the two actions of the ubus object: re-apply, switch WAN. */
+ * the diagnosis, and the two actions: re-apply, switch WAN.
+ *
+ * The calls go to luci.wgrouter, not wgrouter: uhttpd adds ubus_rpc_session
+ * to the arguments of every call it forwards, and the daemon's luci.wgrouter
+ * object declares it (python3-ubus refuses undeclared arguments).  Every
+ * call rejects on a ubus error (reject: true), so that a refused or failed
+ * call is shown as an error and never as an empty page or a false success. */
 
 var callStatus = rpc.declare({
-	object: 'wgrouter',
+	object: 'luci.wgrouter',
 	method: 'status',
-	expect: { '': {} }
+	expect: { '': {} },
+	reject: true
 });
 
 var callReapply = rpc.declare({
-	object: 'wgrouter',
+	object: 'luci.wgrouter',
 	method: 'reapply',
-	expect: { '': {} }
+	expect: { '': {} },
+	reject: true
 });
 
 var callSwitch = rpc.declare({
-	object: 'wgrouter',
+	object: 'luci.wgrouter',
 	method: 'switch',
 	params: [ 'wan' ],
-	expect: { '': {} }
+	expect: { '': {} },
+	reject: true
+});
+
+var callDiagnose = rpc.declare({
+	object: 'luci.wgrouter',
+	method: 'diagnose',
+	expect: { '': {} },
+	reject: true
 });
 
 /* seconds between refreshes of the page */
 var POLL_INTERVAL = 5;
+
+/* What went wrong, in words: rpc.js's errors name ubus status codes and
+ * uhttpd's JSON-RPC error codes, and may carry a stack trace after the
+ * first line; neither is for a router owner's eyes. */
+function describe(err) {
+	var msg = String((err && err.message) || err || '');
+	var m = /failed with ubus code (\d+)/.exec(msg);
+
+	if (m) {
+		switch (+m[1]) {
+		case 2:
+			return _('wgrouter refused the request: the page and the daemon do not match. Update wgrouter and luci-app-wgrouter to the same version.');
+		case 3:
+			return _('This version of wgrouter does not know this request. Update wgrouter.');
+		case 4:
+			return _('wgrouter is not running, or not connected to ubus.');
+		case 6:
+			return _('You are not allowed to do this.');
+		case 7:
+			return _('wgrouter did not answer in time. Try again in a moment.');
+		case 10:
+			return _('The connection to ubus was lost. Try again in a moment.');
+		default:
+			return _('wgrouter could not answer (ubus error %d).').format(+m[1]);
+		}
+	}
+
+	m = /failed with error (-?\d+)/.exec(msg);
+	if (m) {
+		switch (+m[1]) {
+		case -32000:
+			return _('wgrouter is not running, or it runs without python3-ubus. Start it with "/etc/init.d/wgrouter start".');
+		case -32001:
+			return _('Your session has expired. Log in again.');
+		case -32002:
+			return _('You are not allowed to do this: your login has read-only access to wgrouter.');
+		case -32003:
+			return _('wgrouter did not answer in time. Try again in a moment.');
+		default:
+			return _('The router refused the request (error %d).').format(+m[1]);
+		}
+	}
+
+	if (/HTTP error|timed out|aborted/i.test(msg))
+		return _('The router did not answer. Check the connection and reload the page.');
+
+	return _('The request failed: %s').format(msg.split(/\n/)[0].replace(/^\w*Error: /, ''));
+}
 
 function age(seconds) {
 	if (seconds == null)
@@ -53,34 +117,44 @@ function orDash(value) {
 	return (value == null || value === '') ? '-' : String(value);
 }
 
+/* LuCI's table: cbi_update_table() gives every cell the data-title of its
+ * column, which the theme shows as the label when a narrow screen hides the
+ * header row. */
 function table(headers, rows, empty) {
-	var head = E('tr', { 'class': 'tr table-titles' }, headers.map(function(h) {
-		return E('th', { 'class': 'th' }, h);
-	}));
+	var t = E('table', { 'class': 'table' }, [
+		E('tr', { 'class': 'tr table-titles' }, headers.map(function(h) {
+			return E('th', { 'class': 'th' }, h);
+		}))
+	]);
 
-	if (!rows.length)
-		return E('table', { 'class': 'table' }, [ head,
-			E('tr', { 'class': 'tr placeholder' }, E('td', { 'class': 'td' }, empty)) ]);
-
-	return E('table', { 'class': 'table' }, [ head ].concat(rows.map(function(cells) {
-		return E('tr', { 'class': 'tr' }, cells.map(function(c) {
-			return E('td', { 'class': 'td' }, c);
-		}));
-	})));
+	cbi_update_table(t, rows, E('em', empty));
+	return t;
 }
 
 function notify(reply, done) {
 	if (reply && reply.error)
 		ui.addNotification(null, E('p', reply.error), 'danger');
-	else
+	else if (reply && reply.ok)
 		ui.addNotification(null, E('p', done), 'info');
+	else
+		ui.addNotification(null, E('p', _('wgrouter gave no answer.')), 'danger');
+}
+
+function failed(err) {
+	ui.addNotification(null, E('p', describe(err)), 'danger');
 }
 
 return view.extend({
 	load: function() {
 		return callStatus().catch(function(err) {
-			return { error: err.message };
+			return { error: describe(err) };
 		});
+	},
+
+	/* false for a login with read-only access to the page (LuCI marks the
+	 * view so when the ACL grants read but not write) */
+	writable: function() {
+		return L.hasViewPermission() !== false;
 	},
 
 	peerRows: function(st) {
@@ -116,35 +190,54 @@ return view.extend({
 		return rows;
 	},
 
-	wanRows: function(st) {
+	/* the last cell: a "Use" button only where pressing it does something;
+	 * the active WAN and a WAN that is down say so in words instead of
+	 * showing a disabled button that looks like an enabled one */
+	useCell: function(name, w) {
+		if (w.active)
+			return E('em', _('in use'));
+		if (!w.up)
+			return E('em', _('down'));
+		return E('button', {
+			'class': 'cbi-button cbi-button-action',
+			'click': ui.createHandlerFn(this, 'handleSwitch', name)
+		}, _('Use'));
+	},
+
+	wanRows: function(st, writable) {
 		var wans = st.wans || {};
 
 		return Object.keys(wans).map(function(name) {
 			var w = wans[name];
-
-			return [
+			var row = [
 				w.active ? E('strong', name) : name,
 				yesno(w.up),
 				yesno(w.healthy),
 				(w.families && w.families.length)
 					? w.families.map(function(f) { return f.replace('ip', 'IP'); }).join(' + ')
 					: '-',
-				yesno(w.active),
-				E('button', {
-					'class': 'cbi-button cbi-button-action',
-					'disabled': (w.active || !w.up) ? '' : null,
-					'click': ui.createHandlerFn(this, 'handleSwitch', name)
-				}, _('Use'))
+				yesno(w.active)
 			];
+
+			if (writable)
+				row.push(this.useCell(name, w));
+
+			return row;
 		}, this);
 	},
 
 	renderBody: function(st) {
 		if (st.error)
-			return E('div', { 'class': 'alert-message warning' },
-				_('wgrouter is not answering: %s').format(st.error));
+			return E('div', { 'class': 'alert-message warning' }, [
+				E('p', _('No status from wgrouter: %s').format(st.error))
+			]);
 
+		var writable = this.writable();
 		var events = (st.events || []).slice().reverse();
+		var wanHeaders = [ _('WAN'), _('Up'), _('Healthy'), _('Carries'), _('Active') ];
+
+		if (writable)
+			wanHeaders.push(_('Switch'));
 
 		return E('div', {}, [
 			E('h3', _('Peers')),
@@ -153,8 +246,7 @@ return view.extend({
 				this.peerRows(st), _('No managed peers')),
 
 			E('h3', _('WAN uplinks')),
-			table([ _('WAN'), _('Up'), _('Healthy'), _('Carries'), _('Active'), '' ],
-				this.wanRows(st), _('No WAN configured')),
+			table(wanHeaders, this.wanRows(st, writable), _('No WAN configured')),
 
 			E('h3', _('Recent events')),
 			events.length
@@ -167,6 +259,31 @@ return view.extend({
 		]);
 	},
 
+	renderDiagnosis: function(report) {
+		if (report.error) {
+			var text = /still running/.test(report.error)
+				? _('The diagnosis is still running. Press "Run diagnosis" again in a few seconds for its report.')
+				: report.error;
+			return E('div', { 'class': 'alert-message warning' }, [ E('p', text) ]);
+		}
+
+		var label = { ok: _('ok'), warn: _('warning'), fail: _('failed') };
+		var rows = (report.findings || []).map(function(f) {
+			var where = [ f.tunnel, f.peer ].filter(function(x) { return x != null; }).join(' / ');
+
+			return [
+				f.status == 'ok' ? label.ok : E('strong', label[f.status] || f.status),
+				orDash(where),
+				f.summary,
+				orDash(f.evidence),
+				orDash(f.fix)
+			];
+		});
+
+		return table([ _('Result'), _('Tunnel / peer'), _('Finding'), _('Evidence'), _('Fix') ],
+			rows, _('Nothing to check: no managed tunnel'));
+	},
+
 	update: function(st) {
 		dom.content(document.getElementById('wgrouter-status'), this.renderBody(st));
 	},
@@ -174,7 +291,7 @@ return view.extend({
 	handleReapply: function() {
 		return callReapply().then(function(reply) {
 			notify(reply, _('Re-applying all paths'));
-		});
+		}).catch(failed);
 	},
 
 	handleSwitch: function(wan) {
@@ -182,21 +299,38 @@ return view.extend({
 			notify(reply, wan == 'auto'
 				? _('Automatic WAN choice restored')
 				: _('Switching to %s').format(wan));
+		}).catch(failed);
+	},
+
+	handleDiagnose: function() {
+		var target = document.getElementById('wgrouter-diagnosis');
+
+		dom.content(target, E('p', { 'class': 'spinning' }, _('Running the diagnosis…')));
+		return callDiagnose().then(L.bind(function(report) {
+			dom.content(target, this.renderDiagnosis(report));
+		}, this)).catch(function(err) {
+			dom.content(target, E('div', { 'class': 'alert-message warning' }, [
+				E('p', _('No diagnosis from wgrouter: %s').format(describe(err)))
+			]));
 		});
 	},
 
 	render: function(st) {
 		poll.add(L.bind(function() {
 			return callStatus().catch(function(err) {
-				return { error: err.message };
+				return { error: describe(err) };
 			}).then(L.bind(this.update, this));
 		}, this), POLL_INTERVAL);
 
-		return E([], [
-			E('h2', _('WireGuard uplinks')),
-			E('p', { 'class': 'cbi-section-descr' },
-				_('wgrouter keeps each WireGuard peer on a working WAN uplink.')),
-			E('div', { 'class': 'cbi-page-actions' }, [
+		var actions = [
+			E('button', {
+				'class': 'cbi-button cbi-button-neutral',
+				'click': ui.createHandlerFn(this, 'handleDiagnose')
+			}, _('Run diagnosis'))
+		];
+
+		if (this.writable())
+			actions.push(' ',
 				E('button', {
 					'class': 'cbi-button cbi-button-apply',
 					'click': ui.createHandlerFn(this, 'handleReapply')
@@ -205,9 +339,21 @@ return view.extend({
 				E('button', {
 					'class': 'cbi-button cbi-button-reset',
 					'click': ui.createHandlerFn(this, 'handleSwitch', 'auto')
-				}, _('Automatic WAN'))
-			]),
-			E('div', { 'id': 'wgrouter-status' }, this.renderBody(st))
+				}, _('Automatic WAN')));
+		else
+			actions.push(E('p', { 'class': 'cbi-section-descr' },
+				_('Read-only access: you can watch the status and run the diagnosis, but not change anything.')));
+
+		return E([], [
+			E('h2', _('WireGuard uplinks')),
+			E('p', { 'class': 'cbi-section-descr' },
+				_('wgrouter keeps each WireGuard peer on a working WAN uplink.')),
+			E('div', { 'class': 'cbi-page-actions' }, actions),
+			E('div', { 'id': 'wgrouter-status' }, this.renderBody(st)),
+			E('h3', _('Diagnosis')),
+			E('div', { 'id': 'wgrouter-diagnosis' },
+				E('p', { 'class': 'cbi-section-descr' },
+					_('The WireGuard troubleshooting checklist: handshakes, routes, DNS, firewall, MTU. It changes nothing.')))
 		]);
 	},
 
