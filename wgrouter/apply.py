@@ -271,16 +271,14 @@ class Applier:
                 self.notes.append("old route not deleted yet, retried on the next apply: %s" % e)
 
     def _event(self, action, error, steps):
-        data = {"action": action, "ok": not error, "error": error, "steps": steps}
-        if self.notes:
-            data["note"] = "; ".join(self.notes)
-            self.notes = []
-        return model.Event("applied", data)
+        note = "; ".join(self.notes) if self.notes else None
+        self.notes = []
+        return model.Applied(action=action, ok=not error, error=error, steps=steps, note=note)
 
     # ------------------------------------------------------------ actions
 
     def execute(self, action):
-        """Run one action; returns Event("applied", {action, ok, error, steps})."""
+        """Run one action; returns model.Applied."""
         if isinstance(action, model.ApplyPath):
             return self.apply_path(action)
         if isinstance(action, model.RemovePath):

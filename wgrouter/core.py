@@ -116,7 +116,9 @@ class _WanTrack:
     changes: typing.Deque[float] = dataclasses.field(default_factory=collections.deque)  # losses
     loss_counted: bool = True  # the current loss of usability is in ``changes``
     label: str = "unknown"  # "up" / "down" / "unhealthy", for Transitions
-    why: str = "not seen yet"  # why it is not usable
+    # why it is not usable: a state ("down", "unhealthy") and its cause
+    not_usable: str = "not seen yet"
+    cause: str = ""
     healed: str = ""  # what last cleared the unhealthy mark
     # Per address family (4, 6): track IPs of one family say nothing about
     # the other, so each family is probed and judged on its own.
@@ -131,6 +133,14 @@ class _WanTrack:
     proven: typing.Dict[int, float] = dataclasses.field(default_factory=dict)  # a tunnel last received through it
     link_at: typing.Optional[float] = None  # last link change: came up, ifup, new address
     address: typing.Optional[typing.Tuple[typing.Optional[str], ...]] = None  # (IPv4, IPv6) at the last step
+
+    @property
+    def why(self) -> str:
+        """Why it is not usable, for people: "down (hotplug ifdown)"."""
+        return "%s (%s)" % (self.not_usable, self.cause) if self.cause else self.not_usable
+
+    def set_why(self, state: str, cause: str) -> None:
+        self.not_usable, self.cause = state, cause
 
 
 @dataclasses.dataclass
@@ -247,9 +257,9 @@ def _hostkey(host: str) -> str:
     return str(host).lower().rstrip(".")
 
 
-def _why(data) -> str:
+def _why(error: typing.Optional[str]) -> str:
     """": error" of a failed probe's event, or "" when the shell gave none."""
-    error = " ".join(str(data.get("error") or "").split())
+    error = " ".join(str(error or "").split())
     return ": " + error if error else ""
 
 
@@ -279,6 +289,13 @@ class Engine:
         self._out: typing.List[model.Action] = []
         self._now = now
         self._next_check = now + self._check_interval()
+        self._handlers = {
+            model.Hotplug: self._on_hotplug, model.KernelChanged: self._on_link,
+            model.ProbeResult: self._on_probe, model.WanProbeResult: self._on_wan_probe,
+            model.Resolved: self._on_resolved, model.ResolveFailed: self._on_resolve_failed,
+            model.Applied: self._on_applied, model.Switch: self._on_switch,
+            model.Reapply: self._on_reapply, model.Malformed: self._on_malformed,
+        }
         self._load(config)
 
     # ------------------------------------------------ public API
@@ -293,7 +310,7 @@ class Engine:
             try:
                 self._event(event)
             except (BadEvent, KeyError, TypeError, ValueError) as exc:
-                self._transition("wgrouter", None, "event %s" % event.kind, "ignored",
+                self._transition("wgrouter", None, "event %s" % getattr(event, "name", getattr(event, "kind", "?")), "ignored",
                                  "%s: %s" % (BadEvent.__doc__, exc), "state")
         self._update_wans()
         self._update_peers()
@@ -325,7 +342,11 @@ class Engine:
         return tuple(out)
 
     def snapshot(self, now: float, wall: typing.Optional[float] = None) -> dict:
-        """JSON-able status for ubus, MQTT and the CLI.
+        """``status`` as JSON-able data, for ubus, MQTT and the CLI."""
+        return model.status_json(self.status(now, wall))
+
+    def status(self, now: float, wall: typing.Optional[float] = None) -> model.Status:
+        """The typed status.
 
         ``wall`` is the unix time at ``now``: absolute times (events, next
         check, backoff, last restart) are shown on it.  Without it they are
@@ -335,22 +356,22 @@ class Engine:
         wans = {}
         for i, wan in enumerate(self._config.wans):
             wt = self._wans[wan.name]
-            wans[wan.name] = {
-                "device": self._device(wan),
-                "up": wt.up,
-                "healthy": not wt.unhealthy,
-                "families": self._families(wan.name),
-                "usable": wt.usable,
-                "preferred": i == 0,
-                "order": i,
-                "pinned": self._pinned == wan.name,
-                "usable_for": None if wt.usable_since is None else now - wt.usable_since,
-                "holddown": self._holddown(wan.name, now),
-                "flaps": len(wt.changes),
-                "why": None if wt.usable else wt.why,
-                "active": any(ts.wan == wan.name for ts in self._tunnels.values()),
-                "active_for": sorted(ts.tunnel.name for ts in self._tunnels.values() if ts.wan == wan.name),
-            }
+            wans[wan.name] = model.WanStatus(
+                device=self._device(wan),
+                up=wt.up,
+                healthy=not wt.unhealthy,
+                families=self._families(wan.name),
+                usable=wt.usable,
+                preferred=i == 0,
+                order=i,
+                pinned=self._pinned == wan.name,
+                usable_for=None if wt.usable_since is None else now - wt.usable_since,
+                holddown=self._holddown(wan.name, now),
+                flaps=len(wt.changes),
+                why=None if wt.usable else wt.why,
+                active=any(ts.wan == wan.name for ts in self._tunnels.values()),
+                active_for=sorted(ts.tunnel.name for ts in self._tunnels.values() if ts.wan == wan.name),
+            )
         tunnels = {}
         for name, ts in self._tunnels.items():
             peers = {}
@@ -363,44 +384,44 @@ class Engine:
                 age = None
                 if st is not None and st.latest_handshake:
                     age = max(0.0, now - st.latest_handshake)
-                peers[peer.public_key] = {
-                    "label": peer.label,
-                    "state": ps.state,
-                    "wan": ts.wan,
-                    "endpoint": str(model.Endpoint(ps.applied.address, ps.applied.port)) if ps.applied
+                peers[peer.public_key] = model.PeerStatus(
+                    label=peer.label,
+                    state=ps.state,
+                    wan=ts.wan,
+                    endpoint=str(model.Endpoint(ps.applied.address, ps.applied.port)) if ps.applied
                     else (st.endpoint if st else None),  # ours, else what the kernel has
-                    "endpoint_wanted": None if address is None else str(model.Endpoint(address, endpoint.port)),
-                    "endpoint_source": source,
-                    "candidate": ps.candidate,
-                    "keepalive": int(ps.applied.keepalive if ps.applied else (st.keepalive if st else 0)),
-                    "handshake_age": age,
-                    "rx": int(st.rx) if st else 0,
-                    "tx": int(st.tx) if st else 0,
-                    "last_step": ps.last_step,
-                    "recovery_steps": ps.steps_done,
-                    "backoff_until": ps.backoff_until + shift if ps.backoff_until > now else None,
-                    "evidence": ps.evidence or None,
-                }
-            tunnels[name] = {
-                "wan": ts.wan,
-                "state": DOWN if ts.down or not ts.present else self._tunnel_state(ts),
-                "suspect_wans": {w: until + shift for w, until in ts.suspect.items() if until > now},
-                "last_restart": None if ts.last_restart is None else ts.last_restart + shift,
-                "peers": peers,
-            }
-        return {
-            "time": now + shift,
-            "pinned": self._pinned,
-            "next_check": self._next_check + shift if self._managed() else None,
-            "check_interval": settings.check_interval,
-            "wans": wans,
-            "tunnels": tunnels,
-            "events": [
-                {"time": t + shift, "kind": tr.kind, "tunnel": tr.tunnel, "peer": tr.peer,
-                 "was": tr.was, "now": tr.now, "because": tr.because, "text": str(tr)}
+                    endpoint_wanted=None if address is None else str(model.Endpoint(address, endpoint.port)),
+                    endpoint_source=source,
+                    candidate=ps.candidate,
+                    keepalive=int(ps.applied.keepalive if ps.applied else (st.keepalive if st else 0)),
+                    handshake_age=age,
+                    rx=int(st.rx) if st else 0,
+                    tx=int(st.tx) if st else 0,
+                    last_step=ps.last_step,
+                    recovery_steps=ps.steps_done,
+                    backoff_until=ps.backoff_until + shift if ps.backoff_until > now else None,
+                    evidence=ps.evidence or None,
+                )
+            tunnels[name] = model.TunnelStatus(
+                wan=ts.wan,
+                state=DOWN if ts.down or not ts.present else self._tunnel_state(ts),
+                suspect_wans={w: until + shift for w, until in ts.suspect.items() if until > now},
+                last_restart=None if ts.last_restart is None else ts.last_restart + shift,
+                peers=peers,
+            )
+        return model.Status(
+            time=now + shift,
+            pinned=self._pinned,
+            next_check=self._next_check + shift if self._managed() else None,
+            check_interval=settings.check_interval,
+            wans=wans,
+            tunnels=tunnels,
+            events=[
+                model.EventStatus(time=t + shift, kind=tr.kind, tunnel=tr.tunnel, peer=tr.peer,
+                                  was=tr.was, now=tr.now, because=tr.because, text=str(tr))
                 for t, tr in self._ring
             ],
-        }
+        )
 
     # ------------------------------------------------ configuration
 
@@ -479,23 +500,26 @@ class Engine:
 
     # ------------------------------------------------ events
 
-    def _event(self, event: model.Event) -> None:
-        handler = getattr(self, "_on_" + event.kind, None)
+    def _event(self, event: model.AnyEvent) -> None:
+        handler = self._handlers.get(type(event))
         if handler is None:
-            raise BadEvent("unknown kind %r" % event.kind)
-        handler(event.data)
+            raise BadEvent("not an event: %r" % (event,))
+        handler(event)
 
-    def _on_link(self, data) -> None:
+    def _on_malformed(self, ev: model.Malformed) -> None:
+        raise BadEvent(ev.error)
+
+    def _on_link(self, ev: model.KernelChanged) -> None:
         pass  # re-evaluated from the observation on every step
 
-    def _on_reapply(self, data) -> None:
+    def _on_reapply(self, ev: model.Reapply) -> None:
         for ts in self._tunnels.values():
             ts.reapply = "reapply requested"
             for ps in self._tunnel_peers(ts):
                 ps.force = "reapply requested"
 
-    def _on_switch(self, data) -> None:
-        wan = data.get("wan")
+    def _on_switch(self, ev: model.Switch) -> None:
+        wan = ev.wan
         if wan is not None and wan not in self._wans:
             raise BadEvent("switch to unknown wan %r" % wan)
         if wan != self._pinned:
@@ -503,13 +527,13 @@ class Engine:
                              "pinned to %s" % (wan or "none"), "manual switch", "state")
         self._pinned = wan
 
-    def _on_hotplug(self, data) -> None:
-        action, iface = data["action"], data["interface"]
+    def _on_hotplug(self, ev: model.Hotplug) -> None:
+        action, iface = ev.action, ev.interface
         if iface in self._wans:
             wt = self._wans[iface]
             if action == "ifdown":
                 wt.forced_down = True
-                wt.why = "down (hotplug ifdown)"
+                wt.set_why(DOWN, "hotplug ifdown")
             elif action in ("ifup", "ifupdate"):
                 wt.forced_down = False
                 if action != "ifup":
@@ -533,7 +557,7 @@ class Engine:
                 # until mwan3 says connected again (or the WAN comes up anew);
                 # our own WAN probe does not overrule it.
                 wt.mwan3_down = wt.unhealthy = True
-                wt.why = "unhealthy (mwan3 reports it disconnected)"
+                wt.set_why("unhealthy", "mwan3 reports it disconnected")
             elif action == "connected":
                 if wt.mwan3_down:
                     wt.mwan3_down = wt.unhealthy = False
@@ -558,35 +582,35 @@ class Engine:
                 for ps in self._tunnel_peers(ts):
                     ps.force = "tunnel %s" % action
 
-    def _on_probe(self, data) -> None:
-        ps = self._peers.get((data["tunnel"], data["peer"]))
+    def _on_probe(self, ev: model.ProbeResult) -> None:
+        ps = self._peers.get((ev.tunnel, ev.peer))
         if ps is None or ps.probe_until is None:
             return  # stale: the path changed since the probe was sent
         ps.probe_until = None
         ts = self._tunnels[ps.peer.tunnel]
         if ps.probe_wan != ts.wan:
             return
-        if data["ok"]:
+        if ev.ok:
             self._wans[ts.wan].proven[self._peer_family(ps)] = self._now
             self._recovered(ps, "probe to %s answered" % ps.peer.probe)
         else:
-            ps.evidence += "; probe to %s failed%s" % (ps.peer.probe, _why(data))
+            ps.evidence += "; probe to %s failed%s" % (ps.peer.probe, _why(ev.error))
             ps.probe_failed = True
             self._verdict(ts, ps)
 
-    def _on_wan_probe(self, data) -> None:
-        wan, ok = data["wan"], bool(data["ok"])
+    def _on_wan_probe(self, ev: model.WanProbeResult) -> None:
+        wan, ok = ev.wan, bool(ev.ok)
         wt = self._wans.get(wan)
         if wt is None:
             return
-        family = data.get("family")
+        family = ev.family
         if family in (4, 6):
             families = [family]
         else:  # a shell that does not say: the families that were asked
             families = sorted(wt.probe_until) or self._probe_families(self._config.wan(wan)) or [4]
-        wt.probe_error = "" if ok else _why(data)
+        wt.probe_error = "" if ok else _why(ev.error)
         for f in families:
-            self._wan_round(wan, wt, f, ok, _why(data))
+            self._wan_round(wan, wt, f, ok, _why(ev.error))
         for ts, ps in list(self._waiting_on(wan)):
             if ok:
                 ps.evidence += "; wan probe ok"
@@ -639,13 +663,13 @@ class Engine:
         failed (or while mwan3 says disconnected)."""
         if wt.mwan3_down:
             if wt.bad:
-                wt.why = "unhealthy (mwan3 reports it disconnected; track ips do not answer%s)" % wt.probe_error
+                wt.set_why("unhealthy", "mwan3 reports it disconnected; track ips do not answer%s" % wt.probe_error)
             return
         can = self._probe_families(self._config.wan(wan))
         dead = bool(can) and all(f in wt.bad for f in can)
         if dead and not wt.unhealthy:
             wt.unhealthy = True
-            wt.why = "unhealthy (track ips do not answer%s)" % wt.probe_error
+            wt.set_why("unhealthy", "track ips do not answer%s" % wt.probe_error)
         elif not dead and wt.unhealthy:
             wt.unhealthy = False
 
@@ -657,15 +681,15 @@ class Engine:
                 if ps.probe_failed:
                     yield ts, ps
 
-    def _on_resolved(self, data) -> None:
-        host = _hostkey(data["host"])
+    def _on_resolved(self, ev: model.Resolved) -> None:
+        host = _hostkey(ev.host)
         hs = self._hosts.get(host)
         if hs is None:
             return
         hs.pending_until = None
         users = [ps for ps in self._peers.values() if self._uses(ps, host)]
         chosen = None
-        for address in data["addresses"]:
+        for address in ev.addresses:
             why = None
             for ps in users or [None]:
                 why = bad_address(address, ps.peer.allowed_ips if ps else ())
@@ -678,11 +702,11 @@ class Engine:
                 chosen = str(_ip(address))
                 break
         if chosen is None:
-            self._resolve_failed(host, hs, "no usable address in %s" % list(data["addresses"]))
+            self._resolve_failed(host, hs, "no usable address in %s" % list(ev.addresses))
             return
         s = self._config.settings
         now = self._now
-        ttl = min(max(float(data.get("ttl") or 0), s.dns_ttl_min), s.dns_ttl_max)
+        ttl = min(max(float(ev.ttl or 0), s.dns_ttl_min), s.dns_ttl_max)
         hs.ttl = ttl
         hs.refresh_at = now + self._scale(max(ttl, DNS_REFRESH_MIN), 0.0, DNS_JITTER)
         hs.failures = 0
@@ -707,7 +731,7 @@ class Engine:
                                          "the address that works" % (host, hs.address, chosen), "resolve")
             hs.flipped_at = now
         hs.address = chosen
-        hs.answers = tuple(a for a in (str(_ip(x)) for x in data["addresses"] if _ip(x) is not None)
+        hs.answers = tuple(a for a in (str(_ip(x)) for x in ev.addresses if _ip(x) is not None)
                            if not any(bad_address(a, ps.peer.allowed_ips) for ps in users))
         waiting = False
         for ps, old in zip(mine, before):
@@ -725,13 +749,13 @@ class Engine:
             soon = now + self._scale(max(s.check_interval, DNS_REFRESH_MIN), 0.0, DNS_JITTER)
             hs.refresh_at = min(hs.refresh_at, soon)
 
-    def _on_resolve_failed(self, data) -> None:
-        host = _hostkey(data["host"])
+    def _on_resolve_failed(self, ev: model.ResolveFailed) -> None:
+        host = _hostkey(ev.host)
         hs = self._hosts.get(host)
         if hs is None:
             return
         hs.pending_until = None
-        self._resolve_failed(host, hs, str(data.get("error") or "lookup failed"))
+        self._resolve_failed(host, hs, str(ev.error or "lookup failed"))
 
     def _resolve_failed(self, host: str, hs: _HostState, error: str) -> None:
         s = self._config.settings
@@ -747,24 +771,24 @@ class Engine:
                                      "keeping %s" % (hs.address or ps.adopted or "netifd's endpoint"),
                                      "%s: %s" % (host, error), "resolve")
 
-    def _on_applied(self, data) -> None:
-        action = data["action"]
-        note = data.get("note")
+    def _on_applied(self, ev: model.Applied) -> None:
+        action = ev.action
+        note = ev.note
         if not isinstance(action, model.ApplyPath):
-            if isinstance(action, model.RemovePath) and (not data.get("ok") or note):
+            if isinstance(action, model.RemovePath) and (not ev.ok or note):
                 # the peer may be gone from the configuration: its key names it
                 self._transition(action.tunnel, action.peer[:8], "removing route to %s" % action.address,
-                                 "removed" if data.get("ok") else "not removed",
-                                 "; ".join(t for t in (data.get("error"), note) if t), "state")
-            elif isinstance(action, model.RestartTunnel) and not data.get("ok"):
-                self._transition(action.tunnel, None, "restarting", "not restarted", data.get("error") or "", "state")
+                                 "removed" if ev.ok else "not removed",
+                                 "; ".join(t for t in (ev.error, note) if t), "state")
+            elif isinstance(action, model.RestartTunnel) and not ev.ok:
+                self._transition(action.tunnel, None, "restarting", "not restarted", ev.error or "", "state")
             return
         ps = self._peers.get((action.tunnel, action.peer))
         if ps is None:
             return
         path = dataclasses.replace(action, old_address=None)
         applying = "applying %s via %s" % (model.Endpoint(path.address, path.port), path.wan)
-        if data.get("ok"):
+        if ev.ok:
             if ps.applied == path:
                 ps.apply_failures = 0
             if note:  # the applier gives each note once
@@ -778,7 +802,7 @@ class Engine:
         ps.apply_failures += 1
         ps.apply_retry_at = self._now + delay
         self._transition(action.tunnel, ps.peer.label, applying, "not applied", "%s; retry in %s%s" % (
-            data.get("error") or "apply failed", _fmt(delay), "; " + note if note else ""), "state")
+            ev.error or "apply failed", _fmt(delay), "; " + note if note else ""), "state")
 
     # ------------------------------------------------ WAN tracking
 
@@ -790,7 +814,7 @@ class Engine:
             obs_up = bool(st is not None and st.up)
             if not obs_up:
                 wt.forced_down = False  # the kernel caught up with the hotplug event
-                wt.why = "down (%s)" % ("not reported" if st is None else "no link, address or default route")
+                wt.set_why(DOWN, "not reported" if st is None else "no link, address or default route")
             up = obs_up and not wt.forced_down
             if not up and wt.up:
                 # The kernel flushes a device's routes with it: our host
@@ -824,7 +848,7 @@ class Engine:
                     because = "link, address and default route present" + (
                         "; " + wt.healed if wt.label == "unhealthy" and wt.healed else "")
                 else:
-                    because = wt.why.partition(" (")[2][:-1] or wt.why
+                    because = wt.cause or wt.why
                 self._transition(wan.name, None, wt.label, label, because, "wan")
                 wt.label = label
 

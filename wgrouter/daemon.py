@@ -86,7 +86,7 @@ HOTPLUG_ACTIONS = ("ifup", "ifdown", "ifupdate", "connected", "disconnected")
 
 def spool_event(line):
     """One spool line ("ACTION INTERFACE [DEVICE]", bytes) as an
-    Event("hotplug"); None for a blank line.  ValueError says what is wrong
+    model.Hotplug; None for a blank line.  ValueError says what is wrong
     with a bad one."""
     words = line.split()
     if not words:
@@ -98,16 +98,16 @@ def spool_event(line):
     if not 2 <= len(words) <= 3 or words[0] not in HOTPLUG_ACTIONS \
             or not all(w.isprintable() for w in words):
         raise ValueError("not ACTION INTERFACE [DEVICE]: %r" % line[:80])
-    data = {"action": words[0], "interface": words[1]}
+    device = None
     if len(words) > 2:
         if not control.is_device_name(words[2]):
             raise ValueError("not a device name: %r" % words[2][:80])
-        data["device"] = words[2]
-    return model.Event("hotplug", data)
+        device = words[2]
+    return model.Hotplug(action=words[0], interface=words[1], device=device)
 
 
 def read_spool(root, log=log):
-    """Take every pending hotplug line; return Event("hotplug") objects.
+    """Take every pending hotplug line; return model.Hotplug events.
 
     Each line stands alone: a bad one is skipped (and the bad lines of one
     read are logged once, with where the first one was), the others are
@@ -236,7 +236,7 @@ class Daemon:
         self.running = False
         self.reload_requested = False
         self.started = time.monotonic()
-        self.snapshot = {}
+        self.snapshot = {}  # model.status_json of the last step's model.Status
         self.ubus = None
         self.mqtt = None
         self.engine = None
@@ -348,7 +348,7 @@ class Daemon:
             # let the rest of the burst arrive, then observe once
             time.sleep(NETLINK_SETTLE)
             self.monitor.drain()
-            return [model.Event("link", {})]
+            return [model.KernelChanged()]
         return []
 
     def _diagnose(self, request):
@@ -366,26 +366,23 @@ class Daemon:
         if method == "status":
             return self.status(), []
         if method == "reapply":
-            return {"ok": True}, [model.Event("reapply", {})]
+            return {"ok": True}, [model.Reapply()]
         if method == "switch":
             wan = request.get("wan")
             if wan in (None, "", "auto"):
-                return {"ok": True, "wan": "auto"}, [model.Event("switch", {"wan": None})]
+                return {"ok": True, "wan": "auto"}, [model.Switch(wan=None)]
             if wan not in [w.name for w in self.config.wans]:
                 return {"error": "unknown WAN %r (configured: %s)" % (
                     wan, ", ".join(w.name for w in self.config.wans))}, []
-            return {"ok": True, "wan": wan}, [model.Event("switch", {"wan": wan})]
+            return {"ok": True, "wan": wan}, [model.Switch(wan=wan)]
         return {"error": "unknown method %r" % (method,)}, []
 
     def status(self):
-        snap = dict(self.snapshot)
-        snap["version"] = wgrouter.__version__
-        snap["pid"] = os.getpid()
-        snap["uptime"] = round(time.monotonic() - self.started, 1)
-        snap["wakeups"] = self.wakeups
-        if self.observe_errors:
-            snap["errors"] = list(self.observe_errors)
-        return snap
+        """The last snapshot with the daemon's own fields."""
+        return dict(self.snapshot, **model.status_json(None, model.DaemonStatus(
+            version=wgrouter.__version__, pid=os.getpid(),
+            uptime=round(time.monotonic() - self.started, 1), wakeups=self.wakeups,
+            errors=list(self.observe_errors) or None)))
 
     # -------------------------------------------------------------- loop
 
@@ -407,7 +404,7 @@ class Daemon:
             # python3-ubus may have come since the start (luci-app-wgrouter)
             self._start_ubus()
         self.kernel_changed = True
-        self.pending.append(model.Event("link", {}))  # step now; reconfigure applies only what changed
+        self.pending.append(model.KernelChanged())  # step now; reconfigure applies only what changed
         if cfg.mqtt != old_mqtt:
             # a new broker, new credentials or MQTT switched on/off: the old
             # session says "offline" (bounded flush), a new one starts

@@ -184,25 +184,133 @@ class PeerStats:
     keepalive: int  # 0 = off
 
 
+# Events: something that happened outside the core, one frozen dataclass per
+# kind, dispatched by type.  ``kind`` and ``data`` are the written-down form
+# (logs, test tables, ``Event(kind, data)``).
+
+
+class _Message:
+    kind: typing.ClassVar[str] = ""
+
+    @property
+    def data(self) -> typing.Dict[str, typing.Any]:
+        """The fields by name (None ones left out): the written-down form."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                if getattr(self, f.name) is not None}
+
+
 @dataclasses.dataclass(frozen=True)
-class Event:
-    """Something that happened outside the core.
+class Hotplug(_Message):
+    """netifd's hotplug event of an interface, as the hotplug script spooled it."""
 
-    kind is one of:
-      "hotplug"      data: {"action": "ifup"|"ifdown"|..., "interface": str}
-      "link"         kernel link/route/address notification, data: {}
-      "probe"        data: {"tunnel", "peer" (public key), "ok": bool, "error": str (why it failed)}
-      "wan_probe"    data: {"wan", "ok": bool, "error": str (why it failed)}
-      "resolved"     data: {"host", "wan", "addresses": [str], "ttl": int}
-      "resolve_failed" data: {"host", "wan", "error": str}
-      "applied"      data: {"action": Action, "ok": bool, "error": str, "steps": [str],
-                             "note": str (something to log once, e.g. conntrack missing)}
-      "switch"       manual switch request, data: {"wan": str|None} (None = auto)
-      "reapply"      re-apply everything, data: {}
-    """
+    kind: typing.ClassVar[str] = "hotplug"
+    action: str  # "ifup", "ifdown", "ifupdate", "connected", "disconnected"
+    interface: str
+    device: typing.Optional[str] = None
 
-    kind: str
-    data: typing.Mapping[str, typing.Any] = dataclasses.field(default_factory=dict)
+
+@dataclasses.dataclass(frozen=True)
+class KernelChanged(_Message):
+    """A kernel link/route/address notification: observe again."""
+
+    kind: typing.ClassVar[str] = "link"
+
+
+@dataclasses.dataclass(frozen=True)
+class ProbeResult(_Message):
+    """The answer to a Probe."""
+
+    kind: typing.ClassVar[str] = "probe"
+    tunnel: str
+    peer: str  # public key
+    ok: bool
+    error: str = ""  # why it failed, as the shell said
+
+
+@dataclasses.dataclass(frozen=True)
+class WanProbeResult(_Message):
+    """The answer to a ProbeWan."""
+
+    kind: typing.ClassVar[str] = "wan_probe"
+    wan: str
+    ok: bool
+    error: str = ""
+    family: typing.Optional[int] = None  # 4 or 6: of its targets; None = not said
+
+
+@dataclasses.dataclass(frozen=True)
+class Resolved(_Message):
+    """The answer to a Resolve."""
+
+    kind: typing.ClassVar[str] = "resolved"
+    host: str
+    wan: str
+    addresses: typing.Sequence[str]
+    ttl: float = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolveFailed(_Message):
+    kind: typing.ClassVar[str] = "resolve_failed"
+    host: str
+    wan: str
+    error: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Applied(_Message):
+    """What became of an action the shell executed."""
+
+    kind: typing.ClassVar[str] = "applied"
+    action: typing.Any  # the Action
+    ok: bool
+    error: str = ""
+    steps: typing.Sequence[str] = ()  # the steps done, in order
+    note: typing.Optional[str] = None  # something to log once, e.g. conntrack missing
+
+
+@dataclasses.dataclass(frozen=True)
+class Switch(_Message):
+    """Manual switch request."""
+
+    kind: typing.ClassVar[str] = "switch"
+    wan: typing.Optional[str] = None  # None = automatic
+
+
+@dataclasses.dataclass(frozen=True)
+class Reapply(_Message):
+    """Re-apply every path."""
+
+    kind: typing.ClassVar[str] = "reapply"
+
+
+@dataclasses.dataclass(frozen=True)
+class Malformed(_Message):
+    """An event written down wrongly: the core logs it and ignores it."""
+
+    kind: typing.ClassVar[str] = "malformed"
+    name: str  # the kind it was written as
+    error: str
+
+
+AnyEvent = typing.Union[Hotplug, KernelChanged, ProbeResult, WanProbeResult, Resolved, ResolveFailed,
+                        Applied, Switch, Reapply, Malformed]
+EVENTS = {cls.kind: cls for cls in (Hotplug, KernelChanged, ProbeResult, WanProbeResult, Resolved,
+                                    ResolveFailed, Applied, Switch, Reapply)}
+
+
+def Event(kind: str, data: typing.Optional[typing.Mapping[str, typing.Any]] = None) -> AnyEvent:  # noqa: N802
+    """The typed event written down as a kind and its fields (see EVENTS);
+    unknown fields are left out, and a wrong one gives Malformed."""
+    cls = EVENTS.get(kind)
+    if cls is None:
+        return Malformed(str(kind), "unknown kind %r" % (kind,))
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: v for k, v in dict(data or {}).items() if k in fields}
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:
+        return Malformed(kind, str(exc).split(") ", 1)[-1])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,7 +319,7 @@ class Observation:
     peers: typing.Mapping[typing.Tuple[str, str], PeerStats]  # (tunnel, key)
     # managed tunnel devices `wg show` lists; None = unknown (wg failed)
     tunnels: typing.Optional[typing.FrozenSet[str]] = None
-    events: typing.Tuple[Event, ...] = ()
+    events: typing.Tuple[AnyEvent, ...] = ()
 
 
 # --------------------------------------------------------------- actions
@@ -317,6 +425,110 @@ Action = typing.Union[ApplyPath, RemovePath, Probe, ProbeWan, Resolve, RestartTu
 class Decision:
     actions: typing.Tuple[Action, ...]
     deadline: typing.Optional[float]  # when to call step() again, None = only on events
+
+
+# ---------------------------------------------------------------- status
+# What the core and the daemon say about themselves: read by the CLI, ubus
+# (and so LuCI) and MQTT, whose shape tests/ubus_contract.json writes down.
+# Times are unix time (the core's clock shifted by the wall clock), durations
+# seconds.  ``status_json`` is the one place it becomes JSON-able data.
+
+
+@dataclasses.dataclass(frozen=True)
+class WanStatus:
+    device: str
+    up: bool
+    healthy: bool
+    families: typing.List[str]  # "IPv4", "IPv6": what it can carry now
+    usable: bool
+    preferred: bool
+    order: int
+    pinned: bool
+    usable_for: typing.Optional[float]
+    holddown: float
+    flaps: int
+    why: typing.Optional[str]  # None while usable
+    active: bool
+    active_for: typing.List[str]  # tunnels on it
+
+
+@dataclasses.dataclass(frozen=True)
+class PeerStatus:
+    label: str
+    state: str
+    wan: typing.Optional[str]
+    endpoint: typing.Optional[str]  # ours, else what the kernel has
+    endpoint_wanted: typing.Optional[str]
+    endpoint_source: typing.Optional[str]
+    candidate: int
+    keepalive: int
+    handshake_age: typing.Optional[float]
+    rx: int
+    tx: int
+    last_step: typing.Optional[str]
+    recovery_steps: int
+    backoff_until: typing.Optional[float]
+    evidence: typing.Optional[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class TunnelStatus:
+    wan: typing.Optional[str]
+    state: str
+    suspect_wans: typing.Dict[str, float]  # WAN -> until when
+    last_restart: typing.Optional[float]
+    peers: typing.Dict[str, PeerStatus]  # by public key
+
+
+@dataclasses.dataclass(frozen=True)
+class EventStatus:
+    """A Transition in the ring of recent events."""
+
+    time: float
+    kind: str
+    tunnel: str
+    peer: typing.Optional[str]
+    was: str
+    now: str
+    because: str
+    text: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Status:
+    """The core's snapshot."""
+
+    time: float
+    pinned: typing.Optional[str]
+    next_check: typing.Optional[float]
+    check_interval: float
+    wans: typing.Dict[str, WanStatus]
+    tunnels: typing.Dict[str, TunnelStatus]
+    events: typing.List[EventStatus]
+
+
+@dataclasses.dataclass(frozen=True)
+class DaemonStatus:
+    """What the daemon adds to the core's snapshot."""
+
+    version: str
+    pid: int
+    uptime: float
+    wakeups: int
+    errors: typing.Optional[typing.List[str]] = None  # observation failures; None = none
+
+
+def status_json(status: typing.Optional[Status], daemon: typing.Optional[DaemonStatus] = None
+                ) -> typing.Dict[str, typing.Any]:
+    """The status as JSON-able data, in the order the contract shows it:
+    the core's snapshot (nothing before the daemon's first step), then the
+    daemon's fields (errors only when there are some)."""
+    out: typing.Dict[str, typing.Any] = {}
+    if status is not None:
+        out.update(dataclasses.asdict(status))
+    if daemon is not None:
+        out.update((k, v) for k, v in dataclasses.asdict(daemon).items() if v is not None)
+    return out
 
 
 # ------------------------------------------------------------------ text

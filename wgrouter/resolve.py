@@ -3,7 +3,7 @@
 The daemon resolves in its own loop: ``start_query`` sends a non-blocking A
 query for a ``model.Resolve`` action from a socket bound to the WAN device,
 so the query leaves through that WAN even while the other one holds the
-default route, and turns the answer into an Event.
+default route, and turns the answer into an event (model.Resolved).
 
 ``python3 -m wgrouter.resolve --device DEV --server IP HOST`` (what
 ``wgrouter diagnose`` runs, with a hard timeout) asks each server in turn
@@ -378,7 +378,7 @@ class Query:
 
 def start_query(action, port=None, timeout=SERVER_TIMEOUT, now=None):
     """Start a Query for a model.Resolve action; its finish() yields
-    Event("resolved") or Event("resolve_failed")."""
+    model.Resolved or model.ResolveFailed."""
     start = time.monotonic() if now is None else now
     finish, on_timeout = _outcome(action, timeout)
     try:
@@ -391,7 +391,7 @@ def _outcome(action, limit):
     """finish() and on_timeout() turning a resolver's JSON line into events."""
 
     def failed(error):
-        return [model.Event("resolve_failed", {"host": action.host, "wan": action.wan, "error": error})]
+        return [model.ResolveFailed(host=action.host, wan=action.wan, error=error)]
 
     def finish(rc, out, err):
         line = out.strip().splitlines()[-1] if out.strip() else ""
@@ -406,17 +406,7 @@ def _outcome(action, limit):
             if not all(isinstance(a, str) and model.is_ip(a) for a in addresses) \
                     or type(ttl) is not int or ttl < 0:
                 return failed("malformed resolver reply: %s" % line[:200])
-            return [
-                model.Event(
-                    "resolved",
-                    {
-                        "host": action.host,
-                        "wan": action.wan,
-                        "addresses": list(addresses),
-                        "ttl": ttl,
-                    },
-                )
-            ]
+            return [model.Resolved(host=action.host, wan=action.wan, addresses=list(addresses), ttl=ttl)]
         return failed(str(reply.get("error") or "resolver exited %d" % rc))
 
     def on_timeout():

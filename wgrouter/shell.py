@@ -153,9 +153,10 @@ class Shell:
         unknown = {w.name for w in self.config.wans if not w.device}
         changed = False
         for ev in events:
-            d = ev.data if ev.kind == "hotplug" else {}
-            wan, device = d.get("interface"), d.get("device")
-            if d.get("action") in ("ifup", "ifupdate") and wan in unknown and device \
+            if not isinstance(ev, model.Hotplug):
+                continue
+            wan, device = ev.interface, ev.device
+            if ev.action in ("ifup", "ifupdate") and wan in unknown and device \
                     and self.learned.get(wan) != device:
                 self.learned[wan] = device
                 changed = True
@@ -269,10 +270,7 @@ class Shell:
 
     def _probe(self, a, selector):
         def event(ok, error=""):
-            data = {"tunnel": a.tunnel, "peer": a.peer, "ok": ok}
-            if error:
-                data["error"] = error
-            return [model.Event("probe", data)]
+            return [model.ProbeResult(tunnel=a.tunnel, peer=a.peer, ok=ok, error=error or "")]
 
         argv = ping_argv(a.target, a.source or a.tunnel, a.timeout, device=a.tunnel)
         try:
@@ -295,12 +293,9 @@ class Shell:
 
     def _probe_wan(self, a, selector):
         def event(ok, error=""):
-            data = {"wan": a.wan, "ok": ok}
-            if a.targets:  # the core sends one ProbeWan per address family
-                data["family"] = model.family(a.targets[0])
-            if error:
-                data["error"] = error
-            return [model.Event("wan_probe", data)]
+            # the core sends one ProbeWan per address family
+            family = model.family(a.targets[0]) if a.targets else None
+            return [model.WanProbeResult(wan=a.wan, ok=ok, error=error or "", family=family)]
 
         if not a.targets:
             return event(False, "no track IPs")
@@ -356,10 +351,9 @@ class Shell:
         try:
             child = resolve.start_query(a, port=self.resolve_port)
         except ImportError as e:
-            return [model.Event("resolve_failed", {"host": a.host, "wan": a.wan,
-                                                   "error": "%s (%s)" % (resolve.NO_DNSPYTHON, e)})]
+            return [model.ResolveFailed(host=a.host, wan=a.wan, error="%s (%s)" % (resolve.NO_DNSPYTHON, e))]
         except wgrouter.Error as e:
-            return [model.Event("resolve_failed", {"host": a.host, "wan": a.wan, "error": str(e)})]
+            return [model.ResolveFailed(host=a.host, wan=a.wan, error=str(e))]
         self._start(child, selector)
         return []
 
