@@ -179,9 +179,16 @@ def python_depends(paths):
 
 
 def modules(package_dir):
-    """{module name: path} of the package's .py files."""
-    return {name[:-3]: os.path.join(package_dir, name)
-            for name in sorted(os.listdir(package_dir)) if name.endswith(".py")}
+    """{module name: path} of the package's .py files, those of its
+    subpackages named by their path ("core/engine")."""
+    found = {}
+    for base, dirs, names in os.walk(package_dir):
+        dirs[:] = sorted(d for d in dirs if os.path.exists(os.path.join(base, d, "__init__.py")))
+        rel = os.path.relpath(base, package_dir)
+        for name in sorted(names):
+            if name.endswith(".py"):
+                found[name[:-3] if rel == "." else rel + "/" + name[:-3]] = os.path.join(base, name)
+    return found
 
 
 def split_modules(package_dir):

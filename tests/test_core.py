@@ -96,7 +96,7 @@ class Rig:
         """Advance to the next monitor check, with some traffic first."""
         if traffic:
             self.traffic(**traffic)
-        return self.step(at=self.engine._next_check)
+        return self.step(at=self.engine.next_check)
 
 
 def of(decision, kind):
@@ -237,13 +237,12 @@ def test_wan_probe_asks_only_the_track_ips_of_families_the_wan_carries():
     rig.up["wan"] = False
     rig.step(dt=1)  # on wanb now, over IPv6
     engine = rig.engine
-    engine._probe_wan(engine._config.wan("wanb"), set())
-    (pw,) = [a for a in engine._out if isinstance(a, model.ProbeWan)]
+    (pw,) = [a for a in engine.probe_wan_now("wanb") if isinstance(a, model.ProbeWan)]
     assert pw.targets == ("2001:db8:ffff::1",)
     rig.v6 = set()
     rig.no4 = set()
     rig.step(dt=1)
-    assert engine._track_ips(engine._config.wan("wanb")) == ("100.64.0.254",)
+    assert engine.track_ips("wanb") == ("100.64.0.254",)
 
 
 def test_snapshot_says_which_families_each_wan_carries():
@@ -263,11 +262,9 @@ def test_candidate_step_skips_candidates_the_wan_cannot_carry():
     rig = Rig(endpoints=(model.Endpoint(IP1), model.Endpoint(IP6), model.Endpoint(ip3)))
     rig.step()
     engine = rig.engine
-    ts = engine._tunnels["wg0"]
-    ps = engine._peers[("wg0", KEY)]
-    ps.ladder = 1  # the next ladder step is "next endpoint candidate"
-    engine._recover(ts, ps)
-    assert ps.candidate == 2  # IPv6 candidate 1 skipped: wan has no IPv6
+    engine.ladder_step("wg0", KEY, 1)  # ladder step 1 is "next endpoint candidate"
+    # IPv6 candidate 1 skipped: wan has no IPv6
+    assert engine.snapshot(rig.t)["tunnels"]["wg0"]["peers"][KEY]["candidate"] == 2
 
 
 # ------------------------------------------------------------ mwan3 verdicts
@@ -528,7 +525,7 @@ def test_monitor_verdicts(rx, tx, handshake_age, keepalive_peer, probes):
     rig = Rig(peers=peers)
     rig.step()
     rig.check()
-    hs = int(rig.engine._next_check - handshake_age) if handshake_age else 0
+    hs = int(rig.engine.next_check - handshake_age) if handshake_age else 0
     d = rig.check(rx=rx, tx=tx, handshake=hs)
     assert bool(of(d, model.Probe)) is probes
 
@@ -845,7 +842,7 @@ def test_check_jitter_is_small():
     rig = Rig(check_interval=10.0, rng=random.Random(1), live=True)
     deadlines = set()
     for _ in range(20):
-        d = rig.step(at=rig.engine._next_check)
+        d = rig.step(at=rig.engine.next_check)
         gap = d.deadline - rig.t
         assert 10.0 * (1 - core.CHECK_JITTER) <= gap <= 10.0 * (1 + core.CHECK_JITTER)
         deadlines.add(round(gap, 6))
@@ -1044,8 +1041,8 @@ def test_engine_times_are_shown_on_the_wall_clock():
     rig.step(probe(False), wan_probe("wan", True), dt=1)  # a ladder step: backoff
     snap = rig.engine.snapshot(rig.t, wall=wall)
     assert snap["time"] == wall
-    assert snap["next_check"] == wall + (rig.engine._next_check - rig.t)
-    assert [e["time"] for e in snap["events"]] == [wall - (rig.t - t) for t, _ in rig.engine._ring]
+    assert snap["next_check"] == wall + (rig.engine.next_check - rig.t)
+    assert [e["time"] for e in snap["events"]] == [wall - (rig.t - t) for t, _ in rig.engine.recent()]
     assert all(e["time"] > wall - 3600 for e in snap["events"])
     backoff = snap["tunnels"]["wg0"]["peers"][KEY]["backoff_until"]
     assert wall < backoff <= wall + 30.0
@@ -1159,7 +1156,7 @@ def test_tunnels_sharing_an_endpoint_address_ride_the_same_wan():
         if of(d, model.Probe):
             ev.append(model.Event("probe", {"tunnel": "wg1", "peer": KEY2, "ok": False}))
         d = rig.step(*ev, dt=0.5)
-        rig.t = max(rig.t, rig.engine._next_check - 0.01)
+        rig.t = max(rig.t, rig.engine.next_check - 0.01)
         moved = [a for a in of(d, model.ApplyPath) if a.tunnel == "wg1" and a.wan == "wanb"]
         if moved:
             break
@@ -1211,11 +1208,11 @@ def test_rx_from_before_the_path_was_applied_is_no_evidence():
     rig.up["wan"] = True
     rig.step(hotplug("ifup", "wan"), dt=1)
     engine = rig.engine
-    assert "wan" not in [ps.applied.wan for ps in engine._peers.values()]
+    assert "wan" not in [path.wan for path in engine.applied().values()]
     rig.traffic(rx=500)  # received through wanb: says nothing about wan
     rig.step(dt=1)
-    assert not engine._wans["wan"].proven
-    assert engine._wans["wanb"].proven.get(4) == rig.t
+    assert not engine.proven("wan")
+    assert engine.proven("wanb").get(4) == rig.t
 
 
 @pytest.mark.parametrize("retry_ok", [True, False])
@@ -1223,7 +1220,7 @@ def test_wan_probe_right_after_a_link_change_is_retried(retry_ok):
     rig = Rig(check_interval=1.0)
     rig.step()
     rig.step(hotplug("ifup", "wan"), dt=0.5)  # carrier back: netifd's ifup
-    rig.t = rig.engine._next_check - 1.0
+    rig.t = rig.engine.next_check - 1.0
     suspect_on(rig)  # 0.5 s after the ifup: the gateway may still be resolving
     d = rig.step(wan_probe("wan", False), probe(False), dt=0.3)
     assert not of(d, model.ApplyPath) and not transitions(d, "failover"), d
@@ -1409,7 +1406,7 @@ def test_ipv4_tunnel_stays_on_a_wan_that_lost_only_ipv6():
     rig.v6 = {"wan", "wanb"}
     rig.step()
     engine = rig.engine
-    engine._probe_wan(engine._config.wan("wan"), set(), [6])
+    engine.probe_wan_now("wan", [6])
     d = rig.step(wan_probe6("wan", False, 6), wan_probe6("wan", False, 6), dt=1)
     assert not of(d, model.ApplyPath)
     assert rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["wan"] == "wan"

@@ -119,8 +119,11 @@ def test_data_members_and_modes(main_ipk):
     for path, mode in expected_modes.items():
         assert path in files, path
         assert files[path].mode == mode, path
-    modules = sorted(n[:-3] for n in os.listdir(os.path.join(ROOT, "wgrouter")) if n.endswith(".py"))
-    pycs = sorted(os.path.basename(n)[:-4] for n in files if n.startswith("./" + SITE + "/"))
+    source = os.path.join(ROOT, "wgrouter")  # and its subpackages (core/)
+    modules = sorted(os.path.relpath(os.path.join(base, n), source)[:-3]
+                     for base, _, names in os.walk(source) if "__pycache__" not in base
+                     for n in names if n.endswith(".py"))
+    pycs = sorted(n[len("./" + SITE + "/"):-4] for n in files if n.startswith("./" + SITE + "/"))
     assert pycs == [m for m in modules if m != "mqtt"]
     assert not [n for n in files if n.endswith(".py") or "__pycache__" in n or "mqtt" in n]
     for path, member in files.items():
@@ -278,7 +281,9 @@ def test_compiled_package_imports(main_ipk, tmp_path):
     except TypeError:  # Python before 3.11.4 (Debian 12 has 3.11.2): no filters
         main_ipk.data_tar.extractall(tmp_path)
     site = tmp_path / os.path.dirname(SITE)
-    modules = sorted(os.path.basename(n)[:-4] for n in main_ipk.files() if n.endswith(".pyc"))
+    # dotted names under wgrouter ("core.engine"; a subpackage by its own name)
+    modules = sorted(re.sub(r"(.)\.__init__$", r"\1", n.split("/wgrouter/", 1)[1][:-4].replace("/", "."))
+                     for n in main_ipk.files() if n.endswith(".pyc"))
     code = ("import importlib, sys\n"
             "for m in sys.argv[1:]:\n"
             "    mod = importlib.import_module('wgrouter.' + m if m != '__init__' else 'wgrouter')\n"

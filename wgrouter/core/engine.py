@@ -1,0 +1,217 @@
+"""The decision core's entry point: which WAN each tunnel uses, when to probe, how to recover.
+
+``Engine`` does no I/O.  The shell hands it an ``Observation`` (kernel WAN
+states, ``wg show dump`` rows, and the events since the last call) and the
+current time; it answers with a ``Decision``: model actions to execute and
+the absolute time to call ``step()`` again.  Randomness (jitter) comes only
+from the ``random.Random`` given to the constructor; without one there is no
+jitter and the engine is fully deterministic.
+
+``now`` is a monotonic clock in seconds (the daemon uses ``time.monotonic()``),
+so that a step of the wall clock (NTP at boot on a router without RTC,
+``date -s``) neither stalls the monitor nor cuts a failback hold-down short.
+``PeerStats.latest_handshake`` must be on the same clock: the shell converts
+the kernel's unix time when it builds the observation.  The engine's clock
+means nothing to people: ``snapshot(now, wall)`` shows its absolute times as
+unix time, and the daemon stamps events with the wall clock.
+
+The parts, each one topic, depend on each other in one direction only:
+``state`` (constants, records, the shared Context) <- ``wan`` (WAN health)
+<- ``names`` (endpoint names) <- ``paths`` (WAN choice, candidates, applied
+paths) <- ``health`` (monitor, probes, recovery ladder); ``status`` reads
+them all, and ``Engine`` here wires them into one step.
+"""
+
+from __future__ import annotations
+
+import collections
+import random
+import typing
+
+from wgrouter import model
+from wgrouter.core import health as whealth
+from wgrouter.core import names as wnames
+from wgrouter.core import paths as wpaths
+from wgrouter.core import state
+from wgrouter.core import status as wstatus
+from wgrouter.core import wan as wwan
+
+
+class Engine:
+    """Keeps every managed peer on a working path; see the module docstring."""
+
+    def __init__(self, config: model.Config, now: float, rng: typing.Optional[random.Random] = None):
+        self.ctx = state.Context(config, now, rng)
+        self.wans = wwan.Wans(self.ctx)
+        self.names = wnames.Names(self.ctx)
+        self.paths = wpaths.Paths(self.ctx, self.wans, self.names)
+        self.health = whealth.Health(self.ctx, self.wans, self.names, self.paths)
+        self._removals: typing.List[model.RemovePath] = []
+        self._next_check = now + self.ctx.check_interval()
+        self._handlers = {
+            model.Hotplug: self._on_hotplug, model.KernelChanged: self._on_link,
+            model.ProbeResult: self.health.on_probe_result, model.WanProbeResult: self._on_wan_probe,
+            model.Resolved: self.names.on_resolved, model.ResolveFailed: self.names.on_resolve_failed,
+            model.Applied: self.paths.on_applied, model.Switch: self.paths.on_switch,
+            model.Reapply: self.paths.on_reapply, model.Malformed: self._on_malformed,
+        }
+        self._load(config)
+
+    # ------------------------------------------------ public API
+
+    def step(self, obs: model.Observation, now: float) -> model.Decision:
+        self.ctx.begin(obs, now)
+        out = self.ctx.out
+        out.extend(self._removals)
+        self._removals = []
+        self.health.evidence()
+        for event in obs.events:
+            try:
+                self._event(event)
+            except (state.BadEvent, KeyError, TypeError, ValueError) as exc:
+                name = getattr(event, "name", getattr(event, "kind", "?"))
+                self.ctx.transition("wgrouter", None, "event %s" % name, "ignored",
+                                    "%s: %s" % (state.BadEvent.__doc__, exc), "state")
+        self.wans.update()
+        self.paths.update_peers()
+        self.wans.expire(self.health.wan_unanswered)
+        self.health.expire()
+        self.names.expire()
+        self.wans.retries()
+        if self.ctx.managed() and now >= self._next_check:
+            self._next_check = now + self.ctx.check_interval()
+            self.health.check()
+        for ts in self.ctx.tunnels.values():
+            self.paths.evaluate(ts)
+        self.names.resolves()
+        return model.Decision(actions=tuple(out), deadline=self._deadline())
+
+    def reconfigure(self, config: model.Config, now: float) -> None:
+        """Take a new configuration; peers that still exist keep their state."""
+        old_interval = self.ctx.config.settings.check_interval
+        self.ctx.config = config
+        self.ctx.ring = collections.deque(self.ctx.ring, maxlen=max(1, config.settings.events))
+        self._load(config)
+        if config.settings.check_interval != old_interval:
+            self._next_check = min(self._next_check, now + self.ctx.check_interval())
+
+    def stop(self) -> typing.Tuple[model.Action, ...]:
+        """RemovePath for every host route this engine has added."""
+        out: typing.List[model.Action] = list(self._removals)
+        self._removals = []
+        for ps in self.ctx.peers.values():
+            out.extend(self.paths.remove_paths(ps))
+        return tuple(out)
+
+    def snapshot(self, now: float, wall: typing.Optional[float] = None) -> dict:
+        """``status`` as JSON-able data, for ubus, MQTT and the CLI."""
+        return model.status_json(self.status(now, wall))
+
+    def status(self, now: float, wall: typing.Optional[float] = None) -> model.Status:
+        """The typed status; ``wall`` is the unix time at ``now``."""
+        return wstatus.build(self.ctx, self.wans, self.names, self._next_check, now, wall)
+
+    def backoff(self, n: int) -> float:
+        """Delay after the n-th (0-based) consecutive failure."""
+        return self.ctx.backoff(n)
+
+    @property
+    def next_check(self) -> float:
+        """When the monitor checks next (the engine's clock)."""
+        return self._next_check
+
+    # ------------------------------------------------ test hooks
+    # Named ways in for tests that set up a state no short run of steps
+    # reaches; the product never calls them.
+
+    def recent(self) -> typing.Tuple[typing.Tuple[float, model.Transition], ...]:
+        """The ring of recent transitions, on the engine's clock."""
+        return tuple(self.ctx.ring)
+
+    def probe_wan_now(self, wan: str, families: typing.Optional[typing.Iterable[int]] = None
+                      ) -> typing.Tuple[model.Action, ...]:
+        """The ProbeWan actions of ``wan`` (of ``families``) sent now, outside a step."""
+        self.ctx.out = []
+        self.wans.probe(self.ctx.config.wan(wan), set(), families)
+        return tuple(self.ctx.out)
+
+    def track_ips(self, wan: str) -> typing.Tuple[str, ...]:
+        """The track IPs ``wan`` can reach now."""
+        return self.wans.track_ips(self.ctx.config.wan(wan))
+
+    def ladder_step(self, tunnel: str, key: str, ladder: int) -> None:
+        """Take recovery ladder step number ``ladder`` for a peer now."""
+        ts, ps = self.ctx.tunnels[tunnel], self.ctx.peers[(tunnel, key)]
+        ps.ladder = ladder
+        self.health.recover(ts, ps)
+
+    def applied(self) -> typing.Dict[typing.Tuple[str, str], typing.Optional[model.ApplyPath]]:
+        """The path applied to each peer, by (tunnel, key)."""
+        return {key: ps.applied for key, ps in self.ctx.peers.items()}
+
+    def proven(self, wan: str) -> typing.Dict[int, float]:
+        """When a tunnel last received through ``wan``, by address family."""
+        return dict(self.ctx.wan_tracks[wan].proven)
+
+    # ------------------------------------------------ configuration
+
+    def _load(self, config: model.Config) -> None:
+        self.ctx.wan_tracks = {wan.name: self.ctx.wan_tracks.get(wan.name) or state.WanTrack() for wan in config.wans}
+        if self.ctx.pinned not in self.ctx.wan_tracks:
+            self.ctx.pinned = None
+        tunnels, peers = {}, {}
+        for tunnel in config.tunnels:
+            ts = self.ctx.tunnels.get(tunnel.name) or state.TunnelState(tunnel=tunnel)
+            ts.tunnel = tunnel
+            if ts.wan is not None and ts.wan not in self.ctx.wan_tracks:
+                ts.wan = None
+            tunnels[tunnel.name] = ts
+            for peer in tunnel.peers:
+                if not peer.endpoints:
+                    continue  # nothing to route: a roaming client of this router
+                ps = self.ctx.peers.get(peer.key) or state.PeerState(peer=peer)
+                ps.peer = peer
+                if ps.candidate >= len(peer.endpoints):
+                    ps.candidate = 0
+                peers[peer.key] = ps
+        for key, ps in self.ctx.peers.items():
+            if key not in peers:
+                self._removals.extend(self.paths.remove_paths(ps))
+        self.ctx.tunnels, self.ctx.peers = tunnels, peers
+
+    # ------------------------------------------------ events
+
+    def _event(self, event: model.AnyEvent) -> None:
+        handler = self._handlers.get(type(event))
+        if handler is None:
+            raise state.BadEvent("not an event: %r" % (event,))
+        handler(event)
+
+    def _on_malformed(self, ev: model.Malformed) -> None:
+        raise state.BadEvent(ev.error)
+
+    def _on_link(self, ev: model.KernelChanged) -> None:
+        pass  # re-evaluated from the observation on every step
+
+    def _on_hotplug(self, ev: model.Hotplug) -> None:
+        if ev.interface in self.ctx.wan_tracks:
+            self.wans.on_hotplug(ev)
+        elif ev.interface in self.ctx.tunnels:
+            self.paths.on_tunnel_hotplug(ev)
+
+    def _on_wan_probe(self, ev: model.WanProbeResult) -> None:
+        if self.wans.on_probe_result(ev):
+            self.health.wan_answered(ev.wan, bool(ev.ok))
+
+    # ------------------------------------------------ deadline
+
+    def _deadline(self) -> typing.Optional[float]:
+        if not self.ctx.managed():
+            return None
+        times = [self._next_check]
+        times.extend(self.wans.deadlines())
+        times.extend(self.health.deadlines())
+        times.extend(self.paths.deadlines())
+        times.extend(self.names.deadlines())
+        future = [t for t in times if t is not None and t > self.ctx.now]
+        return min(future) if future else None

@@ -1,0 +1,265 @@
+"""Tunnel health: the monitor's verdict on each peer from its counters and
+handshake, the probes that confirm it, and the recovery ladder with its
+backoff."""
+
+from __future__ import annotations
+
+import math
+import typing
+
+from wgrouter import model
+from wgrouter.core import names as wnames
+from wgrouter.core import paths as wpaths
+from wgrouter.core import state
+from wgrouter.core import wan as wwan
+
+
+class Health:
+    """Monitors and recovers every ``state.PeerState``."""
+
+    def __init__(self, ctx: state.Context, wans: wwan.Wans, names: wnames.Names, paths: wpaths.Paths):
+        self.ctx, self.wans, self.names, self.paths = ctx, wans, names, paths
+
+    def evidence(self) -> None:
+        """Tunnel traffic received through a WAN is evidence that it works:
+        rx growth (or a new handshake) of a peer whose path is on it, seen
+        between two observations taken after the path was applied."""
+        now = self.ctx.now
+        for ps in self.ctx.peers.values():
+            st = self.ctx.obs.peers.get(ps.peer.key)
+            if st is None:
+                continue
+            mark, ps.rx_mark = ps.rx_mark, (st.rx, st.latest_handshake, now)
+            if mark is None or ps.applied is None or ps.applied_at is None or mark[2] <= ps.applied_at:
+                continue
+            handshake = st.latest_handshake != mark[1] and st.latest_handshake > ps.applied_at
+            if st.rx > mark[0] or handshake:
+                wt = self.ctx.wan_tracks.get(ps.applied.wan)
+                if wt is not None:
+                    wt.proven[model.family(ps.applied.address)] = now
+
+    def check(self) -> None:
+        now = self.ctx.now
+        probed: typing.Set[str] = set()
+        for ts in self.ctx.tunnels.values():
+            for ps in self.ctx.tunnel_peers(ts):
+                st = self.ctx.obs.peers.get(ps.peer.key)
+                if st is None or ts.wan is None or ps.applied is None or not ts.present:
+                    ps.sample = None if st is None else (st.rx, st.tx, now)
+                    continue
+                verdict, evidence = self._judge(ps, st)
+                ps.sample = (st.rx, st.tx, now)
+                if verdict == state.UP:
+                    self._recovered(ps, evidence)
+                elif verdict == state.SUSPECT:
+                    self._suspect(ts, ps, evidence, probed)
+        # A WAN marked unhealthy (or unhealthy for one family) is probed
+        # every check (cheap), so that its failback hold-down can start as
+        # soon as it answers again.
+        for wan in self.ctx.config.wans:
+            wt = self.ctx.wan_tracks[wan.name]
+            if wt.bad and not wt.mwan3_down and wt.up and self.wans.track_ips(wan):
+                self.wans.probe(wan, probed, sorted(wt.bad))
+        # A preferred WAN that would take a tunnel back is probed through
+        # itself every check of its hold-down: failback needs its answer.
+        for ts in self.ctx.tunnels.values():
+            if ts.wan is None or not self.ctx.tunnel_peers(ts):
+                continue
+            for wan in self.ctx.config.wans:
+                if wan.name == ts.wan:
+                    break
+                if self.ctx.wan_tracks[wan.name].up and self.paths.usable_for(ts, wan.name):
+                    families = self.paths.proof_families(ts, wan)
+                    if families:
+                        self.wans.probe(wan, probed, families)
+
+    def _judge(self, ps: state.PeerState, st: model.PeerStats) -> typing.Tuple[str, str]:
+        s = self.ctx.config.settings
+        now = self.ctx.now
+        age = now - st.latest_handshake if st.latest_handshake else None
+        keepalive = ps.applied.keepalive if ps.applied else st.keepalive
+        drx = dtx = 0
+        elapsed = s.check_interval
+        if ps.sample is not None:
+            rx0, tx0, t0 = ps.sample
+            if st.rx >= rx0 and st.tx >= tx0:  # counters restart with the device
+                drx, dtx, elapsed = st.rx - rx0, st.tx - tx0, max(0.0, now - t0)
+        # Keepalives sent in the interval, counting one more for the edges.
+        allowance = state.KEEPALIVE_BYTES * (math.ceil(elapsed / keepalive) + 1) if keepalive else 0
+        if drx > 0:
+            return state.UP, "received %d B" % drx
+        if dtx > allowance:
+            return state.SUSPECT, "sent %d B in %s, received nothing" % (dtx, state.fmt(elapsed))
+        if age is not None and age < s.handshake_timeout:
+            return state.UP, "handshake %s ago" % state.fmt(age)
+        if age is not None and keepalive:
+            return state.SUSPECT, "handshake %s old with keepalive %ds" % (state.fmt(age), keepalive)
+        if age is None and ps.applied_at is not None and now - ps.applied_at >= s.handshake_timeout:
+            return state.SUSPECT, "no handshake %s after the path was applied" % state.fmt(now - ps.applied_at)
+        return "idle", "no traffic"
+
+    def _suspect(self, ts: state.TunnelState, ps: state.PeerState, evidence: str, probed: typing.Set[str]) -> None:
+        if ps.probe_until is not None or ps.probe_failed:
+            return  # a verdict is already on its way
+        kept = self.names.address(ps)[0]
+        ps.state = state.RECOVERING if ps.steps_done else state.SUSPECT
+        latest = self.names.address(ps)[0]
+        if latest != kept:
+            self.ctx.transition(ps.peer.tunnel, ps.peer.label, kept, latest, "%s; a suspect peer follows the "
+                             "latest answer of %s" % (evidence, self.names.current_host(ps)), "resolve")
+        if self.ctx.now < ps.backoff_until:
+            return
+        s = self.ctx.config.settings
+        ps.evidence = evidence
+        wan = self.ctx.config.wan(ts.wan)
+        if self.wans.track_ips(wan):
+            self.wans.probe(wan, probed, [self.paths.peer_family(ps)])
+        ps.probe_wan = ts.wan
+        if ps.peer.probe:
+            self.ctx.out.append(model.Probe(tunnel=ps.peer.tunnel, peer=ps.peer.public_key, target=ps.peer.probe,
+                                         source=ts.tunnel.source_for(ps.peer.probe), timeout=s.probe_timeout))
+            ps.probe_until = self.ctx.now + s.probe_timeout + state.ANSWER_GRACE
+        else:
+            ps.evidence += "; no probe target"
+            ps.probe_failed = True
+            self._verdict(ts, ps)
+
+    def _verdict(self, ts: state.TunnelState, ps: state.PeerState) -> None:
+        """The peer's probe failed: take a ladder step unless the WAN probe is still out."""
+        if ts.wan is None or ps.probe_wan != ts.wan:
+            ps.probe_failed = False
+            return
+        wt = self.ctx.wan_tracks[ts.wan]
+        if wt.probe_until or wt.retry:
+            return
+        ps.probe_failed = False
+        if self.paths.bad_for(ts, ts.wan) and self.paths.other_wan(ts):
+            # The WAN itself is dead: skip re-resolving and other candidates;
+            # the WAN choice of this step moves every tunnel off it.
+            error = wt.bad.get(self.paths.peer_family(ps), wt.probe_error)
+            ps.candidate = 0
+            self._ladder_done(ps, state.STEP_WAN, ps.evidence + "; wan probe of %s failed%s" % (ts.wan, error))
+            ps.ladder = 0  # a fresh path: the ladder starts over on the new WAN
+            return
+        self.recover(ts, ps)
+
+    def _recovered(self, ps: state.PeerState, evidence: str) -> None:
+        ps.probe_failed = False
+        ps.probe_until = None
+        if ps.state in (state.SUSPECT, state.RECOVERING) or ps.steps_done:
+            self.ctx.transition(ps.peer.tunnel, ps.peer.label, ps.last_step or ps.state, state.UP, evidence, "recovery")
+        ps.state = state.UP
+        ps.steps_done = 0
+        ps.ladder = 0
+        ps.last_step = None
+        ps.backoff_until = 0.0
+        ps.evidence = ""
+
+    def _ladder(self, ps: state.PeerState) -> typing.List[str]:
+        return ([state.STEP_RERESOLVE] + [state.STEP_CANDIDATE] * (len(ps.peer.endpoints) - 1)
+                + [state.STEP_WAN, state.STEP_RESTART])
+
+    def recover(self, ts: state.TunnelState, ps: state.PeerState) -> None:
+        s = self.ctx.config.settings
+        ladder = self._ladder(ps)
+        for _ in range(len(ladder)):
+            name = ladder[ps.ladder % len(ladder)]
+            ps.ladder = (ps.ladder + 1) % len(ladder)
+            if name == state.STEP_RESTART and ts.last_restart is not None \
+                    and self.ctx.now - ts.last_restart < s.backoff_max:
+                continue  # a restart is heavy: at most one per backoff_max
+            if name == state.STEP_WAN and not self.paths.other_wan(ts):
+                continue
+            break
+        detail = name
+        if name == state.STEP_RERESOLVE:
+            host = self.names.current_host(ps)
+            if host is not None:
+                self.names.refresh_now(host)
+            ps.force = name
+        elif name == state.STEP_CANDIDATE:
+            n = len(ps.peer.endpoints)
+            st = self.ctx.obs.wans.get(ts.wan) if ts.wan else None
+            for _ in range(n):
+                ps.candidate = (ps.candidate + 1) % n
+                if st is None or st.carries(self.names.candidate_family(ps, ps.candidate)):
+                    break
+            ps.force = name
+            detail = "%s (candidate %d, %s)" % (name, ps.candidate, ps.peer.endpoints[ps.candidate])
+        elif name == state.STEP_WAN:
+            count = ts.suspect_count.get(ts.wan, 0)
+            ts.suspect[ts.wan] = self.ctx.now + min(s.backoff_max * 2 ** min(count, 30), state.SUSPECT_HOLD_MAX)
+            ts.suspect_count[ts.wan] = count + 1
+            ts.reason = "no reply through tunnel on %s" % ts.wan
+            ps.candidate = 0
+        elif name == state.STEP_RESTART:
+            self.ctx.out.append(model.RestartTunnel(tunnel=ts.tunnel.name))
+            ts.last_restart = self.ctx.now
+            ts.reapply_at = self.ctx.now + state.RESTART_SETTLE
+            for other in self.ctx.tunnel_peers(ts):
+                other.applied = None
+        self._ladder_done(ps, detail, ps.evidence)
+        ps.last_step = name
+
+    def _ladder_done(self, ps: state.PeerState, step: str, evidence: str) -> None:
+        delay = self.ctx.backoff(ps.steps_done)
+        ps.steps_done += 1
+        ps.backoff_until = self.ctx.now + delay
+        self.ctx.transition(ps.peer.tunnel, ps.peer.label, ps.last_step or ps.state, step,
+                         "%s; next step not before %s" % (evidence.lstrip("; "), state.fmt(delay)), "recovery")
+        ps.last_step = step.split(" (")[0]
+        ps.state = state.RECOVERING
+
+    def on_probe_result(self, ev: model.ProbeResult) -> None:
+        ps = self.ctx.peers.get((ev.tunnel, ev.peer))
+        if ps is None or ps.probe_until is None:
+            return  # stale: the path changed since the probe was sent
+        ps.probe_until = None
+        ts = self.ctx.tunnels[ps.peer.tunnel]
+        if ps.probe_wan != ts.wan:
+            return
+        if ev.ok:
+            self.ctx.wan_tracks[ts.wan].proven[self.paths.peer_family(ps)] = self.ctx.now
+            self._recovered(ps, "probe to %s answered" % ps.peer.probe)
+        else:
+            ps.evidence += "; probe to %s failed%s" % (ps.peer.probe, state.detail(ev.error))
+            ps.probe_failed = True
+            self._verdict(ts, ps)
+
+    def _waiting_on(self, wan: str):
+        for ts in self.ctx.tunnels.values():
+            if ts.wan != wan:
+                continue
+            for ps in self.ctx.tunnel_peers(ts):
+                if ps.probe_failed:
+                    yield ts, ps
+
+    def wan_answered(self, wan: str, ok: bool) -> None:
+        """The WAN's probe answered: judge the peers that waited for it."""
+        for ts, ps in list(self._waiting_on(wan)):
+            if ok:
+                ps.evidence += "; wan probe ok"
+            self._verdict(ts, ps)
+
+    def wan_unanswered(self, wan: str) -> None:
+        """The WAN's probe got no answer in time: judge the waiting peers alone."""
+        for ts, ps in list(self._waiting_on(wan)):
+            ps.evidence += "; wan probe unanswered"
+            self._verdict(ts, ps)
+
+    def expire(self) -> None:
+        """A peer probe without an answer in time failed."""
+        now = self.ctx.now
+        for ps in self.ctx.peers.values():
+            if ps.probe_until is not None and now >= ps.probe_until:
+                ps.probe_until = None
+                ts = self.ctx.tunnels[ps.peer.tunnel]
+                if ps.probe_wan == ts.wan:
+                    ps.evidence += "; probe to %s unanswered" % ps.peer.probe
+                    ps.probe_failed = True
+                    self._verdict(ts, ps)
+
+    def deadlines(self) -> typing.Iterator[typing.Optional[float]]:
+        """When a peer probe's answer is late."""
+        for ps in self.ctx.peers.values():
+            yield ps.probe_until
