@@ -186,8 +186,10 @@ def test_idle_control_clients_do_not_hold_up_a_request(tmp_path):
             idle.append(s)
         reply = control.request(str(tmp_path), {"method": "status"})
         assert reply["pid"] == proc.pid
-        # the ubus handlers' way in, from a thread of their own
-        ubus_side = daemon.Handlers(type("D", (), {"root": str(tmp_path), "config": None})())
+        # the ubus handlers' requests, from a thread of their own (here from
+        # another process: through the control socket instead of Daemon.post)
+        ubus_side = daemon.Handlers(type("D", (), {"root": str(tmp_path), "config": None,
+                                                   "post": lambda self, req: control.request(str(tmp_path), req)})())
         assert ubus_side.switch("wanb") == {"ok": True, "wan": "wanb"}
         assert ubus_side.reapply() == {"ok": True}
         for s in idle:  # still open: the daemon did not wait them out first
@@ -300,3 +302,91 @@ def test_a_bad_spool_line_on_a_running_daemon_costs_only_itself(wlab):
     assert "cut unread" in log and "event source failed" not in log, log
     assert lab.wgrouter.poll() is None
     assert lab.tunnel_works(10)
+
+
+class SlowImport:
+    """A stand-in for the slow file system of the QEMU tier, where importing
+    paho took over 40 s: importing wgrouter.mqtt waits until released."""
+
+    def __init__(self):
+        self.gate = threading.Event()
+        self.asked = threading.Event()
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "wgrouter.mqtt":
+            self.asked.set()
+            self.gate.wait(30)
+        return None  # then imported as usual
+
+
+def _loop_answers(d, request, timeout=10.0):
+    import time
+    deadline = time.monotonic() + timeout
+    while not d.running or d.wake_w is None:
+        assert time.monotonic() < deadline, "the daemon did not start"
+        threading.Event().wait(0.01)
+    return d.post(request, timeout=max(0.1, deadline - time.monotonic()))
+
+
+@pytest.fixture
+def slow_mqtt_import(monkeypatch):
+    import sys
+    import wgrouter
+    slow = SlowImport()
+    monkeypatch.delitem(sys.modules, "wgrouter.mqtt", raising=False)
+    monkeypatch.delattr(wgrouter, "mqtt", raising=False)  # else `from wgrouter import mqtt` finds it
+    monkeypatch.setattr(sys, "meta_path", [slow] + sys.meta_path)
+    yield slow
+    slow.gate.set()
+
+
+@pytest.mark.parametrize("at", ["start", "reload"])
+def test_mqtt_starting_slowly_never_holds_the_loop(tmp_path, monkeypatch, slow_mqtt_import, at):
+    """MQTT is started off the loop, at start-up and at reload: requests are
+    answered while paho is still being imported, the transitions of the
+    meantime reach MQTT once it is ready, and SIGTERM stops it."""
+    import dataclasses
+    import os
+    import signal
+    from tests.test_core import make_config
+    from wgrouter import model
+    slow = slow_mqtt_import
+    on = model.MqttSettings(enabled=True, host="127.0.0.1", port=1, identity="gw")
+    cfg = make_config()
+    cfg = dataclasses.replace(cfg, mqtt=on if at == "start" else model.MqttSettings())
+    d = daemon.Daemon(root=str(tmp_path), cfg=cfg, use_ubus=False)
+    if at == "reload":
+        from wgrouter import config as wconfig
+        monkeypatch.setattr(wconfig, "load", lambda root: dataclasses.replace(cfg, mqtt=on))
+    seen = {}
+
+    def client():
+        try:
+            if at == "reload":
+                _loop_answers(d, {"method": "status"})
+                os.kill(os.getpid(), signal.SIGHUP)
+            assert slow.asked.wait(10), "MQTT was not started"
+            # paho is still being imported: the loop answers all the same
+            seen["switch"] = _loop_answers(d, {"method": "switch", "wan": "wanb"})
+            seen["starting"] = type(d.mqtt).__name__
+            slow.gate.set()
+            for _ in range(1000):
+                if isinstance(d.mqtt, sinks.MqttSink):
+                    break
+                threading.Event().wait(0.01)
+            seen["sink"] = d.mqtt
+            seen["events"] = [m.payload for m in d.mqtt.telemetry.queued() if m.topic.endswith("/event")]
+        finally:
+            slow.gate.set()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    from wgrouter import sinks
+    thread = threading.Thread(target=client)
+    thread.start()
+    d.run()
+    thread.join(10)
+    assert seen["switch"] == {"ok": True, "wan": "wanb"}
+    assert seen["starting"] == "MqttStarter"
+    assert isinstance(seen["sink"], sinks.MqttSink)
+    assert any(b"pinned to wanb" in p for p in seen["events"]), seen["events"]
+    assert seen["sink"].telemetry._stopping  # stopped with the daemon

@@ -7,6 +7,7 @@ hotplug events (a spool file plus SIGUSR1), SIGHUP (reload), SIGTERM/SIGINT
 rate except the core's monitor interval.
 """
 
+import collections
 import os
 import random
 import selectors
@@ -23,6 +24,7 @@ from wgrouter import core
 from wgrouter import model
 from wgrouter import netlink
 from wgrouter import shell as wshell
+from wgrouter import sinks
 
 # A burst of netlink messages (one ifdown = a link, an address and several
 # route messages) is folded into one observation: wait this long for the
@@ -237,8 +239,10 @@ class Daemon:
         self.reload_requested = False
         self.started = time.monotonic()
         self.snapshot = {}  # model.status_json of the last step's model.Status
-        self.ubus = None
-        self.mqtt = None
+        self.ubus = None  # the ubus service
+        self.ubus_sink = None
+        self.mqtt = None  # sinks.MqttStarter while it starts, then sinks.MqttSink
+        self.posted = collections.deque()  # (request, reply slot) from the ubus thread
         self.engine = None
         self.shell = None
         self.monitor = None
@@ -304,25 +308,71 @@ class Daemon:
             service = ubusobj.UbusService(Handlers(self))
             if service.start():
                 self.ubus = service
+                self.ubus_sink = sinks.UbusSink(service, log)
         except Exception as e:  # a broken binding: run without ubus
             log("ubus unavailable (%s); status only through the CLI" % e)
 
     def _start_mqtt(self):
+        """Start MQTT in a thread of its own: the loop goes on meanwhile, and
+        the ready sink comes back through the wake socket (_take_mqtt)."""
         if not self.config.mqtt.enabled:
             return
-        try:
-            from wgrouter import mqtt
-        except ImportError as e:
-            log("mqtt: enabled in /etc/config/wgrouter but not installed (%s)" % e)
-            return
         identity = self.config.mqtt.identity or socket.gethostname()
-        try:
-            telemetry = mqtt.Telemetry(self.config.mqtt, identity, log=log)
-            telemetry.start()
-        except (wgrouter.Error, ImportError) as e:
-            log("mqtt: telemetry off: %s" % e)
+        self.mqtt = sinks.MqttStarter(self.config.mqtt, identity, log, notify=self._wake)
+
+    def _take_mqtt(self):
+        """Put the MQTT sink in place once its thread has built it."""
+        if not isinstance(self.mqtt, sinks.MqttStarter):
             return
-        self.mqtt = telemetry
+        starter, done = self.mqtt, self.mqtt.take()
+        if done is None:
+            return  # still starting
+        self.mqtt, error = done
+        if error:
+            log(error)
+        if starter.dropped:
+            log("mqtt: %d transitions of its start-up dropped (queue_max %d)" % (
+                starter.dropped, starter.kept.maxlen))
+        if self.mqtt is not None and self.snapshot:
+            self.mqtt.state(self.snapshot, time.time())
+
+    def _sinks(self):
+        return [s for s in (self.ubus_sink, self.mqtt) if s is not None]
+
+    def _wake(self):
+        """Wake the loop from another thread."""
+        try:
+            self.wake_w.send(b"\0")
+        except (BlockingIOError, InterruptedError):
+            pass  # a wake-up is pending already
+        except (OSError, AttributeError):
+            pass  # stopped
+
+    def post(self, request, timeout=5.0):
+        """Answer a request in the loop (from the ubus thread): the reply, as
+        handle_request gives it; ControlError when the loop does not answer."""
+        slot = {"done": threading.Event(), "reply": None}
+        self.posted.append((request, slot))
+        self._wake()
+        if not slot["done"].wait(timeout):
+            raise control.ControlError("no answer from wgrouter: timed out")
+        return slot["reply"]
+
+    def _answer_posted(self, stopping=False):
+        events = []
+        while self.posted:
+            request, slot = self.posted.popleft()
+            if stopping:
+                reply = {"error": "wgrouter is stopping"}
+            else:
+                try:
+                    reply, more = self.handle_request(request)
+                    events.extend(more)
+                except Exception as e:  # a reply, never a ubus caller left waiting
+                    reply = {"error": "%s failed: %s" % (request.get("method"), e)}
+            slot["reply"] = reply
+            slot["done"].set()
+        return events
 
     # ---------------------------------------------------------- sources
 
@@ -340,7 +390,8 @@ class Daemon:
                 pass
         except (BlockingIOError, InterruptedError):
             pass
-        return read_spool(self.root)
+        self._take_mqtt()
+        return self._answer_posted() + read_spool(self.root)
 
     def _on_netlink(self):
         if self.monitor.drain():
@@ -411,9 +462,7 @@ class Daemon:
             if self.mqtt is not None:
                 self.mqtt.stop()
                 self.mqtt = None
-            self._start_mqtt()
-            if self.mqtt is not None and self.snapshot:
-                self.mqtt.publish_state(self.snapshot)
+            self._start_mqtt()  # its state is published once it is ready
         log("configuration reloaded")
 
     def _step(self, now):
@@ -440,28 +489,25 @@ class Daemon:
             else:
                 self.pending.extend(self.shell.execute(action, self.sel))
         self.snapshot = self.engine.snapshot(now, wall=wall)
-        if self.mqtt is not None:
-            self.mqtt.publish_state(self.snapshot)
+        for sink in self._sinks():
+            sink.state(self.snapshot, wall)
         return decision.deadline
 
     def _transition(self, t, wall):
         log(str(t))
         data = {"time": wall, "tunnel": t.tunnel, "peer": t.peer, "was": t.was,
                 "now": t.now, "because": t.because, "kind": t.kind}
-        if self.ubus is not None:
-            try:
-                self.ubus.send_event("transition", data)
-            except Exception as e:
-                log("ubus: event not sent: %s" % e)
-        if self.mqtt is not None:
-            self.mqtt.publish_event(data)
+        for sink in self._sinks():
+            sink.transition(data)
 
     def _timeout(self, deadline, now):
         candidates = [d for d in (deadline, self.shell.deadline(),
                                   self.control.deadline() if self.control else None) if d is not None]
-        if self.mqtt is not None:
-            wall = time.time()  # heartbeats are timed on the wall clock
-            candidates.append(self.mqtt.heartbeat_due(wall) - wall + now)
+        wall = time.time()  # sinks' timers (MQTT's heartbeat) are on the wall clock
+        for sink in self._sinks():
+            at = sink.wake_at(wall)
+            if at is not None:
+                candidates.append(at - wall + now)
         if not candidates:
             return None
         return max(0.0, min(candidates) - now)
@@ -492,8 +538,10 @@ class Daemon:
                 self.pending.extend(self.shell.expire(now))
                 self.control.expire(now)
                 wall = time.time()
-                if self.mqtt is not None and wall >= self.mqtt.heartbeat_due(wall):
-                    self.mqtt.heartbeat(wall, self.snapshot)
+                for sink in self._sinks():
+                    at = sink.wake_at(wall)
+                    if at is not None and wall >= at:
+                        sink.state(self.snapshot, wall)
                 if self.pending or (deadline is not None and now >= deadline):
                     deadline = self._guarded_step(now)
         finally:
@@ -551,10 +599,9 @@ class Daemon:
                     os.unlink(_path(self.root, CONTROL))
                 except OSError:
                     pass
-            if self.mqtt is not None:
-                self.mqtt.stop()
-            if self.ubus is not None:
-                self.ubus.stop()
+            self._answer_posted(stopping=True)
+            for sink in reversed(self._sinks()):
+                sink.stop()
             self._remove_pidfile()
             log("stopped")
 
@@ -571,8 +618,8 @@ UBUS_DIAGNOSE_KEEP = 60.0
 
 class Handlers:
     """ubus method handlers.  They run in the ubus thread, so they only read
-    the last snapshot or hand work to the main loop through the control
-    socket, which wakes the selector.  diagnose runs in a thread of its own
+    the last snapshot or post work to the main loop (Daemon.post: a queue
+    and the wake socket).  diagnose runs in a thread of its own
     and is waited for at most UBUS_DIAGNOSE_WAIT."""
 
     def __init__(self, daemon):
@@ -583,7 +630,7 @@ class Handlers:
         self._diag_done = None  # (monotonic time finished, report) not yet handed out
 
     def _ask(self, request):
-        return control.request(self.daemon.root, request)
+        return self.daemon.post(request)
 
     def status(self):
         return self.daemon.status()
