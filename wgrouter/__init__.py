@@ -3,6 +3,16 @@
 __version__ = "0.1.0"
 
 
+def log(msg):
+    """One line to stderr, which procd passes to the system log."""
+    import sys
+    try:
+        sys.stderr.write("wgrouter: %s\n" % msg)
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
+
+
 class Error(Exception):
     """wgrouter error"""
 

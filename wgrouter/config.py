@@ -73,12 +73,7 @@ def is_key(text: str) -> bool:
         return False
 
 
-def is_ip(text: str, version: typing.Optional[int] = None) -> bool:
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return version is None or address.version == version
+is_ip = model.is_ip
 
 
 def is_hostname(text: str) -> bool:

@@ -13,7 +13,6 @@ import random
 import selectors
 import signal
 import socket
-import sys
 import threading
 import time
 
@@ -40,13 +39,7 @@ class AlreadyRunning(DaemonError):
     """another wgrouter daemon is running"""
 
 
-def log(msg):
-    """One line to stderr: procd passes it to the system log."""
-    try:
-        sys.stderr.write("wgrouter: %s\n" % msg)
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
+log = wgrouter.log
 
 
 SPOOL, PIDFILE, CONTROL, STATE, IFACES = (control.SPOOL, control.PIDFILE, control.CONTROL,

@@ -539,13 +539,14 @@ def family(address: str) -> int:
     return 6 if ":" in address else 4
 
 
-def is_ip(text: str) -> bool:
-    """True for an IPv4 or IPv6 address literal (a host name is not one)."""
+def is_ip(text: str, version: typing.Optional[int] = None) -> bool:
+    """True for an IPv4 or IPv6 address literal (a host name is not one);
+    with ``version`` (4 or 6) only for one of that version."""
     try:
-        ipaddress.ip_address(text)
+        address = ipaddress.ip_address(text)
     except ValueError:
         return False
-    return True
+    return version is None or address.version == version
 
 
 def split_endpoint(text: typing.Optional[str]) -> typing.Optional[typing.Tuple[str, int]]:

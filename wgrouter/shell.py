@@ -31,8 +31,8 @@ from wgrouter import wgdump
 Child = runner_mod.Child
 
 
-class UnknownAction(wgrouter.Error):
-    """action the shell does not handle"""
+# The shell runs the applier's actions too: one error for an action nobody handles.
+UnknownAction = apply_mod.UnknownAction
 
 
 # Margin on top of ping's own -W before a child is killed: ping needs a

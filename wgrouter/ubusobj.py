@@ -33,7 +33,6 @@ import collections
 import os
 import signal
 import socket
-import sys
 import threading
 import time
 
@@ -116,11 +115,7 @@ class NoAnswer(UbusError):
 
 
 def _stderr_log(msg):
-    try:
-        sys.stderr.write("wgrouter: ubus: %s\n" % msg)
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
+    wgrouter.log("ubus: %s" % msg)
 
 
 def _ignore_signal(signum, frame):
