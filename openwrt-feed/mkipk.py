@@ -98,17 +98,26 @@ SUBPACKAGE_MODULES = {"mqtt": "wgrouter-mqtt"}
 # Tools the daemon runs; the python3 interpreter itself.
 BASE_DEPENDS = ["libc", "python3-light", "wireguard-tools", "ip-full", "conntrack"]
 
-DESCRIPTIONS = {
-    "wgrouter": "Keeps WireGuard tunnels up on routers with two WAN uplinks: on a WAN\n"
-                " change or a silent WAN failure it moves each peer's endpoint route,\n"
-                " re-sets the endpoint, flushes stale conntrack entries and re-resolves\n"
-                " endpoint names; a monitor watches handshakes and recovers step by step.",
-    "wgrouter-mqtt": "MQTT telemetry (state, events, Home Assistant discovery) for wgrouter.",
-    "wgrouter-dns": "Re-resolves wgrouter's endpoint names through the WAN in use, honouring\n"
-                    " their TTL (pulls in python3-dns, which needs the full python3).",
-    "luci-app-wgrouter": "LuCI status page for wgrouter: peers, WANs, recent events,\n"
-                         " re-apply and WAN switch buttons.",
+# The feed Makefiles are the one source of each package's description.
+FEED_MAKEFILES = {
+    "wgrouter": os.path.join(HERE, "wgrouter", "Makefile"),
+    "luci-app-wgrouter": os.path.join(HERE, "luci-app-wgrouter", "Makefile"),
 }
+
+
+def description(name):
+    """The control file's Description of package ``name``, from its feed
+    Makefile (``define Package/NAME/description``, or luci.mk's
+    LUCI_DESCRIPTION), continuation lines indented by one space as the
+    SDK writes them."""
+    makefile = FEED_MAKEFILES["luci-app-wgrouter" if name.startswith("luci-") else "wgrouter"]
+    if name.startswith("luci-"):
+        with open(makefile) as f:
+            text = next(line.split(":=", 1)[1] for line in f if line.startswith("LUCI_DESCRIPTION:="))
+    else:
+        text = makefile_define(makefile, "Package/%s/description" % name)
+    return "\n ".join(line.strip() for line in text.strip().splitlines())
+
 
 # The scripts the SDK generates (include/package-pack.mk): the router's
 # default_postinst / default_prerm (/lib/functions.sh) run the package's
@@ -294,7 +303,7 @@ def control_text(name, version, depends, data, source, section, mtime):
         ("Maintainer", MAINTAINER),
         ("Architecture", "all"),
         ("Installed-Size", str(data.size())),
-        ("Description", DESCRIPTIONS[name]),
+        ("Description", description(name)),
     ]
     return "".join("%s: %s\n" % f for f in fields)
 

@@ -477,3 +477,16 @@ def test_feed_makefile_builds_what_make_ipk_ships(tmp_path):
     dns = packages["wgrouter-dns"]
     assert dns["root"] is None  # no files: it only pulls in python3-dns
     assert dns["fields"]["DEPENDS"].split() == ["+wgrouter", "+python3-dns"]
+
+
+@pytest.mark.parametrize("package", ["wgrouter", "wgrouter-mqtt", "wgrouter-dns"])
+def test_description_is_the_feed_makefiles(dist, package):
+    """The ipk says what the SDK's package would say: the text of the feed
+    Makefile's description, not a second copy of it."""
+    with open(FEED_MAKEFILE) as f:
+        text = f.read()
+    block = re.search(r"^define Package/%s/description\n(.*?)^endef" % re.escape(package), text, re.M | re.S)
+    words = block.group(1).split()
+    control = Ipk(ipk_path(dist, package)).control_file("control")
+    said = re.search(r"^Description: (.*(?:\n .*)*)", control, re.M).group(1)
+    assert said.split() == words
