@@ -49,6 +49,9 @@ def cmd_check_config(args):
     peers = sum(len(t.peers) for t in cfg.tunnels)
     print("configuration ok: %d WAN(s) (%s), %d tunnel(s), %d peer(s)" % (
         len(cfg.wans), ", ".join(w.name for w in cfg.wans), len(cfg.tunnels), peers))
+    for peer in cfg.peers():
+        for relay in peer.relays:
+            print("tunnel '%s', peer '%s': TCP relay %s (udp-over-tcp framing)" % (peer.tunnel, peer.label, relay))
     return 0
 
 
