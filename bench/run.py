@@ -322,6 +322,9 @@ def table(results):
                                                               results.get("idle_seconds", 0)))
         rows.append("| idle wake-ups | %.1f /min (%.1f context switches/min, children included) |" % (
             results["wakeups_per_min"], results["context_switches_per_min"]))
+    if results.get("relay"):
+        from bench import relay as bench_relay
+        rows += bench_relay.rows(results["relay"])
     if results.get("ipk_bytes"):
         rows.append("| ipk size | %d bytes |" % results["ipk_bytes"])
     if results.get("hotplug_ms") is not None:
@@ -356,9 +359,15 @@ def main(argv=None):
         earlier["generated_partial"] = results["generated"]
         results = earlier
     names = [n for n in args.only.split(",") if n] if args.only is not None else list(scenarios.ALL)
+    from bench import relay as bench_relay
+    run_relay = args.only is None or bench_relay.NAME in names
+    names = [n for n in names if n != bench_relay.NAME]
     for name in names:
         log("scenario %s" % name)
         results["scenarios"][name] = bench_scenario(name, args.runs, args.baseline_runs)
+    if run_relay:
+        log("relay throughput (WireGuard over TCP against direct UDP)")
+        results["relay"] = bench_relay.bench(log=log)
     if not args.skip_memory:
         log("memory and idle cost")
         m = bench_memory_and_idle(args.idle_seconds)

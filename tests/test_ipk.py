@@ -20,8 +20,9 @@ PYTHON = "%d.%d" % sys.version_info[:2]
 SITE = "usr/lib/python%s/site-packages/wgrouter" % PYTHON
 # The brief's target was 40 KB. 180 KB of Python source gives about 88 KB of
 # compressed .pyc (53 KB even as sources): this bound catches bloat (say, a
-# stray data file or __pycache__), not the code's natural growth.
-SIZE_LIMIT = 128 * 1024
+# stray data file or __pycache__), not the code's natural growth.  The relay
+# (WireGuard over TCP, relay.py) added about 17 KB.
+SIZE_LIMIT = 160 * 1024
 
 BUSYBOX = shutil.which("busybox")
 SHELLCHECK = shutil.which("shellcheck")

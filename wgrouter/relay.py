@@ -964,7 +964,7 @@ def client_main(args) -> int:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="relay.py", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="relay.py", description="WireGuard over TCP (udp-over-tcp framing)")
     sub = p.add_subparsers(dest="command", required=True)
     server_parser(sub.add_parser("relay-server", help="the relay's server side")).set_defaults(
         func=server_main)
