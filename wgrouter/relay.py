@@ -211,7 +211,10 @@ def _hostport(addr) -> str:
 def _tcp_options(sock, keepalive: float, user_timeout: typing.Optional[float]):
     """TCP_NODELAY (a datagram goes out at once, as tcp2udp's --nodelay),
     TCP keepalive (probes after ``keepalive`` s idle, two lost ones end it)
-    and TCP_USER_TIMEOUT (sent data unacknowledged that long ends it)."""
+    and TCP_USER_TIMEOUT (sent data unacknowledged that long ends it).
+    udp-over-tcp sets no TCP keepalive (src/tcp_options.rs applies only the
+    buffer sizes, SO_MARK and TCP_NODELAY) and leaves liveness to the
+    WireGuard keepalive inside; the router's side needs to notice sooner."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     idle = max(1, int(keepalive))
@@ -556,6 +559,9 @@ class Relays:
             except (BlockingIOError, InterruptedError):
                 break
             if addr != link.wg_addr:
+                # udp2tcp answers the first sender for good (src/udp2tcp.rs
+                # run: peek_from, then connect); a tunnel restarted on another
+                # listen port must not lose its relay, so the latest one here
                 if link.wg_addr is not None:
                     self.log("relay %s for %s: WireGuard now sends from %s" % (
                         _hostport(link.relay), link.peer, _hostport(addr)))
