@@ -420,6 +420,9 @@ def table(results):
         if "instructions_ratio" in c:
             rows.append("| one healthy check, instructions | %d forking, %d in process (%.1fx) |" % (
                 c["fork_instructions"], c["inprocess_instructions"], c["instructions_ratio"]))
+    if results.get("relay"):
+        from bench import relay as bench_relay
+        rows += bench_relay.rows(results["relay"])
     if results.get("ipk_bytes"):
         rows.append("| ipk size | %d bytes |" % results["ipk_bytes"])
     if results.get("hotplug_ms") is not None:
@@ -456,9 +459,15 @@ def main(argv=None):
     names = [n for n in args.only.split(",") if n] if args.only is not None else list(scenarios.ALL)
     check_cost = args.only is None or CHECK_COST in names
     names = [n for n in names if n != CHECK_COST]
+    from bench import relay as bench_relay
+    run_relay = args.only is None or bench_relay.NAME in names
+    names = [n for n in names if n != bench_relay.NAME]
     for name in names:
         log("scenario %s" % name)
         results["scenarios"][name] = bench_scenario(name, args.runs, args.baseline_runs)
+    if run_relay:
+        log("relay throughput (WireGuard over TCP against direct UDP)")
+        results["relay"] = bench_relay.bench(log=log)
     if not args.skip_memory:
         log("memory and idle cost")
         m = bench_memory_and_idle(args.idle_seconds)

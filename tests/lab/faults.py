@@ -68,6 +68,43 @@ def restore_upstream(lab, wan="wan"):
     return _record(lab, "restore_upstream", wan)
 
 
+def udp_blocked_everywhere(lab):
+    """Both ISPs drop every UDP datagram they forward, either way and in
+    both families, except DNS to and from the lab resolver: a hotel or
+    guest network that passes only TCP (and its own DNS).  Its own table, so
+    it combines with a silent failure."""
+    for wan in topology.WANS:
+        lab.nft(_isp(wan), """
+table inet labudp
+delete table inet labudp
+table inet labudp {
+    chain forward {
+        type filter hook forward priority filter; policy accept;
+        ip daddr %(dns)s udp dport 53 accept
+        ip saddr %(dns)s udp sport 53 accept
+        meta l4proto udp counter drop
+    }
+}
+""" % {"dns": topology.DNS_SERVER})
+    return _record(lab, "udp_blocked_everywhere")
+
+
+def udp_unblocked(lab):
+    for wan in topology.WANS:
+        lab.run(_isp(wan), "nft", "delete", "table", "inet", "labudp", check=False)
+    return _record(lab, "udp_unblocked")
+
+
+def udp_blocked_dropped(lab):
+    """UDP datagrams the ISPs dropped so far for udp_blocked_everywhere."""
+    total = 0
+    for wan in topology.WANS:
+        r = lab.run(_isp(wan), "nft", "list", "table", "inet", "labudp", check=False)
+        words = r.stdout.split()
+        total += sum(int(n) for before, n in zip(words, words[1:]) if before == "packets")
+    return total
+
+
 def dropped(lab, wan="wan"):
     """Packets the silent failure has dropped so far (nft counter, both families)."""
     r = lab.run(_isp(wan), "nft", "list", "table", "inet", "labfault", check=False)

@@ -82,6 +82,7 @@ TUNNEL_ROUTER6 = "fd00:200::2"
 TUNNEL_NET6 = "fd00:200::/64"
 VPN_PORT = 51820
 VPN_ALT_PORT = 443
+RELAY_PORT = 443  # TCP: Lab(relay_server=True) runs `wgrouter relay-server` there
 REMOTE_NET = "10.99.0.0/24"
 PROBE_TARGET = "10.99.0.1"
 TUNNEL_VPN = "10.200.0.1"
@@ -170,10 +171,12 @@ class Lab:
     tuple of WAN names that get IPv6; ``ipv6_wans`` says which did.
     unnamed_devices: WANs whose device no config file names (a Wi-Fi client
     uplink), so wgrouter has to learn it from netifd's ifup event.
+    relay_server: the VPN server also runs ``wgrouter relay-server`` (WireGuard
+    over TCP) on RELAY_PORT/TCP, forwarding to its WireGuard port.
     """
 
     def __init__(self, prefix=None, mwan3=False, keepalive=25, dns_ttl=5, keep_tmp=False,
-                 ipv6=False, unnamed_devices=()):
+                 ipv6=False, unnamed_devices=(), relay_server=False):
         self.prefix = prefix or new_prefix()
         self.ipv6_wans = _ipv6_wans(ipv6)
         self.mwan3 = mwan3
@@ -203,6 +206,8 @@ class Lab:
         # wgrouter learns it from the stand-in netifd's ifup event
         self.unnamed_devices = tuple(unnamed_devices)
         self.mwan3_members6 = []
+        self.relay_server = relay_server
+        self.relay_server_proc = None
         self._dnsmasq = None
         self._built = False
         self._lock = threading.Lock()
@@ -328,6 +333,8 @@ class Lab:
         self._keys()
         self._dns()
         self._vpn_wg()
+        if self.relay_server:
+            self.start_relay_server()
         self.write_network_config()
         from tests.lab import netifd
         self.netifd = netifd.NetifdStandin(self, mode="stock", hotplug_dir=None)
@@ -717,6 +724,20 @@ add rule ip isp srcnat oifname "uplink" snat to %s
         self.ip("vpn", "route", "add", LAN_NET, "dev", dev)
         if self.ipv6_wans:
             self.ip("vpn", "-6", "route", "add", LAN_NET6, "dev", dev)
+
+    def start_relay_server(self, port=RELAY_PORT):
+        """`wgrouter relay-server` on the server: TCP PORT on every address,
+        forwarding to the server's WireGuard on 127.0.0.1:VPN_PORT only."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+        self.relay_server_log = self.log("relay-server.log")
+        self.relay_server_proc = self.popen(
+            "vpn", sys.executable, "-m", "wgrouter", "relay-server", "--listen", "0.0.0.0:%d" % port,
+            "--forward", "127.0.0.1:%d" % VPN_PORT, cwd=REPO, env=env,
+            stdout=open(self.relay_server_log, "a"), stderr=subprocess.STDOUT)
+        self._wait(lambda: "listening on" in open(self.relay_server_log).read(), 10,
+                   "relay-server did not start")
+        return self.relay_server_proc
 
     def vpn_endpoint(self):
         """The router's address:port as the server sees it (``wg show`` on vpn)."""
