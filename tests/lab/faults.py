@@ -23,11 +23,13 @@ def _isp(wan):
 
 
 def carrier_loss(lab, wan="wan"):
-    """The ISP side of the WAN's link goes down; the router sees NO-CARRIER
-    and netifd reacts with ifdown."""
+    """The ISP side of the WAN's link goes down; the router sees NO-CARRIER.
+    netifd reacts as the WAN's force_link says (Lab(force_link=...)): with
+    force_link 0 (dhcp, pppoe) an ifdown, with 1 (proto static's default)
+    nothing but a log line, the routes left in place and marked linkdown."""
     lab.ip(_isp(wan), "link", "set", "dev", "cpe", "down")
     t = _record(lab, "carrier_loss", wan)
-    lab.netifd.ifdown(wan)
+    lab.netifd.carrier(wan, False)
     return t
 
 
@@ -41,7 +43,7 @@ def carrier_return(lab, wan="wan"):
                                                      topology.WANS[wan]["device"]).stdout, 5,
                  step=0.02)
     t = _record(lab, "carrier_return", wan)
-    lab.netifd.ifup(wan)
+    lab.netifd.carrier(wan, True)
     return t
 
 
@@ -156,8 +158,8 @@ def both_down(lab):
     lab.ip("ispa", "link", "set", "dev", "cpe", "down")
     lab.ip("ispb", "link", "set", "dev", "cpe", "down")
     t = _record(lab, "both_down")
-    lab.netifd.ifdown("wan")
-    lab.netifd.ifdown("wanb")
+    lab.netifd.carrier("wan", False)
+    lab.netifd.carrier("wanb", False)
     return t
 
 

@@ -173,10 +173,14 @@ class Lab:
     uplink), so wgrouter has to learn it from netifd's ifup event.
     relay_server: the VPN server also runs ``wgrouter relay-server`` (WireGuard
     over TCP) on RELAY_PORT/TCP, forwarding to its WireGuard port.
+    force_link: False (the default) writes ``option force_link '0'`` on the
+    WANs, as a dhcp or pppoe WAN has it: netifd takes a WAN down on carrier
+    loss.  True leaves proto static's own default, force_link 1: a carrier
+    loss leaves the WAN up, its routes marked linkdown (tests/lab/netifd.py).
     """
 
     def __init__(self, prefix=None, mwan3=False, keepalive=25, dns_ttl=5, keep_tmp=False,
-                 ipv6=False, unnamed_devices=(), relay_server=False):
+                 ipv6=False, unnamed_devices=(), relay_server=False, force_link=False):
         self.prefix = prefix or new_prefix()
         self.ipv6_wans = _ipv6_wans(ipv6)
         self.mwan3 = mwan3
@@ -205,6 +209,7 @@ class Lab:
         # WANs whose device neither config file names (a Wi-Fi client uplink):
         # wgrouter learns it from the stand-in netifd's ifup event
         self.unnamed_devices = tuple(unnamed_devices)
+        self.force_link = force_link
         self.mwan3_members6 = []
         self.relay_server = relay_server
         self.relay_server_proc = None
@@ -366,8 +371,9 @@ class Lab:
         ip("router", "addr", "add", LAN_ROUTER + "/24", "dev", "lan")
         for w in WANS.values():
             ip("router", "addr", "add", w["address"], "dev", w["device"])
+            # netifd's routes are RTPROT_STATIC (netifd system-linux.c system_rt)
             ip("router", "route", "add", "default", "via", w["gateway"], "dev", w["device"],
-               "metric", w["metric"])
+               "metric", w["metric"], "proto", "static")
         ip("ispa", "addr", "add", "10.0.1.1/24", "dev", "cpe")
         ip("ispa", "addr", "add", ISPA_UP + "/24", "dev", "uplink")
         ip("ispa", "route", "add", "default", "via", ISPA_INET)
@@ -415,7 +421,7 @@ class Lab:
         dev = w["device"]
         self.ip("router", "-6", "addr", "replace", w["address6"], "dev", dev, "nodad")
         self.ip("router", "-6", "route", "replace", "default", "via", w["gateway6"], "dev", dev,
-                "metric", w["metric"])
+                "metric", w["metric"], "proto", "static")
         if self.mwan3:
             self.ip("router", "-6", "route", "replace", "default", "via", w["gateway6"],
                     "dev", dev, "table", w["table6"])
@@ -779,6 +785,7 @@ add rule ip isp srcnat oifname "uplink" snat to %s
                 *self._device_option(name), ("proto", "static"), ("ipaddr", addr),
                 ("netmask", _netmask(int(plen))), ("gateway", w["gateway"]),
                 ("metric", str(w["metric"])), ("dns", DNS_SERVER)]
+                + ([] if self.force_link else [("force_link", "0")])
                 + ([("ip6addr", w["address6"]), ("ip6gw", w["gateway6"])]
                    if name in self.ipv6_wans else [])))
         sections.append(("interface", self.router_wg, wg))
@@ -828,16 +835,15 @@ add rule ip isp srcnat oifname "uplink" snat to %s
 
     # ------------------------------------------------------------ modes
 
-    def start_baseline(self, watchdog_interval=60, stale_after=150, update_every=None,
-                       endpoint_host=None):
+    def start_baseline(self, watchdog_interval=60, stale_after=150, endpoint_host=None):
         """Stock OpenWrt: netifd with the host dependency + wireguard_watchdog.
         endpoint_host: netifd's endpoint_host (default: the vpn's DNS name;
         an IPv6 literal or "vpn6.lab.test" in an ipv6 lab)."""
         from tests.lab import baseline
         net = {"endpoint_host": endpoint_host} if endpoint_host else {}
         self.write_network_config(nohostroute=False, **net)
-        self.netifd.configure(mode="stock", hotplug_dir=None, update_every=update_every)
-        self.netifd.setup_tunnel()
+        self.netifd.configure(mode="stock", hotplug_dir=None)
+        self.netifd.boot()
         self.watchdog = baseline.Watchdog(self, interval=watchdog_interval,
                                           stale_after=stale_after)
         self.watchdog.start()
@@ -855,7 +861,7 @@ add rule ip isp srcnat oifname "uplink" snat to %s
         self.write_network_config(nohostroute=True, **net)
         self.write_wgrouter_config(**config)
         self.netifd.configure(mode="wgrouter", hotplug_dir=hotplug_dir)
-        self.netifd.setup_tunnel()
+        self.netifd.boot()
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
         env["WGROUTER_ROOT"] = self.root
