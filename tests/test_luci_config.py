@@ -382,6 +382,21 @@ def test_menu_has_the_configuration_beside_the_status():
     assert order[0]["action"]["path"] == "wgrouter/status"
 
 
+def test_package_says_it_configures_too():
+    """The luci-app's description, in the feed Makefile and in the ipk that
+    `make ipk` builds without the SDK: one text, naming both pages."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("mkipk", os.path.join(fixtures.ROOT, "openwrt-feed", "mkipk.py"))
+    mkipk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mkipk)
+    with open(os.path.join(fixtures.APP, "Makefile")) as f:
+        fields = dict(re.findall(r"^(LUCI_\w+):=(.*)$", f.read(), re.M))
+    ipk = " ".join(mkipk.DESCRIPTIONS["luci-app-wgrouter"].split())
+    assert ipk == fields["LUCI_DESCRIPTION"]
+    for text in (ipk, fields["LUCI_TITLE"]):
+        assert "configuration" in text.lower() and "status page" not in text.lower()
+
+
 def test_acl_grants_uci_read_and_write_of_wgrouter_only():
     with open(ACL) as f:
         acl = json.load(f)["luci-app-wgrouter"]
