@@ -106,8 +106,10 @@ DESCRIPTIONS = {
     "wgrouter-mqtt": "MQTT telemetry (state, events, Home Assistant discovery) for wgrouter.",
     "wgrouter-dns": "Re-resolves wgrouter's endpoint names through the WAN in use, honouring\n"
                     " their TTL (pulls in python3-dns, which needs the full python3).",
-    "luci-app-wgrouter": "LuCI status page for wgrouter: peers, WANs, recent events,\n"
-                         " re-apply and WAN switch buttons.",
+    # the luci-app Makefile's LUCI_DESCRIPTION, wrapped
+    "luci-app-wgrouter": "Status (peers, WANs, WAN timeline, events, diagnosis; re-apply and WAN\n"
+                         " switch) and configuration (settings, WANs, tunnels, peers, MQTT) of\n"
+                         " wgrouter.",
 }
 
 # The scripts the SDK generates (include/package-pack.mk): the router's
