@@ -105,20 +105,6 @@ FEED_MAKEFILES = {
 }
 
 
-def description(name):
-    """The control file's Description of package ``name``, from its feed
-    Makefile (``define Package/NAME/description``, or luci.mk's
-    LUCI_DESCRIPTION), continuation lines indented by one space as the
-    SDK writes them."""
-    makefile = FEED_MAKEFILES["luci-app-wgrouter" if name.startswith("luci-") else "wgrouter"]
-    if name.startswith("luci-"):
-        with open(makefile) as f:
-            text = next(line.split(":=", 1)[1] for line in f if line.startswith("LUCI_DESCRIPTION:="))
-    else:
-        text = makefile_define(makefile, "Package/%s/description" % name)
-    return "\n ".join(line.strip() for line in text.strip().splitlines())
-
-
 # The scripts the SDK generates (include/package-pack.mk): the router's
 # default_postinst / default_prerm (/lib/functions.sh) run the package's
 # /etc/uci-defaults scripts on a live system, enable the init script (also
@@ -149,6 +135,24 @@ def makefile_define(path, name):
     start = lines.index("define " + name) + 1
     body = lines[start:lines.index("endef", start)]
     return "\n".join(body).replace("$$", "$") + "\n"
+
+
+def description(name):
+    """The control file's Description of package ``name``, from its feed
+    Makefile (``define Package/NAME/description``, or luci.mk's
+    LUCI_DESCRIPTION), continuation lines indented by one space as the
+    SDK writes them."""
+    makefile = FEED_MAKEFILES["luci-app-wgrouter" if name.startswith("luci-") else "wgrouter"]
+    if name.startswith("luci-"):
+        with open(makefile) as f:
+            text = next(line.split(":=", 1)[1] for line in f if line.startswith("LUCI_DESCRIPTION:="))
+    else:
+        text = makefile_define(makefile, "Package/%s/description" % name)
+    return "\n ".join(line.strip() for line in text.strip().splitlines())
+
+
+DESCRIPTIONS = {name: description(name)
+                for name in ("wgrouter", "wgrouter-mqtt", "wgrouter-dns", "luci-app-wgrouter")}
 
 
 class MkipkError(Exception):
@@ -303,7 +307,7 @@ def control_text(name, version, depends, data, source, section, mtime):
         ("Maintainer", MAINTAINER),
         ("Architecture", "all"),
         ("Installed-Size", str(data.size())),
-        ("Description", description(name)),
+        ("Description", DESCRIPTIONS[name]),
     ]
     return "".join("%s: %s\n" % f for f in fields)
 

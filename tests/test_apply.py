@@ -59,7 +59,7 @@ def test_apply_path_order_and_record(env):
     assert event.data["ok"] is True and event.data["error"] == ""
     assert event.data["action"] == path()
     assert fake.calls == [
-        ["ip", "route", "replace", "198.51.100.7/32", "via", "10.1.0.1", "dev", "eth1", "proto", "static"],
+        ["ip", "route", "replace", "198.51.100.7/32", "via", "10.1.0.1", "dev", "eth1", "proto", "119"],
         ["conntrack", "-D", "-p", "udp", "--orig-dst", "198.51.100.7", "--orig-port-dst", "51820"],
         ["wg", "set", "wg0", "peer", KEY, "endpoint", "198.51.100.7:51820", "persistent-keepalive", "25"],
     ]
@@ -74,7 +74,7 @@ def test_apply_path_order_and_record(env):
 def test_point_to_point_wan_has_no_via(env):
     fake, kicks, state, make = env
     make().execute(path("wanb", keepalive=0))
-    assert fake.calls[0] == ["ip", "route", "replace", "198.51.100.7/32", "dev", "wwan0", "proto", "static"]
+    assert fake.calls[0] == ["ip", "route", "replace", "198.51.100.7/32", "dev", "wwan0", "proto", "119"]
     assert fake.calls[2][-2:] == ["persistent-keepalive", "0"]
 
 
@@ -97,14 +97,14 @@ def test_new_address_deletes_old_route_after_endpoint(env):
     event = applier.execute(path(address="203.0.113.9", old="198.51.100.7"))
     assert event.data["ok"]
     assert [c[0] for c in fake.calls] == ["ip", "conntrack", "wg", "ip"]
-    assert fake.calls[3] == ["ip", "route", "del", "198.51.100.7/32"]
+    assert fake.calls[3] == ["ip", "route", "del", "198.51.100.7/32", "proto", "119"]
     assert set(saved(state)["routes"]) == {"203.0.113.9 main"}
 
 
 def test_old_address_we_did_not_add_is_left_alone(env):
     fake, kicks, state, make = env
     make().execute(path(address="203.0.113.9", old="198.51.100.7"))
-    assert ["ip", "route", "del", "198.51.100.7/32"] not in fake.calls
+    assert [c for c in fake.calls if c[:3] == ["ip", "route", "del"]] == []
 
 
 def test_mwan3_table_and_unique_rule(env):
@@ -112,7 +112,7 @@ def test_mwan3_table_and_unique_rule(env):
     applier = make()
     applier.execute(path(table=1))
     assert fake.calls[0] == [
-        "ip", "route", "replace", "198.51.100.7/32", "via", "10.1.0.1", "dev", "eth1", "table", "1", "proto", "static",
+        "ip", "route", "replace", "198.51.100.7/32", "via", "10.1.0.1", "dev", "eth1", "table", "1", "proto", "119",
     ]
     assert fake.calls[1] == ["ip", "rule", "add", "to", "198.51.100.7/32", "lookup", "1", "pref", "990"]
     fake.calls.clear()
@@ -142,10 +142,10 @@ def test_mwan3_switch_table_moves_route_and_rule(env):
     assert event.data["ok"]
     ips = fake.commands("ip")
     assert ips == [
-        ["ip", "route", "replace", "198.51.100.7/32", "dev", "wwan0", "table", "2", "proto", "static"],
+        ["ip", "route", "replace", "198.51.100.7/32", "dev", "wwan0", "table", "2", "proto", "119"],
         ["ip", "rule", "add", "to", "198.51.100.7/32", "lookup", "2", "pref", "990"],
         ["ip", "rule", "del", "to", "198.51.100.7/32", "lookup", "1", "pref", "990"],
-        ["ip", "route", "del", "198.51.100.7/32", "table", "1"],
+        ["ip", "route", "del", "198.51.100.7/32", "table", "1", "proto", "119"],
     ]
     # the deletions come after the endpoint was set
     assert fake.calls.index(ips[2]) > fake.calls.index(fake.commands("wg")[0])
@@ -161,10 +161,10 @@ def test_shared_route_kept_until_last_owner_leaves(env):
     assert saved(state)["routes"]["198.51.100.7 main"]["owners"] == [["wg0", KEY], ["wg1", KEY2]]
     fake.calls.clear()
     applier.execute(path(peer=KEY, tunnel="wg0", address="203.0.113.9"))
-    assert ["ip", "route", "del", "198.51.100.7/32"] not in fake.calls
+    assert ["ip", "route", "del", "198.51.100.7/32", "proto", "119"] not in fake.calls
     fake.calls.clear()
     applier.execute(path(peer=KEY2, tunnel="wg1", address="203.0.113.9"))
-    assert ["ip", "route", "del", "198.51.100.7/32"] in fake.calls
+    assert ["ip", "route", "del", "198.51.100.7/32", "proto", "119"] in fake.calls
     assert kicks[-1] == ("wg1", "10.8.0.7")
 
 
@@ -241,7 +241,7 @@ def test_ipv6_endpoint(env):
     fake, kicks, state, make = env
     make().execute(path(address="2001:db8::7"))
     assert fake.calls[0] == ["ip", "-6", "route", "replace", "2001:db8::7/128", "via", "10.1.0.1", "dev", "eth1",
-                             "proto", "static"]
+                             "proto", "119"]
     assert fake.calls[1][:4] == ["conntrack", "-D", "-f", "ipv6"]
     assert "[2001:db8::7]:51820" in fake.calls[2]
 
@@ -257,7 +257,7 @@ def test_remove_path_only_ours(env):
     assert ev.data["ok"]
     assert fake.calls == [
         ["ip", "rule", "del", "to", "198.51.100.7/32", "lookup", "1", "pref", "990"],
-        ["ip", "route", "del", "198.51.100.7/32", "table", "1"],
+        ["ip", "route", "del", "198.51.100.7/32", "table", "1", "proto", "119"],
     ]
     assert saved(state) == {"routes": {}, "rules": {}}
 
@@ -283,8 +283,8 @@ def test_cleanup_after_restart_removes_only_recorded(env):
     assert make().cleanup() == []
     assert sorted(fake.calls) == sorted([
         ["ip", "rule", "del", "to", "198.51.100.7/32", "lookup", "1", "pref", "990"],
-        ["ip", "route", "del", "198.51.100.7/32", "table", "1"],
-        ["ip", "route", "del", "203.0.113.9/32"],
+        ["ip", "route", "del", "198.51.100.7/32", "table", "1", "proto", "119"],
+        ["ip", "route", "del", "203.0.113.9/32", "proto", "119"],
     ])
     assert saved(state) == {"routes": {}, "rules": {}}
     fake.calls.clear()
@@ -490,7 +490,7 @@ def test_failed_delete_of_an_old_route_is_retried_on_the_next_apply(env):
     fake.calls.clear()
     event = applier.execute(path(address="203.0.113.10"))
     assert event.data["ok"]
-    assert ["ip", "route", "del", "198.51.100.7/32"] in fake.calls
+    assert ["ip", "route", "del", "198.51.100.7/32", "proto", "119"] in fake.calls
     assert set(saved(state)["routes"]) == {"203.0.113.10 main"}
 
 
@@ -523,3 +523,108 @@ def test_fork_failure_fails_the_step_not_the_daemon(tmp_path):
     assert "Cannot allocate memory" in event.data["error"]
     event = applier.execute(model.RestartTunnel("wg0"))
     assert not event.data["ok"] and "Cannot allocate memory" in event.data["error"]
+
+
+# ------------------------------------------------------------ route protocol
+
+
+def test_host_routes_carry_a_protocol_of_their_own_and_record_it(env):
+    """netifd's pinned endpoint route is proto static: ours must differ, in
+    the kernel and in applied.json."""
+    fake, kicks, state, make = env
+    make().execute(path())
+    (replace,) = [c for c in fake.calls if c[:3] == ["ip", "route", "replace"]]
+    assert replace[-2:] == ["proto", str(apply.ROUTE_PROTO)] and apply.ROUTE_PROTO != 4
+    assert saved(state)["routes"]["198.51.100.7 main"]["proto"] == apply.ROUTE_PROTO
+
+
+def test_route_protocol_is_not_one_iproute2_names():
+    # iproute2's rt_protos and the kernel's RTPROT_* values (linux/rtnetlink.h)
+    taken = {0, 1, 2, 3, 4, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 42, 99, 186, 187, 188,
+             189, 192}
+    assert 0 < apply.ROUTE_PROTO < 256 and apply.ROUTE_PROTO not in taken
+
+
+def _legacy_state(state, table=None):
+    """applied.json as a version before the route protocol wrote it."""
+    os.makedirs(os.path.dirname(state), exist_ok=True)
+    key = "198.51.100.7 %s" % ("main" if table is None else table)
+    with open(state, "w") as f:
+        json.dump({"routes": {key: {"address": "198.51.100.7", "table": table, "device": "eth1",
+                                    "gateway": "10.1.0.1", "owners": [["wg0", KEY]]}},
+                   "rules": {}}, f)
+    return key
+
+
+def test_a_route_an_earlier_version_added_is_deleted_as_proto_static_on_its_own_path(env):
+    """After an upgrade the adopted record has no proto: the route is proto
+    static, like netifd's, so the delete also names its device and gateway."""
+    fake, kicks, state, make = env
+    _legacy_state(state)
+    assert make().cleanup() == []
+    assert fake.calls == [["ip", "route", "del", "198.51.100.7/32", "proto", "static",
+                           "via", "10.1.0.1", "dev", "eth1"]]
+    assert saved(state)["routes"] == {}
+
+
+def test_an_adopted_earlier_route_becomes_ours_on_the_next_apply(env):
+    fake, kicks, state, make = env
+    key = _legacy_state(state)
+    applier = make()
+    applier.execute(path("wanb", old="198.51.100.7"))
+    # replace takes the old route's place whatever its protocol: no delete
+    assert [c[:3] for c in fake.commands("ip")] == [["ip", "route", "replace"]]
+    assert saved(state)["routes"][key]["proto"] == apply.ROUTE_PROTO
+    fake.calls.clear()
+    assert applier.cleanup() == []
+    assert fake.calls == [["ip", "route", "del", "198.51.100.7/32", "proto", "119"]]
+
+
+NETIFD_PIN = r"""
+import json, subprocess
+from wgrouter import apply, model, runner
+peer = model.Peer("wg0", "p", "K", (model.Endpoint(ADDR),), (), 0)
+a = apply.Applier(runner.Runner(), STATE, config=model.Config(model.Settings(), (), ()), kick=None)
+a.conntrack_missing = True  # no conntrack needed here
+ev = a.execute(model.ApplyPath("wg0", "K", "wanb", "w2", GW2, ADDR, 51820, 0))
+def sh(cmd):
+    r = subprocess.run(cmd, shell=True, capture_output=True, text=True)
+    return r.stdout + r.stderr
+fam = "-6" if ":" in ADDR else "-4"
+out = {"steps": ev.data["steps"], "both": sh("ip %s route show %s" % (fam, ADDR))}
+out["cleanup"] = apply.Applier(runner.Runner(), STATE).cleanup()
+out["after"] = sh("ip %s route show %s" % (fam, ADDR))
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.lab
+@pytest.mark.parametrize("family", [4, 6])
+def test_stop_leaves_netifds_pinned_route_to_the_same_endpoint(tmp_path, family):
+    """netifd (without nohostroute) pins the endpoint as proto static with
+    the WAN's metric; wgrouter's route beside it is the one it deletes.  An
+    unqualified `ip -6 route del` takes the lowest metric first: netifd's."""
+    from tests.fakerunner import NetNS, netns_unavailable
+
+    reason = netns_unavailable()
+    if reason:
+        pytest.skip(reason)
+    if family == 4:
+        addr, gw1, gw2, net, plen = "198.51.100.7", "10.1.0.1", "10.2.0.1", "10.%d.0.2", 24
+    else:
+        addr, gw1, gw2, net, plen = "2001:db8:ff::7", "2001:db8:1::1", "2001:db8:2::1", "2001:db8:%d::2", 64
+    with NetNS() as router:
+        for n in (1, 2):
+            router.ip("link", "add", "w%d" % n, "type", "veth", "peer", "name", "p%d" % n)
+            for dev in ("w%d" % n, "p%d" % n):
+                router.ip("link", "set", dev, "up")
+            router.ip("addr", "add", "%s/%d" % (net % n, plen), "dev", "w%d" % n, *(["nodad"] if family == 6 else []))
+        pin = "%s via %s dev w1 proto static metric 10" % (addr, gw1)
+        router.ip("route", "add", *pin.split())
+        code = "ADDR=%r\nGW2=%r\nSTATE=%r\n" % (addr, gw2, str(tmp_path / "state.json")) + NETIFD_PIN
+        out = router.python(code)
+    assert out["steps"][0] == "route %s main" % addr, out
+    assert "dev w2 proto %d" % apply.ROUTE_PROTO in out["both"] and "proto static metric 10" in out["both"]
+    assert out["cleanup"] == []
+    after = out["after"].strip().splitlines()
+    assert len(after) == 1 and after[0].startswith(pin), out

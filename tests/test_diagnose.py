@@ -585,3 +585,55 @@ def test_resolver_child_runs_this_package_copy():
         diagnose.__file__))) in argv[2]
     assert argv[argv.index("--device") + 1] == "eth1"
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "--server"] == ["192.0.2.53", "192.0.2.54"]
+
+
+# ------------------------------------------------------------------ whose host routes
+
+
+def host_route(gateway, oif, proto, metric=0, table=254, dst="192.0.2.10"):
+    return {"family": socket.AF_INET, "dst": dst, "dst_len": 32, "gateway": gateway, "oif": oif,
+            "table": table, "metric": metric, "type": "unicast", "protocol": proto, "scope": 0,
+            "prefsrc": None, "nexthops": []}
+
+
+def test_wgrouters_host_route_is_told_from_netifds_pin():
+    """Both are in the kernel (nohostroute 0 on a static WAN): ours carries
+    wgrouter's protocol, netifd's is proto static and stays when we stop."""
+    from wgrouter import apply
+    facts = healthy_facts(kernel_routes=[
+        host_route("100.64.2.1", 4, apply.ROUTE_PROTO),
+        host_route("10.0.1.1", 3, 4, metric=10)])
+    found = by_check(diagnose.evaluate(make_config(), facts, NOW), "hostroute")
+    assert [f["status"] for f in found] == ["ok", "warn"]
+    assert found[0]["evidence"] == "192.0.2.10/32 via 100.64.2.1 dev wwan0 proto 119 (wgrouter) metric 0"
+    assert "netifd pins" in found[1]["summary"] and "stays when wgrouter stops" in found[1]["summary"]
+    assert found[1]["evidence"].startswith("192.0.2.10/32 via 10.0.1.1 dev eth1 proto static metric 10")
+    assert "nohostroute '1'" in found[1]["fix"] and "'wg0'" in found[1]["fix"]
+
+
+def test_only_wgrouters_host_route_is_ok_and_names_its_table():
+    from wgrouter import apply
+    facts = healthy_facts(kernel_routes=[host_route("10.0.1.1", 3, apply.ROUTE_PROTO, table=1),
+                                         host_route("10.0.1.1", 3, 4, dst="192.0.2.99")])
+    found = by_check(diagnose.evaluate(make_config(), facts, NOW), "hostroute")
+    assert [f["status"] for f in found] == ["ok"]
+    assert "dev eth1 table 1 proto 119" in found[0]["evidence"]
+
+
+def test_a_host_route_of_someone_else_warns_and_none_says_nothing():
+    facts = healthy_facts(kernel_routes=[host_route("10.0.1.1", 3, 3)])
+    [f] = by_check(diagnose.evaluate(make_config(), facts, NOW), "hostroute")
+    assert f["status"] == "warn" and "neither wgrouter's nor netifd's" in f["summary"]
+    assert "proto boot" in f["evidence"]
+    assert by_check(diagnose.evaluate(make_config(), healthy_facts(), NOW), "hostroute") == []
+
+
+def test_gather_keeps_the_kernels_routes_for_the_host_route_check(tmp_path):
+    fake = FakeRunner()
+    fake.on(["wg", "show", "all", "dump"], out=WG_DUMP)
+    links, addrs, routes = fake_dumps()
+    pin = host_route("10.0.1.1", 3, 4, metric=10)
+    facts = diagnose.gather(str(tmp_path), make_config(), fake,
+                            dumps=lambda: (links, addrs, routes + [pin]),
+                            sysctls=lambda names: {})
+    assert pin in facts.kernel_routes

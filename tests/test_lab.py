@@ -150,34 +150,55 @@ def test_udp_port_block(lab):
 # ------------------------------------------------------------ fresh labs
 
 
+def _events_since(lab, t):
+    return [(e["action"], e["interface"], e["device"]) for e in lab.netifd.hotplug_events
+            if e["time"] >= t]
+
+
 def test_carrier_loss_failover_leak_no_failback_nat_reset(lab_factory):
+    """force_link 0 (the lab's default, a dhcp or pppoe WAN): netifd takes
+    wan down, tears the tunnel down and sets it up again on wanb by itself,
+    in the order and with the events the real one sends."""
     lab = lab_factory()
     lab.start_baseline(watchdog_interval=1, stale_after=5)
+    wg = lab.router_wg
+    # at start every interface got its ifup, with its device
+    assert _events_since(lab, 0) == [("ifup", "loopback", "lo"), ("ifup", "lan", "lan"),
+                                     ("ifup", "wan", "wan"), ("ifup", "wanb", "wanb"),
+                                     ("ifup", wg, wg)]
+    assert lab.ip("router", "route", "show", VPN_A).stdout.split() == [
+        VPN_A, "via", "10.0.1.1", "dev", "wan", "proto", "static", "metric", "10"]
     cap = observe.Capture(lab)
     ps = observe.ProbeStream(lab)
     assert ps.wait_reply_after(time.time(), 10) is not None
     t = faults.carrier_loss(lab, "wan")
     assert "NO-CARRIER" in lab.ip("router", "link", "show", "wan").stdout
     assert lab.ip("router", "-4", "addr", "show", "dev", "wan").stdout.strip() == ""
-    # stock tore the tunnel down with the host dependency
-    assert not lab.netifd.tunnel_up and lab.netifd.pending
-    assert lab.ip("router", "link", "show", lab.router_wg, check=False).returncode != 0
-    assert _no_reply_for(ps, t, 1.5) == 0
-    # the gap is real: LAN traffic for the remote subnet leaves wanb in clear
+    # rebuilt on wanb with no other interface event
+    assert ps.wait_reply_after(t, 10) is not None
+    assert lab.netifd.settle()
+    assert lab.netifd.dep == ("wanb", VPN_A) and lab.netifd.tunnel_up
+    assert _events_since(lab, t) == [("ifdown", wg, None), ("ifdown", "wan", None),
+                                     ("ifup-failed", wg, None), ("ifup", wg, wg)]
+    assert lab.ip("router", "route", "show", VPN_A).stdout.split() == [
+        VPN_A, "via", "100.64.2.1", "dev", "wanb", "proto", "static", "metric", "20"]
+    texts = [e for _, e in lab.netifd.events]
+    assert "Interface 'wan' has link connectivity loss" in texts
+    # the gap is real: LAN traffic for the remote subnet left wanb in clear
+    time.sleep(0.5)  # the capture file lags a little
     leaks = cap.leaks(t)
     assert leaks and {p["dev"] for p in leaks} == {"wanb"}
     assert {p["dst"] for p in leaks} == {topology.PROBE_TARGET}
-    # an event on wanb (DHCP renew, LTE modem) rebuilds it there
     t_up = time.time()
-    lab.netifd.ifupdate("wanb")
-    assert lab.netifd.dep == ("wanb", VPN_A)
     assert ps.wait_reply_after(t_up, 10) is not None
     time.sleep(0.3)  # the capture file lags the reply a little
     assert cap.tunnel_devices(t_up) == ["wanb"]
     assert lab.vpn_endpoint().startswith(topology.ISPB_PUBLIC[0] + ":")
-    # wan returns: stock does not fail back
+    # wan returns: its ifup, and stock does not fail back
     t_ret = faults.carrier_return(lab, "wan")
     time.sleep(3)
+    assert lab.netifd.settle()
+    assert _events_since(lab, t_ret) == [("ifup", "wan", "wan")]
     assert lab.netifd.dep == ("wanb", VPN_A)
     assert observe.route_device(lab, VPN_A) == "wanb"
     assert cap.tunnel_devices(t_ret) == ["wanb"]
@@ -194,6 +215,43 @@ def test_carrier_loss_failover_leak_no_failback_nat_reset(lab_factory):
     assert lab.faults[0][0] == t
 
 
+def test_static_wan_carrier_loss_keeps_stock_on_the_dead_wan(lab_factory):
+    """force_link 1 (proto static's default): netifd logs the link loss and
+    does nothing else; the routes stay, marked linkdown, the tunnel stays
+    pinned to the dead wan until the cable returns."""
+    lab = lab_factory(force_link=True)
+    lab.start_baseline(watchdog_interval=1, stale_after=5)
+    with open(os.path.join(lab.root, "etc/config/network")) as f:
+        assert "force_link" not in f.read()
+    assert lab.netifd.force_link("wan") and lab.netifd.force_link("wanb")
+    cap = observe.Capture(lab)
+    ps = observe.ProbeStream(lab)
+    try:
+        assert ps.wait_reply_after(time.time(), 10) is not None
+        t = faults.carrier_loss(lab, "wan")
+        assert _no_reply_for(ps, t, 4) == 0
+        assert lab.netifd.settle()
+        assert _events_since(lab, t) == []
+        assert "Interface 'wan' has link connectivity loss" in [e for _, e in lab.netifd.events]
+        assert lab.netifd.dep == ("wan", VPN_A) and lab.netifd.tunnel_up
+        assert "10.0.1.2/24" in lab.ip("router", "-4", "addr", "show", "dev", "wan").stdout
+        routes = lab.ip("router", "route", "show", "dev", "wan").stdout.splitlines()
+        assert {"default via 10.0.1.1 proto static metric 10 linkdown",
+                "%s via 10.0.1.1 proto static metric 10 linkdown" % VPN_A} <= {
+                    r.strip() for r in routes}, routes
+        assert observe.route_device(lab, VPN_A) == "wan"
+        assert cap.leaks(t) == []  # the tunnel's routes never went away
+        # the cable returns: no hotplug event (IFEV_LINK_UP has none), it works again
+        t_ret = faults.carrier_return(lab, "wan")
+        assert ps.wait_reply_after(t_ret, 10) is not None
+        assert lab.netifd.settle()
+        assert _events_since(lab, t) == []
+        assert "linkdown" not in lab.ip("router", "route", "show", "dev", "wan").stdout
+    finally:
+        ps.stop()
+        cap.stop()
+
+
 def test_flapping(lab_factory):
     lab = lab_factory()
     lab.start_baseline(watchdog_interval=1, stale_after=5)
@@ -204,12 +262,12 @@ def test_flapping(lab_factory):
     kinds = [k for _, k in fl.transitions]
     assert len(kinds) >= 4 and kinds[0] == "down" and kinds[-1] == "up"
     assert all(a != b for a, b in zip(kinds, kinds[1:]))
+    assert lab.netifd.settle()
     texts = [e for _, e in lab.netifd.events]
-    assert sum("tear down" in e for e in texts) >= 2
-    assert sum(e.startswith("setup") for e in texts) >= 3
-    # after the last ifup, stock set the tunnel up pinned to wan again
-    assert lab.netifd.dep == ("wan", VPN_A)
-    assert ps.outage() > 0.3
+    # the first loss moved the tunnel to wanb; wan's later flaps do not concern it
+    assert sum("tear down" in e for e in texts) == 1
+    assert sum(e.startswith("setup") for e in texts) == 2
+    assert lab.netifd.dep == ("wanb", VPN_A)
     assert ps.wait_reply_after(time.time(), 15) is not None
     ps.stop()
 
@@ -223,11 +281,14 @@ def test_both_down_then_one_back(lab_factory):
     assert lab.netifd.up == set()
     assert lab.ip("router", "route", "show", "default").stdout.strip() == ""
     assert _no_reply_for(ps, t, 1.5) == 0
+    # torn down; its setup waits (wg retries the name while no DNS answers)
+    assert not lab.netifd.tunnel_up
     r = lab.run("router", "ping", "-c", "1", "-W", "1", topology.DNS_SERVER, check=False)
     assert r.returncode != 0
     t2 = faults.carrier_return(lab, "wanb")
-    assert lab.netifd.dep == ("wanb", VPN_A)
     assert ps.wait_reply_after(t2, 10) is not None
+    assert lab.netifd.settle()
+    assert lab.netifd.dep == ("wanb", VPN_A)
     ps.stop()
 
 
@@ -259,13 +320,18 @@ def test_hotplug_and_wgrouter_mode(lab_factory, tmp_path):
     assert observe.tunnel_works(lab, 5)
     faults.carrier_loss(lab, "wan")
     faults.carrier_return(lab, "wan")
+    assert lab.netifd.settle()
     # wgrouter mode: WAN events never touch the tunnel
     assert lab.netifd.tunnel_up
     assert lab.ip("router", "link", "show", lab.router_wg, check=False).returncode == 0
     with open(os.path.join(lab.root, "hotplug.log")) as f:
         lines = f.read().splitlines()
-    assert lines == ["ifdown wan none %s" % lab.root, "second ifdown",
-                     "ifup wan wan %s" % lab.root, "second ifup"]
+    boot = []
+    for name, dev in (("loopback", "lo"), ("lan", "lan"), ("wan", "wan"), ("wanb", "wanb"),
+                      (lab.router_wg, lab.router_wg)):
+        boot += ["ifup %s %s %s" % (name, dev, lab.root), "second ifup"]
+    assert lines == boot + ["ifdown wan none %s" % lab.root, "second ifdown",
+                            "ifup wan wan %s" % lab.root, "second ifup"]
     assert p.poll() is None
     lab.stop_wgrouter()
     assert p.poll() is not None
@@ -342,10 +408,11 @@ def test_two_labs_at_once():
         b.start_baseline(watchdog_interval=1, stale_after=5)
         assert observe.tunnel_works(a, 5) and observe.tunnel_works(b, 5)
         faults.carrier_loss(a, "wan")
+        assert a.netifd.settle()
         # a's fault does not touch b
         assert "NO-CARRIER" not in b.ip("router", "link", "show", "wan").stdout
         assert observe.tunnel_works(b, 5)
-        assert not a.netifd.tunnel_up
+        assert a.netifd.dep[0] == "wanb" and b.netifd.dep[0] == "wan"
     assert cleanup.leftovers(a.prefix) == []
     assert cleanup.leftovers(b.prefix) == []
 
@@ -440,8 +507,8 @@ def test_ipv6_routed_through_both_wans(lab_factory):
     for name, w in topology.WANS.items():
         assert "inet6 %s scope global" % w["address6"] in _global6(lab, "router", w["device"])
     defaults = lab.ip("router", "-6", "route", "show", "default").stdout
-    assert "default via 2001:db8:1::1 dev wan metric 10 " in defaults
-    assert "default via 2001:db8:2::1 dev wanb metric 20 " in defaults
+    assert "default via 2001:db8:1::1 dev wan proto static metric 10 " in defaults
+    assert "default via 2001:db8:2::1 dev wanb proto static metric 20 " in defaults
     for ns in ("ispa", "ispb", "inet"):
         r = lab.run(ns, "cat", "/proc/sys/net/ipv6/conf/all/forwarding")
         assert r.stdout.strip() == "1"
@@ -554,12 +621,12 @@ def test_ipv6_tunnel_literal_endpoint_faults(lab_factory):
 
 def test_ipv6_stock_host_dependency_by_name(lab_factory):
     """Stock netifd with endpoint_host vpn6.lab.test (AAAA only): the host
-    dependency is a /128 pinned to wan, moved to wanb by the next event."""
+    dependency is a /128 pinned to wan, moved to wanb by the rebuild."""
     lab = lab_factory(ipv6=True)
     lab.start_baseline(watchdog_interval=1, stale_after=5, endpoint_host="vpn6.lab.test")
     assert lab.netifd.dep == ("wan", VPN6_A)
     routes = lab.ip("router", "-6", "route", "show", VPN6_A + "/128").stdout
-    assert "via 2001:db8:1::1 dev wan" in routes
+    assert "via 2001:db8:1::1 dev wan proto static metric 10" in routes
     assert observe.tunnel_works(lab, 10)
     # the tunnel carries the LAN's IPv6 as well (ULA to the remote side)
     assert observe.tunnel_works(lab, 10, target=topology.PROBE_TARGET6)
@@ -568,12 +635,11 @@ def test_ipv6_stock_host_dependency_by_name(lab_factory):
     try:
         assert ps6.wait_reply_after(time.time(), 10) is not None
         t = faults.carrier_loss(lab, "wan")
-        torn_down = time.time()
-        assert not lab.netifd.tunnel_up
-        assert lab.ip("router", "-6", "route", "show", VPN6_A + "/128").stdout.strip() == ""
-        # (until netifd's teardown, the tunnel may still roam out of wanb
-        # for a moment: only probes sent after it must go unanswered)
-        assert _no_reply_for(ps6, torn_down, 1.5) == 0
+        assert ps6.wait_reply_after(t, 10) is not None
+        assert lab.netifd.settle()
+        assert lab.netifd.dep == ("wanb", VPN6_A)
+        assert "via 2001:db8:2::1 dev wanb proto static metric 20" in lab.ip(
+            "router", "-6", "route", "show", VPN6_A + "/128").stdout
         # stock's gap leaks IPv6 too: the LAN's packets for the remote
         # subnet follow the v6 default route out of wanb, in clear
         assert lab.wait_for(lambda: cap.leaks(t), 3)
@@ -583,9 +649,6 @@ def test_ipv6_stock_host_dependency_by_name(lab_factory):
     finally:
         ps6.stop()
         cap.stop()
-    lab.netifd.ifupdate("wanb")
-    assert lab.netifd.dep == ("wanb", VPN6_A)
-    assert "dev wanb" in lab.ip("router", "-6", "route", "show", VPN6_A + "/128").stdout
     assert observe.tunnel_works(lab, 10)
     assert lab.vpn_endpoint().startswith("[2001:db8:2::2]:")
     # a faulty v6 server address: vpn_address_down/up work on the ip6 table

@@ -241,3 +241,76 @@ def test_network_config_ipv6_options(tmp_path):
     v4.root, v4.keys = lab.root, lab.keys
     v4.write_network_config()
     assert "ip6" not in (tmp_path / "etc/config/network").read_text()
+
+
+class _FakeLab:
+    """Just what NetifdStandin reads without running a command."""
+
+    router_wg = "wg0"
+    ipv6_wans = ()
+
+    def __init__(self, root, network):
+        self.root = str(root)
+        (root / "etc/config").mkdir(parents=True)
+        (root / "etc/config/network").write_text(ucifile.render(network))
+
+
+def _standin(tmp_path, network=()):
+    return netifd.NetifdStandin(_FakeLab(tmp_path, list(network)))
+
+
+def test_netifd_force_link_follows_the_proto_unless_the_option_says(tmp_path):
+    """proto static defaults to force_link 1 (netifd proto-static.c), every
+    other proto to 0; the option overrides either (interface.c)."""
+    s = _standin(tmp_path, [
+        ("interface", "wan", [("proto", "static")]),
+        ("interface", "wanb", [("proto", "static"), ("force_link", "0")]),
+        ("interface", "lte", [("proto", "dhcp")]),
+        ("interface", "dsl", [("proto", "pppoe"), ("force_link", "1")]),
+    ])
+    try:
+        assert [s.force_link(n) for n in ("wan", "wanb", "lte", "dsl", "nosuch")] == [
+            True, False, False, True, False]
+    finally:
+        s.stop()
+
+
+def test_netifd_hotplug_queue_keeps_one_pending_event_per_interface(tmp_path):
+    """interface-event.c interface_queue_event, with the worker held off."""
+    s = _standin(tmp_path)
+    try:
+        with s._cond:
+            s._queue_event("wg0", "ifdown")
+            s._queue_event("wan", "ifdown")
+            s._queue_event("wg0", "ifup-failed")  # replaces wg0's pending ifdown
+            s._queue_event("wanb", "ifup")
+            s._queue_event("wanb", "ifupdate")  # never replaces a pending ifup
+            assert s._queue == ["wg0", "wan", "wanb"]
+            assert s._queued == {"wg0": "ifup-failed", "wan": "ifdown", "wanb": "ifup"}
+            # while wan's event runs: the same event again is dropped, another queued
+            s._queue, s._queued = [], {}
+            s._current = ("wan", "ifdown")
+            s._queue_event("wan", "ifdown")
+            assert s._queue == []
+            s._queue_event("wan", "ifupdate")
+            s._queue_event("wan", "ifup")
+            assert s._queue == ["wan"] and s._queued == {"wan": "ifup"}
+            s._queue, s._queued, s._current = [], {}, None
+    finally:
+        s.stop()
+
+
+def test_netifd_hotplug_events_run_in_order_device_only_on_ifup(tmp_path):
+    s = _standin(tmp_path, [("interface", "lan", [("device", "br-lan"), ("proto", "static")])])
+    try:
+        s.tunnel_up = True
+        with s._cond:  # queued before the first one runs
+            for interface, action in (("wg0", "ifdown"), ("wan", "ifdown"), ("lan", "ifup"),
+                                      ("wanb", "ifupdate")):
+                s._queue_event(interface, action)
+        assert s.settle(5)
+        assert [(e["action"], e["interface"], e["device"]) for e in s.hotplug_events] == [
+            ("ifdown", "wg0", None), ("ifdown", "wan", None), ("ifup", "lan", "br-lan"),
+            ("ifupdate", "wanb", "wanb")]
+    finally:
+        s.stop()

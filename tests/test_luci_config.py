@@ -13,8 +13,11 @@ import struct
 
 import pytest
 
+from tests import fakebus
 from tests.luci_standin import browser
 from tests.luci_standin import fixtures
+from tests.luci_standin import router
+from tests.luci_standin import shots
 from wgrouter import config
 from wgrouter import model
 from wgrouter import uci
@@ -115,10 +118,12 @@ def open_config(b, write=True, wgrouter_text=fixtures.WGROUTER):
                              "WireGuard uplinks", active=1))
 
 
-def open_status(b, write=True):
-    b.resize(1280, 900)
-    b.open(browser.page_html(fixtures.view_source("status"),
-                             fixtures.standin(write=write, rpc=fixtures.rpc_replies()), "WireGuard uplinks"))
+def open_status(b, r, write=True, sid=None, width=1280, mobile=False):
+    """The status page, its calls served by ``r`` (a router.Router)
+    through fakebus.Uhttpd; ``write``: LuCI marks the page writable."""
+    b.resize(width, 900, mobile)
+    b.open(browser.page_html(fixtures.view_source("status"), fixtures.standin(write=write, router=r, sid=sid),
+                             "WireGuard uplinks"), r)
 
 
 SETTLE = "new Promise(function(r) { setTimeout(r, 50); })"
@@ -377,6 +382,21 @@ def test_menu_has_the_configuration_beside_the_status():
     assert order[0]["action"]["path"] == "wgrouter/status"
 
 
+def test_package_says_it_configures_too():
+    """The luci-app's description, in the feed Makefile and in the ipk that
+    `make ipk` builds without the SDK: one text, naming both pages."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("mkipk", os.path.join(fixtures.ROOT, "openwrt-feed", "mkipk.py"))
+    mkipk = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mkipk)
+    with open(os.path.join(fixtures.APP, "Makefile")) as f:
+        fields = dict(re.findall(r"^(LUCI_\w+):=(.*)$", f.read(), re.M))
+    ipk = " ".join(mkipk.DESCRIPTIONS["luci-app-wgrouter"].split())
+    assert ipk == fields["LUCI_DESCRIPTION"]
+    for text in (ipk, fields["LUCI_TITLE"]):
+        assert "configuration" in text.lower() and "status page" not in text.lower()
+
+
 def test_acl_grants_uci_read_and_write_of_wgrouter_only():
     with open(ACL) as f:
         acl = json.load(f)["luci-app-wgrouter"]
@@ -397,26 +417,213 @@ def test_network_is_read_only_where_the_acl_allows_it(chromium):
 
 # ------------------------------------------------------------ status page
 
+LUCI_OBJECT = fakebus.load_contract()["luci_object"]["name"]
 
-def test_status_page_loads_the_contract_snapshot_and_calls_the_methods(chromium):
-    open_status(chromium)
+
+@pytest.fixture
+def served():
+    with router.Router(fixtures.handlers()) as r:
+        yield r
+
+
+def notes(b):
+    return [u[1:] for u in b.evaluate("RECORD.ui") if u[0] == "notification"]
+
+
+def no_stack(text):
+    assert not re.search(r"\bat \w+ \(|\.js:\d+|RPCError|ubus code|error -?\d{3,}|file://|http://", text), text
+
+
+def test_status_page_loads_the_contract_snapshot_and_calls_the_methods(chromium, served):
+    open_status(chromium, served)
     text = chromium.evaluate("document.getElementById('view').textContent")
     for word in ("wireguard_wg0", "203.0.113.10:51820", "recovering", "reresolve", "17.39 MiB",
                  "wg1: was wan, now wanb"):
         assert word in text
     click(chromium, ".cbi-page-actions .cbi-button-apply")
-    buttons = chromium.evaluate("""Array.prototype.map.call(document.querySelectorAll('#wgrouter-status button'),
-        function(b) { return [b.textContent, b.disabled]; })""")
-    assert ["Use", False] in buttons and ["Use", True] in buttons
-    chromium.evaluate("""Array.prototype.filter.call(document.querySelectorAll('#wgrouter-status button'),
-        function(b) { return !b.disabled; })[0].click()""")
-    chromium.evaluate(SETTLE)
+    # "Use" only where it does something: the active WAN says "in use"
+    cells = chromium.evaluate("""Array.prototype.map.call(document.querySelectorAll('#wgrouter-status td[data-title="Switch"]'),
+        function(td) { return td.textContent; })""")
+    assert cells == ["in use", "Use"]
+    click(chromium, '#wgrouter-status td[data-title="Switch"] button')
     click(chromium, ".cbi-page-actions .cbi-button-reset")
     chromium.evaluate("L.standin.poll.step()")
-    rpc = chromium.evaluate("RECORD.rpc")
-    assert rpc == [["wgrouter", "status", {}], ["wgrouter", "reapply", {}], ["wgrouter", "switch", {"wan": "wanb"}],
-                   ["wgrouter", "switch", {"wan": "auto"}], ["wgrouter", "status", {}]]
+    sid = chromium.evaluate("L.env.sessionid")
+    assert chromium.evaluate("RECORD.rpc") == [[LUCI_OBJECT, "status", {}], [LUCI_OBJECT, "reapply", {}],
+                                               [LUCI_OBJECT, "switch", {"wan": "wanb"}],
+                                               [LUCI_OBJECT, "switch", {"wan": "auto"}], [LUCI_OBJECT, "status", {}]]
+    # through uhttpd, which added the session, to the daemon's handlers
+    assert [c[:2] for c in served.web.calls] == [(LUCI_OBJECT, m) for m in
+                                                 ("status", "reapply", "switch", "switch", "status")]
+    assert all(args["ubus_rpc_session"] == sid for _, _, args in served.web.calls)
+    assert served.handlers.calls == [("status",), ("reapply",), ("switch", "wanb"), ("switch", "auto"), ("status",)]
+    assert sorted(n[1] for n in notes(chromium)) == ["Automatic WAN choice restored", "Re-applying all paths",
+                                                     "Switching to wanb"]
+    assert {n[0] for n in notes(chromium)} == {"info"}
     assert chromium.evaluate("RECORD.poll") == [5]
+
+
+def test_status_tables_label_every_cell(chromium, served):
+    open_status(chromium, served)
+    chromium.evaluate("VIEW.handleDiagnose()")
+    tables = chromium.evaluate("""Array.prototype.map.call(document.querySelectorAll('#view table'), function(t) {
+        var head = Array.prototype.map.call(t.querySelectorAll('tr.table-titles th'), function(th) { return th.textContent; });
+        return { head: head, rows: Array.prototype.map.call(t.querySelectorAll('tr:not(.table-titles)'), function(tr) {
+            return Array.prototype.map.call(tr.querySelectorAll('td'), function(td) { return td.getAttribute('data-title'); });
+        }) };
+    })""")
+    assert len(tables) == 3  # peers, WANs, diagnosis
+    for t in tables:
+        assert t["rows"]
+        for titles in t["rows"]:
+            assert titles == t["head"], t
+    # at phone width the theme hides the title row and each value shows its label
+    open_status(chromium, served, width=390, mobile=True)
+    chromium.evaluate("VIEW.handleDiagnose()")
+    assert shots.unlabelled(chromium) == []
+    # the check finds a table built without LuCI's table (no data-title)
+    chromium.evaluate("""document.getElementById('wgrouter-status').appendChild(E('table', { 'class': 'table' }, [
+        E('tr', { 'class': 'tr table-titles' }, [ E('th', { 'class': 'th' }, 'WAN') ]),
+        E('tr', { 'class': 'tr' }, [ E('td', { 'class': 'td' }, 'wan') ]) ]))""")
+    assert shots.unlabelled(chromium) == ["WAN = wan (shown: none)"]
+
+
+def test_status_page_for_a_read_only_login(chromium, served):
+    """LuCI marks the page read-only: no action the login may not take; the
+    diagnosis still runs."""
+    open_status(chromium, served, write=False)
+    buttons = chromium.evaluate("""Array.prototype.map.call(document.querySelectorAll('#view button'),
+        function(b) { return b.textContent; })""")
+    assert buttons == ["Run diagnosis"]
+    heads = chromium.evaluate("""Array.prototype.map.call(document.querySelectorAll('#wgrouter-status th'),
+        function(th) { return th.textContent; })""")
+    assert "Switch" not in heads
+    assert "Read-only access" in chromium.evaluate("document.getElementById('view').textContent")
+    click(chromium, ".cbi-page-actions .cbi-button-neutral")
+    assert served.handlers.calls == [("status",), ("diagnose",)]
+    assert chromium.evaluate("document.querySelectorAll('#wgrouter-diagnosis tr:not(.table-titles)').length") == 3
+
+
+def test_status_page_shows_a_refused_call_in_plain_words(chromium, served):
+    """A page from before the login lost write access: rpcd refuses the
+    call (-32002 from uhttpd), and the page says why, without a stack."""
+    open_status(chromium, served, write=True, sid=served.login(write=False))
+    click(chromium, ".cbi-page-actions .cbi-button-apply")
+    click(chromium, '#wgrouter-status td[data-title="Switch"] button')
+    got = notes(chromium)
+    assert [n[0] for n in got] == ["danger", "danger"]
+    for _, text in got:
+        assert "read-only access to wgrouter" in text
+        no_stack(text)
+    assert ("reapply",) not in served.handlers.calls
+    # the stand-in's rpc.js error does carry the stack, as real LuCI's does
+    raw = chromium.evaluate("""L.standin.rpc.declare({ object: %s, method: 'reapply', reject: true })()
+        .then(function() { return 'resolved'; }, function(e) { return e.message; })""" % json.dumps(LUCI_OBJECT))
+    assert "failed with error -32002: Access denied\n" in raw
+
+
+def test_status_page_when_the_daemon_does_not_take_lucis_calls(chromium):
+    """An object luci.wgrouter without the session argument (ubus status 2
+    for every call uhttpd forwards), and no wgrouter on the bus at all."""
+    with router.Router(legacy=True) as r:
+        open_status(chromium, r)
+        text = chromium.evaluate("document.getElementById('view').textContent")
+        assert "the page and the daemon do not match" in text
+        no_stack(text)
+        assert chromium.evaluate("document.querySelectorAll('#wgrouter-status table').length") == 0
+    with router.Router() as r:
+        open_status(chromium, r)
+        click(chromium, ".cbi-page-actions .cbi-button-apply")
+        click(chromium, ".cbi-page-actions .cbi-button-neutral")
+        text = chromium.evaluate("document.getElementById('view').textContent")
+        assert "wgrouter is not running" in text and "No diagnosis from wgrouter" in text
+        no_stack(text)
+        assert [n[0] for n in notes(chromium)] == ["danger"]
+        assert "Re-applying" not in chromium.evaluate("document.getElementById('maincontent').textContent")
+
+
+def test_diagnose_button_lists_the_findings(chromium, served):
+    open_status(chromium, served)
+    assert chromium.evaluate("document.querySelectorAll('#wgrouter-diagnosis table').length") == 0
+    click(chromium, ".cbi-page-actions .cbi-button-neutral")
+    rows = chromium.evaluate("""Array.prototype.map.call(document.querySelectorAll('#wgrouter-diagnosis tr:not(.table-titles)'),
+        function(tr) { return Array.prototype.map.call(tr.querySelectorAll('td'), function(td) { return td.textContent; }); })""")
+    expected = []
+    for f in fixtures.DIAGNOSIS["findings"]:
+        where = " / ".join(x for x in (f["tunnel"], f["peer"]) if x is not None)
+        expected.append([{"ok": "ok", "warn": "warning"}[f["status"]], where or "-", f["summary"], f["evidence"],
+                         f["fix"] or "-"])
+    assert rows == expected
+    # a diagnosis still running says so, and a second press brings the report
+    served.handlers.diagnosis = {"error": "diagnose still running (5s so far); call again for its report"}
+    click(chromium, ".cbi-page-actions .cbi-button-neutral")
+    assert "still running" in chromium.evaluate("document.getElementById('wgrouter-diagnosis').textContent")
+
+
+# ------------------------------------------------------------ WAN timeline
+
+TIMELINE = """Array.prototype.map.call(document.querySelectorAll('.wgrouter-timeline-row'), function(row) {
+    var bar = row.querySelector('.wgrouter-timeline-bar').getBoundingClientRect().width;
+    return [ row.getAttribute('data-tunnel'), Array.prototype.map.call(row.querySelectorAll('.wgrouter-timeline-seg'),
+        function(s) { return [ s.getAttribute('data-what'), +s.getAttribute('data-from'), +s.getAttribute('data-to'),
+                               s.getBoundingClientRect().width / bar ]; }) ];
+})"""
+
+# what the fixture's history says, read by hand: wan until wan went down 40
+# min ago, wanb until the failback 23 min ago, then wan (wg0 down for a
+# minute 15 min ago; wg1 on wanb again for the last 7 min)
+HOUR = {
+    "wg0": [["wan", -3600, -2400], ["wanb", -2400, -1380], ["wan", -1380, -900], ["down", -900, -840],
+            ["wan", -840, 0]],
+    "wg1": [["wan", -3600, -2400], ["wanb", -2400, -1380], ["wan", -1380, -420], ["wanb", -420, 0]],
+}
+
+
+def timeline(b):
+    got = {}
+    for tunnel, segs in b.evaluate(TIMELINE):
+        got[tunnel] = [s[:3] for s in segs]
+        for what, start, end, share in segs:
+            # each bar is as long as the time it stands for (2 px at least)
+            assert abs(share - (end - start) / 3600.0) < 0.01, (tunnel, what, share)
+    return got
+
+
+def test_timeline_shows_the_wan_of_each_tunnel_over_the_hour(chromium, served):
+    open_status(chromium, served)
+    assert timeline(chromium) == HOUR
+    legend = chromium.evaluate("document.querySelector('.wgrouter-timeline').textContent")
+    for word in ("wan", "wanb", "down", "not known", "1 h ago", "now"):
+        assert word in legend
+
+
+def test_timeline_reaches_back_only_as_far_as_the_events(chromium, served):
+    # a ring that holds the last quarter of an hour only: before its oldest
+    # event nothing is known; wg1's first move there says where it was
+    served.handlers.snapshot = fixtures.status_reply(history=[h for h in fixtures.HISTORY if h[0] <= 900])
+    open_status(chromium, served)
+    assert timeline(chromium) == {
+        "wg0": [["", -3600, -900], ["down", -900, -840], ["wan", -840, 0]],
+        "wg1": [["", -3600, -900], ["wan", -900, -420], ["wanb", -420, 0]],
+    }
+
+
+def test_timeline_reads_the_text_where_an_event_has_no_fields(chromium, served):
+    st = fixtures.status_reply()
+    st["events"] = [{"time": e["time"], "text": e["text"]} for e in st["events"]]
+    fakebus.check_reply("status", st)
+    served.handlers.snapshot = st
+    open_status(chromium, served)
+    assert timeline(chromium) == HOUR
+
+
+def test_timeline_follows_the_poll(chromium, served):
+    open_status(chromium, served)
+    # nothing happened: a tunnel with no transition in the ring stays on its WAN
+    st = fixtures.status_reply(history=[(5400, model.Transition("wg0", None, "none", "wanb", "x"))])
+    served.handlers.snapshot = st
+    chromium.evaluate("L.standin.poll.step()")
+    assert timeline(chromium) == {"wg0": [["wanb", -3600, 0]], "wg1": [["wanb", -3600, 0]]}
 
 
 # ------------------------------------------------------------ screenshots

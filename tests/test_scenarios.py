@@ -93,6 +93,45 @@ def test_carrier_loss_fails_over_to_backup_without_leak(wlab):
     assert p["wan"] == "wanb" and p["keepalive"] == 15  # the backup's keepalive
     log = daemon_log(lab)
     assert "was wan, now wanb" in log and lab.router_wg in log
+    # force_link 0 (the lab's default): netifd reported it, and only that
+    assert lab.netifd.settle()
+    assert [(e["action"], e["interface"]) for e in lab.netifd.hotplug_events
+            if e["time"] >= out.fault_time] == [("ifdown", "wan")]
+
+
+def test_carrier_loss_on_a_static_wan_is_acted_on_from_the_kernels_link_state(wlab):
+    """force_link 1 (proto static's default): netifd sends no event at all,
+    wan keeps its address and routes (marked linkdown); wgrouter moves the
+    tunnel from the kernel's link state, and fails back on the carrier's
+    return after the hold-down, with netifd still silent."""
+    lab = wlab(lab_kwargs={"force_link": True})
+    out = scenarios.carrier_loss(lab, lab.probes, lab.cap)
+    assert out.recovered, daemon_log(lab)
+    assert out.seconds <= CARRIER_BOUND, (out, daemon_log(lab))
+    assert tunnel_wan_after(lab, out.fault_time + out.seconds) == "wanb"
+    assert lab.cap.leaks(since=out.fault_time - 1) == []
+    assert lab.netifd.settle()
+    assert [e for e in lab.netifd.hotplug_events if e["time"] >= out.fault_time] == []
+    assert "10.0.1.2/24" in lab.ip("router", "-4", "addr", "show", "dev", "wan").stdout
+    assert "default via 10.0.1.1 proto static metric 10 linkdown" in lab.ip(
+        "router", "route", "show", "dev", "wan").stdout
+    # wgrouter's host route, in its own route protocol, beats the linkdown default
+    vpn = topology.VPN_ADDRESSES[0]
+    assert host_routes(lab, vpn) == ["%s via 100.64.2.1 dev wanb proto 119 " % vpn]
+    assert observe.route_device(lab, vpn) == "wanb"
+    assert scenarios.peer_status(lab)["wan"] == "wanb"
+    # (which WAN the tunnel's packets take is not the figure here: wan kept
+    # its address, so the kernel sends what it held for wan's gateway when
+    # the carrier returns, the server roams back to wan's address, and
+    # wireguard-go's sticky source follows it; kernel WireGuard drops a
+    # cached source whose device is not the route's, linux socket.c)
+    t = faults.carrier_return(lab, "wan")
+    hold = scenarios.LAB_HOLDDOWN
+    scenarios.wait_state(lab, lambda p: p.get("wan") == "wan", (hold + 5) * SCALE)
+    assert time.time() - t >= hold - 0.5
+    assert host_routes(lab, vpn) == ["%s via 10.0.1.1 dev wan proto 119 " % vpn]
+    assert [e for e in lab.netifd.hotplug_events if e["time"] >= out.fault_time] == []
+    assert lab.cap.leaks(since=out.fault_time - 1) == []
 
 
 def test_silent_upstream_failure_recovered_within_three_checks(wlab):

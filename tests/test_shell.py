@@ -224,7 +224,7 @@ def test_reconfigure_and_cleanup(sh, kernel_calls):
     assert kicks == [("wg5", "10.5.0.1")] and fake.commands("conntrack") == []
     fake.calls.clear()
     assert s.cleanup() == []
-    assert fake.calls == [["ip", "route", "del", "198.51.100.7/32"]]
+    assert fake.calls == [["ip", "route", "del", "198.51.100.7/32", "proto", "119"]]
 
 
 def test_state_path_option(tmp_path):

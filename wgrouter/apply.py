@@ -6,7 +6,10 @@ old one atomically, stale conntrack entries go before the endpoint is set
 again, the old route goes last, and one datagram through the tunnel starts
 a handshake at once.  Every host route and ip rule wgrouter adds is recorded
 in a JSON state file, so a restarted daemon removes only what it added and
-never adds a rule twice.
+never adds a rule twice.  Host routes carry a route protocol of their own
+(ROUTE_PROTO), so that they can be told from netifd's (``proto static``)
+by ``ip route`` and by ``wgrouter diagnose``, and a delete can only take
+wgrouter's route.
 """
 
 import json
@@ -35,6 +38,16 @@ RULE_PREF = 990
 GONE = ("No such process", "No such file", "FIB table does not exist")
 # The discard port: the datagram only has to enter the tunnel.
 KICK_PORT = 9
+# The route protocol of wgrouter's host routes.  netifd's own routes, its
+# pinned endpoint route included, are RTPROT_STATIC (4); 119 (0x77, "w") is
+# neither a kernel RTPROT_* value nor a name in iproute2's rt_protos.
+# `ip route` shows the number, or "wgrouter" with the line "119 wgrouter" in
+# /etc/iproute2/rt_protos.
+ROUTE_PROTO = 119
+ROUTE_PROTO_NAME = "wgrouter"
+# What versions before ROUTE_PROTO gave their host routes: a record of
+# applied.json without a "proto" was added so (adopted after an upgrade).
+LEGACY_PROTO = "static"
 
 
 def _host(address):
@@ -56,11 +69,22 @@ def route_replace_argv(address, device, gateway, table):
     argv = _ip(address, "route", "replace", _host(address))
     if gateway:
         argv += ["via", gateway]
-    return argv + ["dev", device] + _table_args(table) + ["proto", "static"]
+    return argv + ["dev", device] + _table_args(table) + ["proto", str(ROUTE_PROTO)]
 
 
-def route_del_argv(address, table):
-    return _ip(address, "route", "del", _host(address)) + _table_args(table)
+def route_del_argv(address, table, proto=ROUTE_PROTO, device=None, gateway=None):
+    """Delete wgrouter's host route only: the kernel matches the protocol,
+    so netifd's route to the same endpoint (proto static) stays.  A route
+    an earlier version added as proto static is named by its device and
+    gateway as well, which netifd's pin through another WAN does not share."""
+    argv = _ip(address, "route", "del", _host(address)) + _table_args(table)
+    argv += ["proto", str(proto)]
+    if str(proto) == LEGACY_PROTO:
+        if gateway:
+            argv += ["via", gateway]
+        if device:
+            argv += ["dev", device]
+    return argv
 
 
 def rule_argv(verb, address, table):
@@ -133,8 +157,10 @@ def _rule_record(r):
 class State:
     """The host routes and rules wgrouter added, as a JSON file.
 
-    routes: {"ADDR table": {"address", "table", "device", "gateway", "owners": [[tunnel, key], ...]}}
-            (no owners: nobody uses it, but deleting it failed; it is retried)
+    routes: {"ADDR table": {"address", "table", "device", "gateway", "proto",
+                            "owners": [[tunnel, key], ...]}}
+            (no owners: nobody uses it, but deleting it failed; it is retried;
+            no proto: an earlier version added it as proto static)
     rules:  {"ADDR table": {"address", "table", "pref"}}
     """
 
@@ -245,7 +271,8 @@ class Applier:
             self._run(rule_argv("del", address, table), ok_err=GONE)
             del self.state.rules[key]
             steps.append("rule del %s" % key)
-        self._run(route_del_argv(address, table), ok_err=GONE)
+        self._run(route_del_argv(address, table, record.get("proto", LEGACY_PROTO),
+                                 record.get("device"), record.get("gateway")), ok_err=GONE)
         del self.state.routes[key]
         steps.append("route del %s" % key)
 
@@ -305,6 +332,9 @@ class Applier:
                     "table": a.table,
                     "device": a.device,
                     "gateway": a.gateway,
+                    # `replace` took the earlier route's place (same
+                    # destination, table and metric) whatever its protocol
+                    "proto": ROUTE_PROTO,
                     "owners": [list(o) for o in owners],
                 }
                 steps.append("route %s" % key)

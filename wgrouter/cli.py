@@ -1,4 +1,4 @@
-"""Command line: run, status, apply, switch, check-config, diagnose, setup."""
+"""Command line: run, status, apply, switch, check-config, diagnose, setup, relay-server, relay-client."""
 
 import argparse
 import json
@@ -56,6 +56,9 @@ def cmd_check_config(args):
         return 1
     print("configuration ok: %d WAN(s) (%s), %d tunnel(s), %d peer(s)" % (
         len(cfg.wans), ", ".join(w.name for w in cfg.wans), len(cfg.tunnels), peers))
+    for peer in cfg.peers():
+        for relay in peer.relays:
+            print("tunnel '%s', peer '%s': TCP relay %s (udp-over-tcp framing)" % (peer.tunnel, peer.label, relay))
     return 0
 
 
@@ -169,6 +172,33 @@ def cmd_diagnose(args):
     return diagnose.main(_root(args), as_json=args.json)
 
 
+def cmd_relay_server(args):
+    from wgrouter import relay
+    p = relay.server_parser(argparse.ArgumentParser(prog="wgrouter relay-server", description=_RELAY_SERVER))
+    return relay.server_main(p.parse_args(args))
+
+
+def cmd_relay_client(args):
+    from wgrouter import relay
+    p = relay.client_parser(argparse.ArgumentParser(prog="wgrouter relay-client", description=_RELAY_CLIENT))
+    return relay.client_main(p.parse_args(args))
+
+
+_RELAY_SERVER = "WireGuard over TCP: the relay on a VPN server (udp-over-tcp framing, one UDP target only)"
+_RELAY_CLIENT = "WireGuard over TCP: one relay client in its own process (commands on stdin)"
+
+
+_RELAY_COMMANDS = {"relay-server": (_RELAY_SERVER, cmd_relay_server),
+                   "relay-client": (_RELAY_CLIENT, cmd_relay_client)}
+
+
+def _relay_parsers(sub):
+    # listed here for --help; main() hands their arguments to the relay
+    # module, imported only when a relay command runs
+    for name, (text, _) in _RELAY_COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=False)
+
+
 def build_parser():
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--root", default=argparse.SUPPRESS,
@@ -201,9 +231,13 @@ def build_parser():
     d = sub.add_parser("diagnose", parents=[common], help="run the WireGuard troubleshooting checklist")
     d.add_argument("--json", action="store_true")
     d.set_defaults(func=cmd_diagnose)
+    _relay_parsers(sub)
     return p
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in _RELAY_COMMANDS:
+        return _RELAY_COMMANDS[argv[0]][1](argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)

@@ -422,6 +422,7 @@ class _Builder:
         self.wfile = wgrouter_file
         self.usb_net = usb_net
         self.interfaces = {s.name: s for s in network if s.type == "interface" and s.name}
+        self.relays: typing.Dict[typing.Tuple[str, str], typing.Tuple[model.Endpoint, ...]] = {}
 
     def opts(self, section: uci.Section) -> _Options:
         return _Options(self.report, self.wfile, section)
@@ -696,7 +697,7 @@ class _Builder:
             if section.type != "peer":
                 continue
             o = self.opts(section)
-            o.known(["tunnel", "public_key", "section", "endpoint", "probe"])
+            o.known(["tunnel", "public_key", "section", "endpoint", "probe", "relay"])
             tunnel = o.text("tunnel")
             key = o.text("public_key")
             ref = o.text("section")
@@ -706,6 +707,7 @@ class _Builder:
                     endpoints.append(parse_endpoint(item))
                 except ValueError as e:
                     o.error("endpoint", "'%s' %s" % (item, e))
+            relays = self.relay_list(o)
             probe = o.text("probe")
             if probe is not None and not o.ip("probe", probe):
                 probe = None
@@ -743,7 +745,25 @@ class _Builder:
             if _Options(_Report(), self.nfile, match[0]).boolean("disabled", False):
                 o.warn(None, "peer '%s' of '%s' is disabled in %s" % (match[0].ref, tunnel, self.nfile))
             result[target] = (endpoints, own)
+            self.relays[target] = relays
         return result
+
+    def relay_list(self, o: _Options) -> typing.Tuple[model.Endpoint, ...]:
+        """`list relay 'host:port'`: TCP relays of the peer (udp-over-tcp
+        framing), in order; a name stays text, resolved when used."""
+        relays = []
+        for item in o.words("relay"):
+            try:
+                relay = parse_endpoint(item, default_port=0)
+            except ValueError as e:
+                o.error("relay", "'%s' %s" % (item, e))
+                continue
+            if relay.port == 0:
+                o.error("relay", "'%s' has no port: write host:port (tcp2udp and Mullvad's relays listen on "
+                        "443, 80 or 5001)" % item)
+                continue
+            relays.append(relay)
+        return tuple(relays)
 
     def tunnel_interface(self, section: uci.Section, name: str) -> typing.Optional[uci.Section]:
         o = self.opts(section)
@@ -775,6 +795,7 @@ class _Builder:
                 o.error(None, "tunnel '%s' is already given" % name)
                 continue
             enabled = o.boolean("enabled", True)
+            relays = self.relay_list(o)
             probe = o.text("probe")
             if probe is not None and not o.ip("probe", probe):
                 probe = None
@@ -822,6 +843,8 @@ class _Builder:
                 peer = self.netifd_peer(name, section, endpoints)
                 if peer is None:
                     continue
+                if self.relays.get((name, section.ref)):
+                    peer = dataclasses.replace(peer, relays=self.relays[(name, section.ref)])
                 every[peer.section] = (peer.allowed_ips, own)
                 if peer.public_key in keys:
                     self.report.error(self.nfile, section, "public_key", "'%s' is also the key of peer '%s'"

@@ -16,6 +16,7 @@ import dataclasses
 import ipaddress
 import json
 import os
+import socket
 import sys
 import time
 import typing
@@ -81,6 +82,7 @@ class Facts:
     wg_error: typing.Optional[str] = None
     # endpoint address -> {"dev", "gateway", "prefsrc", "type", "error", "text"}
     routes: dict = dataclasses.field(default_factory=dict)
+    kernel_routes: list = dataclasses.field(default_factory=list)  # netlink.dump_routes()
     # host name -> {wan name: {"addresses": [...]} or {"error": str}}
     dns: dict = dataclasses.field(default_factory=dict)
     # (address, port) -> {"entries": [dict], "error": str|None}
@@ -237,7 +239,7 @@ def gather(root, config, runner, dumps=None, sysctls=None):
 
     facts = Facts()
     links, addrs, routes = (dumps or _dumps)()
-    facts.links, facts.addrs = links, addrs
+    facts.links, facts.addrs, facts.kernel_routes = links, addrs, routes
     facts.wans = kernel.wan_states(config.wans, links, addrs, routes, mwan3=config.settings.mwan3)
     present = {link["ifname"] for link in links}
 
@@ -488,6 +490,74 @@ def check_endpoint_dns(peer, info, facts):
                    **who)
 
 
+# Route protocols as `ip route` names them (iproute2 rt_protos), and ours.
+_PROTO_NAMES = {2: "kernel", 3: "boot", 4: "static", 16: "dhcp"}
+_NETIFD_PROTO = 4  # RTPROT_STATIC: every route netifd adds (netifd system-linux.c system_rt)
+
+
+def _proto_name(number):
+    from wgrouter import apply
+    if number == apply.ROUTE_PROTO:
+        return "%d (%s)" % (number, apply.ROUTE_PROTO_NAME)
+    return _PROTO_NAMES.get(number, str(number))
+
+
+def _route_text(facts, route):
+    dev = _device_name(facts.links, route["oif"]) if route.get("oif") else None
+    words = ["%s/%d" % (route["dst"], route["dst_len"])]
+    if route.get("gateway"):
+        words += ["via", route["gateway"]]
+    if dev:
+        words += ["dev", dev]
+    if route.get("table") not in (None, 254):
+        words += ["table", str(route["table"])]
+    words += ["proto", _proto_name(route["protocol"]), "metric", str(route.get("metric", 0))]
+    return " ".join(words)
+
+
+def check_host_routes(peer, address, facts):
+    """Whose host routes pin the endpoint: wgrouter's carry its own route
+    protocol, netifd's are proto static (its host dependency, left in place
+    by nohostroute 0); anything else was added by someone else."""
+    from wgrouter import apply
+    who = dict(tunnel=peer.tunnel, peer=peer.label)
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    full = 128 if family == socket.AF_INET6 else 32
+    routes = [r for r in facts.kernel_routes
+              if r.get("family") == family and r.get("dst") == address and r.get("dst_len") == full
+              and r.get("type") == "unicast"]
+    if not routes:
+        return []
+    ours = [r for r in routes if r["protocol"] == apply.ROUTE_PROTO]
+    netifd = [r for r in routes if r["protocol"] == _NETIFD_PROTO]
+    other = [r for r in routes if r not in ours and r not in netifd]
+    results = []
+    if ours:
+        results.append(finding("hostroute", OK, "the endpoint %s is pinned by wgrouter's host route" % address,
+                               "; ".join(_route_text(facts, r) for r in ours), None, **who))
+    if netifd:
+        results.append(finding(
+            "hostroute", WARN, "netifd pins the endpoint %s too (proto static%s)" % (
+                address, "; it stays when wgrouter stops" if ours else ""),
+            "; ".join(_route_text(facts, r) for r in netifd)
+            + " (proto static is netifd's, or a wgrouter before %s-numbered routes left it)" % apply.ROUTE_PROTO,
+            "set option nohostroute '1' on interface '%s' in /etc/config/network, then ifup %s"
+            % (peer.tunnel, peer.tunnel), **who))
+    if other:
+        results.append(finding(
+            "hostroute", WARN, "a host route to the endpoint %s is neither wgrouter's nor netifd's" % address,
+            "; ".join(_route_text(facts, r) for r in other),
+            "remove it if it was added by hand (ip route del %s/%d proto ...)" % (address, full), **who))
+    return results
+
+
+def _device_name(links, ifindex):
+    for link in links:
+        if link.get("ifindex") == ifindex:
+            return link.get("ifname")
+    return None
+
+
 def check_route(config, peer, info, facts):
     """Which WAN the kernel uses for the endpoint; loops through a tunnel."""
     who = dict(tunnel=peer.tunnel, peer=peer.label)
@@ -536,6 +606,7 @@ def check_route(config, peer, info, facts):
             "AllowedIPs %s cover the endpoint; a more specific route keeps it on %s" % (
                 ", ".join(covering), route["dev"]), evidence,
             None if wan is not None else "pin the endpoint with a host route via a WAN", **who))
+    results.extend(check_host_routes(peer, address, facts))
     return wan, results
 
 

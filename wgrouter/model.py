@@ -17,7 +17,8 @@ import typing
 
 @dataclasses.dataclass(frozen=True)
 class Endpoint:
-    """One way to reach a peer: a host name or IP literal, and a UDP port."""
+    """One way to reach a peer: a host name or IP literal, and a UDP port
+    (a TCP port for a relay)."""
 
     host: str
     port: int = 51820
@@ -43,6 +44,9 @@ class Peer:
     allowed_ips: typing.Tuple[str, ...] = ()
     keepalive: int = 0  # netifd persistent_keepalive, 0 = off
     probe: typing.Optional[str] = None  # in-tunnel probe target (IP)
+    # TCP relays (udp-over-tcp framing, `list relay` of its `config peer`),
+    # in order; a host name stays text until it is resolved
+    relays: typing.Tuple[Endpoint, ...] = ()
 
     @property
     def key(self) -> typing.Tuple[str, str]:

@@ -1,11 +1,12 @@
 """Demo: cut the primary WAN under a running tunnel and print what happened.
 
-    python3 -m tests.lab.demo [--mode baseline|wgrouter] [--mwan3]
-                              [--watch 20] [--return-after 15]
+    python3 -m tests.lab.demo [--mode baseline|wgrouter] [--wan dhcp|static]
+                              [--mwan3] [--watch 20] [--return-after 15]
 
 Builds the lab, starts the tunnel (stock baseline or wgrouter), streams
 probes lan -> 10.99.0.1 every 20 ms, cuts wan's carrier, later gives it
-back, and prints one timeline: faults, netifd and hotplug events, probe
+back, and prints one timeline: faults, netifd's log and its hotplug events
+(the scripts' runs too where there are scripts), probe
 loss and recovery, which WAN carries the WireGuard UDP, clear-text leaks.
 Needs root.  Everything is torn down at the end, also on Ctrl-C.
 """
@@ -37,6 +38,9 @@ def timeline(lab, ps, cap, t0):
         rows.append((t, "FAULT    %s %s" % (name, detail)))
     for t, text in lab.netifd.events:
         rows.append((t, "netifd   %s" % text))
+    for ev in lab.netifd.hotplug_events:
+        rows.append((ev["time"], "event    %s %s%s" % (
+            ev["action"], ev["interface"], " DEVICE=%s" % ev["device"] if ev["device"] else "")))
     for run in lab.netifd.hotplug_runs:
         rows.append((run["time"], "hotplug  %s %s %s -> rc %s (%.2fs)" % (
             run["script"], run["action"], run["interface"], run["rc"], run["duration"])))
@@ -75,20 +79,20 @@ def timeline(lab, ps, cap, t0):
     return [(t - t0, text) for t, text in rows]
 
 
-def run(mode, mwan3, watch, return_after, ifupdate_every, out=sys.stdout):
+def run(mode, mwan3, watch, return_after, wan="dhcp", out=sys.stdout):
     def say(text):
         print(text, file=out, flush=True)
 
-    with topology.Lab(mwan3=mwan3) as lab:
-        say("lab %s built (mwan3=%s); router wg device %s" % (lab.prefix, mwan3, lab.router_wg))
+    with topology.Lab(mwan3=mwan3, force_link=(wan == "static")) as lab:
+        say("lab %s built (mwan3=%s, %s WANs: force_link %d); router wg device %s" % (
+            lab.prefix, mwan3, wan, wan == "static", lab.router_wg))
         cap = observe.Capture(lab)
         if mode == "wgrouter":
             lab.start_wgrouter()
             say("wgrouter started, log %s" % lab.wgrouter_log)
         else:
-            lab.start_baseline(update_every=ifupdate_every)
-            say("stock baseline: netifd host dependency + wireguard_watchdog"
-                " (ifupdate events every %ss)" % ifupdate_every)
+            lab.start_baseline()
+            say("stock baseline: netifd host dependency + wireguard_watchdog")
         ps = observe.ProbeStream(lab)
         t_start = time.time()
         d = ps.wait_reply_after(t_start, 20)
@@ -142,16 +146,17 @@ def main(argv=None):
     ap.add_argument("--watch", type=float, default=20, help="seconds to watch after the cut")
     ap.add_argument("--return-after", type=float, default=15,
                     help="give wan back this many seconds after the cut (0: never)")
-    ap.add_argument("--ifupdate-every", type=float, default=10,
-                    help="baseline: seconds between ifupdate events (DHCP renewals, LTE "
-                         "modem updates), the events a stock host dependency waits for")
+    ap.add_argument("--wan", choices=("dhcp", "static"), default="dhcp",
+                    help="dhcp: WANs with force_link 0, as dhcp and pppoe have it (netifd "
+                         "takes a WAN down on carrier loss); static: proto static's "
+                         "force_link 1 (the WAN stays up, its routes marked linkdown)")
     args = ap.parse_args(argv)
     reason = topology.can_run()
     if reason:
         print("demo cannot run: %s" % reason, file=sys.stderr)
         return 2
     mode = args.mode or ("wgrouter" if wgrouter_available() else "baseline")
-    return run(mode, args.mwan3, args.watch, args.return_after, args.ifupdate_every)
+    return run(mode, args.mwan3, args.watch, args.return_after, args.wan)
 
 
 if __name__ == "__main__":

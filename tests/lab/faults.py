@@ -23,11 +23,13 @@ def _isp(wan):
 
 
 def carrier_loss(lab, wan="wan"):
-    """The ISP side of the WAN's link goes down; the router sees NO-CARRIER
-    and netifd reacts with ifdown."""
+    """The ISP side of the WAN's link goes down; the router sees NO-CARRIER.
+    netifd reacts as the WAN's force_link says (Lab(force_link=...)): with
+    force_link 0 (dhcp, pppoe) an ifdown, with 1 (proto static's default)
+    nothing but a log line, the routes left in place and marked linkdown."""
     lab.ip(_isp(wan), "link", "set", "dev", "cpe", "down")
     t = _record(lab, "carrier_loss", wan)
-    lab.netifd.ifdown(wan)
+    lab.netifd.carrier(wan, False)
     return t
 
 
@@ -41,7 +43,7 @@ def carrier_return(lab, wan="wan"):
                                                      topology.WANS[wan]["device"]).stdout, 5,
                  step=0.02)
     t = _record(lab, "carrier_return", wan)
-    lab.netifd.ifup(wan)
+    lab.netifd.carrier(wan, True)
     return t
 
 
@@ -66,6 +68,43 @@ table inet labfault {
 def restore_upstream(lab, wan="wan"):
     lab.run(_isp(wan), "nft", "delete", "table", "inet", "labfault", check=False)
     return _record(lab, "restore_upstream", wan)
+
+
+def udp_blocked_everywhere(lab):
+    """Both ISPs drop every UDP datagram they forward, either way and in
+    both families, except DNS to and from the lab resolver: a hotel or
+    guest network that passes only TCP (and its own DNS).  Its own table, so
+    it combines with a silent failure."""
+    for wan in topology.WANS:
+        lab.nft(_isp(wan), """
+table inet labudp
+delete table inet labudp
+table inet labudp {
+    chain forward {
+        type filter hook forward priority filter; policy accept;
+        ip daddr %(dns)s udp dport 53 accept
+        ip saddr %(dns)s udp sport 53 accept
+        meta l4proto udp counter drop
+    }
+}
+""" % {"dns": topology.DNS_SERVER})
+    return _record(lab, "udp_blocked_everywhere")
+
+
+def udp_unblocked(lab):
+    for wan in topology.WANS:
+        lab.run(_isp(wan), "nft", "delete", "table", "inet", "labudp", check=False)
+    return _record(lab, "udp_unblocked")
+
+
+def udp_blocked_dropped(lab):
+    """UDP datagrams the ISPs dropped so far for udp_blocked_everywhere."""
+    total = 0
+    for wan in topology.WANS:
+        r = lab.run(_isp(wan), "nft", "list", "table", "inet", "labudp", check=False)
+        words = r.stdout.split()
+        total += sum(int(n) for before, n in zip(words, words[1:]) if before == "packets")
+    return total
 
 
 def dropped(lab, wan="wan"):
@@ -119,8 +158,8 @@ def both_down(lab):
     lab.ip("ispa", "link", "set", "dev", "cpe", "down")
     lab.ip("ispb", "link", "set", "dev", "cpe", "down")
     t = _record(lab, "both_down")
-    lab.netifd.ifdown("wan")
-    lab.netifd.ifdown("wanb")
+    lab.netifd.carrier("wan", False)
+    lab.netifd.carrier("wanb", False)
     return t
 
 

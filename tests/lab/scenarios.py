@@ -6,6 +6,12 @@ and returns an Outcome: seconds from the fault to the first reply through the
 tunnel (or, for failback, to the first tunnel packet on the primary WAN).
 Where nothing recovers within ``limit`` the Outcome says so and carries the
 limit as its figure.
+
+A scenario's name says which WAN variant it uses where that matters
+(``_dhcp``: force_link 0, netifd takes the WAN down on carrier loss;
+``_static``: proto static's force_link 1, netifd does not; see
+tests/lab/netifd.py).  The functions are the same: the variant is the lab's
+(SETUP).
 """
 
 import dataclasses
@@ -164,18 +170,21 @@ def ipv6_carrier_loss(lab, probes, cap, limit=30.0):
 
 
 ALL = {
-    "carrier_loss": carrier_loss,
+    "carrier_loss_dhcp": carrier_loss,
+    "carrier_loss_static": carrier_loss,
     "silent_failure": silent_failure,
-    "udp_blocked_backup": udp_blocked_backup,
+    "udp_blocked_backup_dhcp": udp_blocked_backup,
     "dns_move": dns_move,
     "cgnat_nat_loss": cgnat_nat_loss,
-    "failback": failback,
-    "ipv6_carrier_loss": ipv6_carrier_loss,
+    "failback_dhcp": failback,
+    "ipv6_carrier_loss_dhcp": ipv6_carrier_loss,
 }
 
-# Lab and start options a scenario needs, for wgrouter and the baseline alike.
+# Lab and start options a scenario needs, for wgrouter and the baseline alike
+# (the lab's default is force_link 0, the _dhcp variant).
 SETUP = {
-    "ipv6_carrier_loss": ({"ipv6": True}, {"endpoint_host": topology.VPN_ADDRESSES6[0]}),
+    "carrier_loss_static": ({"force_link": True}, {}),
+    "ipv6_carrier_loss_dhcp": ({"ipv6": True}, {"endpoint_host": topology.VPN_ADDRESSES6[0]}),
 }
 
 
@@ -194,6 +203,7 @@ def run(name, mode, limit=None, lab_kwargs=None, start_kwargs=None):
         try:
             kw = {} if limit is None else {"limit": limit}
             out = fn(lab, probes, cap, **kw)
+            out.name = name
             leaks = cap.leaks(since=out.fault_time)
             out.notes["leaks"] = len(leaks)
             if probes6 is not None:

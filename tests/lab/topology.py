@@ -82,6 +82,7 @@ TUNNEL_ROUTER6 = "fd00:200::2"
 TUNNEL_NET6 = "fd00:200::/64"
 VPN_PORT = 51820
 VPN_ALT_PORT = 443
+RELAY_PORT = 443  # TCP: Lab(relay_server=True) runs `wgrouter relay-server` there
 REMOTE_NET = "10.99.0.0/24"
 PROBE_TARGET = "10.99.0.1"
 TUNNEL_VPN = "10.200.0.1"
@@ -170,10 +171,16 @@ class Lab:
     tuple of WAN names that get IPv6; ``ipv6_wans`` says which did.
     unnamed_devices: WANs whose device no config file names (a Wi-Fi client
     uplink), so wgrouter has to learn it from netifd's ifup event.
+    relay_server: the VPN server also runs ``wgrouter relay-server`` (WireGuard
+    over TCP) on RELAY_PORT/TCP, forwarding to its WireGuard port.
+    force_link: False (the default) writes ``option force_link '0'`` on the
+    WANs, as a dhcp or pppoe WAN has it: netifd takes a WAN down on carrier
+    loss.  True leaves proto static's own default, force_link 1: a carrier
+    loss leaves the WAN up, its routes marked linkdown (tests/lab/netifd.py).
     """
 
     def __init__(self, prefix=None, mwan3=False, keepalive=25, dns_ttl=5, keep_tmp=False,
-                 ipv6=False, unnamed_devices=()):
+                 ipv6=False, unnamed_devices=(), relay_server=False, force_link=False):
         self.prefix = prefix or new_prefix()
         self.ipv6_wans = _ipv6_wans(ipv6)
         self.mwan3 = mwan3
@@ -202,7 +209,10 @@ class Lab:
         # WANs whose device neither config file names (a Wi-Fi client uplink):
         # wgrouter learns it from the stand-in netifd's ifup event
         self.unnamed_devices = tuple(unnamed_devices)
+        self.force_link = force_link
         self.mwan3_members6 = []
+        self.relay_server = relay_server
+        self.relay_server_proc = None
         self._dnsmasq = None
         self._built = False
         self._lock = threading.Lock()
@@ -328,6 +338,8 @@ class Lab:
         self._keys()
         self._dns()
         self._vpn_wg()
+        if self.relay_server:
+            self.start_relay_server()
         self.write_network_config()
         from tests.lab import netifd
         self.netifd = netifd.NetifdStandin(self, mode="stock", hotplug_dir=None)
@@ -359,8 +371,9 @@ class Lab:
         ip("router", "addr", "add", LAN_ROUTER + "/24", "dev", "lan")
         for w in WANS.values():
             ip("router", "addr", "add", w["address"], "dev", w["device"])
+            # netifd's routes are RTPROT_STATIC (netifd system-linux.c system_rt)
             ip("router", "route", "add", "default", "via", w["gateway"], "dev", w["device"],
-               "metric", w["metric"])
+               "metric", w["metric"], "proto", "static")
         ip("ispa", "addr", "add", "10.0.1.1/24", "dev", "cpe")
         ip("ispa", "addr", "add", ISPA_UP + "/24", "dev", "uplink")
         ip("ispa", "route", "add", "default", "via", ISPA_INET)
@@ -408,7 +421,7 @@ class Lab:
         dev = w["device"]
         self.ip("router", "-6", "addr", "replace", w["address6"], "dev", dev, "nodad")
         self.ip("router", "-6", "route", "replace", "default", "via", w["gateway6"], "dev", dev,
-                "metric", w["metric"])
+                "metric", w["metric"], "proto", "static")
         if self.mwan3:
             self.ip("router", "-6", "route", "replace", "default", "via", w["gateway6"],
                     "dev", dev, "table", w["table6"])
@@ -718,6 +731,20 @@ add rule ip isp srcnat oifname "uplink" snat to %s
         if self.ipv6_wans:
             self.ip("vpn", "-6", "route", "add", LAN_NET6, "dev", dev)
 
+    def start_relay_server(self, port=RELAY_PORT):
+        """`wgrouter relay-server` on the server: TCP PORT on every address,
+        forwarding to the server's WireGuard on 127.0.0.1:VPN_PORT only."""
+        env = dict(os.environ)
+        env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+        self.relay_server_log = self.log("relay-server.log")
+        self.relay_server_proc = self.popen(
+            "vpn", sys.executable, "-m", "wgrouter", "relay-server", "--listen", "0.0.0.0:%d" % port,
+            "--forward", "127.0.0.1:%d" % VPN_PORT, cwd=REPO, env=env,
+            stdout=open(self.relay_server_log, "a"), stderr=subprocess.STDOUT)
+        self._wait(lambda: "listening on" in open(self.relay_server_log).read(), 10,
+                   "relay-server did not start")
+        return self.relay_server_proc
+
     def vpn_endpoint(self):
         """The router's address:port as the server sees it (``wg show`` on vpn)."""
         r = self.run("vpn", "wg", "show", self.vpn_wg, "endpoints")
@@ -758,6 +785,7 @@ add rule ip isp srcnat oifname "uplink" snat to %s
                 *self._device_option(name), ("proto", "static"), ("ipaddr", addr),
                 ("netmask", _netmask(int(plen))), ("gateway", w["gateway"]),
                 ("metric", str(w["metric"])), ("dns", DNS_SERVER)]
+                + ([] if self.force_link else [("force_link", "0")])
                 + ([("ip6addr", w["address6"]), ("ip6gw", w["gateway6"])]
                    if name in self.ipv6_wans else [])))
         sections.append(("interface", self.router_wg, wg))
@@ -807,16 +835,15 @@ add rule ip isp srcnat oifname "uplink" snat to %s
 
     # ------------------------------------------------------------ modes
 
-    def start_baseline(self, watchdog_interval=60, stale_after=150, update_every=None,
-                       endpoint_host=None):
+    def start_baseline(self, watchdog_interval=60, stale_after=150, endpoint_host=None):
         """Stock OpenWrt: netifd with the host dependency + wireguard_watchdog.
         endpoint_host: netifd's endpoint_host (default: the vpn's DNS name;
         an IPv6 literal or "vpn6.lab.test" in an ipv6 lab)."""
         from tests.lab import baseline
         net = {"endpoint_host": endpoint_host} if endpoint_host else {}
         self.write_network_config(nohostroute=False, **net)
-        self.netifd.configure(mode="stock", hotplug_dir=None, update_every=update_every)
-        self.netifd.setup_tunnel()
+        self.netifd.configure(mode="stock", hotplug_dir=None)
+        self.netifd.boot()
         self.watchdog = baseline.Watchdog(self, interval=watchdog_interval,
                                           stale_after=stale_after)
         self.watchdog.start()
@@ -834,7 +861,7 @@ add rule ip isp srcnat oifname "uplink" snat to %s
         self.write_network_config(nohostroute=True, **net)
         self.write_wgrouter_config(**config)
         self.netifd.configure(mode="wgrouter", hotplug_dir=hotplug_dir)
-        self.netifd.setup_tunnel()
+        self.netifd.boot()
         env = dict(os.environ)
         env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
         env["WGROUTER_ROOT"] = self.root

@@ -23,7 +23,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--disable-extensions", "--disable-default-apps", "--mute-audio", "--hide-scrollbars",
-         "--remote-debugging-pipe"]
+         "--remote-debugging-pipe", "--no-proxy-server"]
 
 
 class BrowserError(RuntimeError):
@@ -131,12 +131,18 @@ class Browser:
 
     # ------------------------------------------------ page
 
-    def open(self, html):
-        path = os.path.join(self.tmp, "page.html")
-        with open(path, "w") as f:
-            f.write(html)
+    def open(self, html, router=None):
+        """Load the page: from a file, or served by ``router`` (a
+        router.Router, whose /ubus the page's rpc calls then reach)."""
+        if router is not None:
+            router.page = html
+            url = router.url + "/cgi-bin/luci/admin/status/wgrouter"
+        else:
+            url = "file://" + os.path.join(self.tmp, "page.html")
+            with open(url[len("file://"):], "w") as f:
+                f.write(html)
         self.events = [e for e in self.events if e.get("method") != "Page.loadEventFired"]
-        self.send("Page.navigate", {"url": "file://" + path}, session=True)
+        self.send("Page.navigate", {"url": url}, session=True)
         self.wait_event("Page.loadEventFired")
         self.evaluate("window.VIEW_READY")
         errors = self.evaluate("RECORD.errors")

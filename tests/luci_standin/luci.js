@@ -11,8 +11,9 @@
  * handle (mousedown, dragstart, dragenter, dragover, drop).
  *
  * The page that loads this file sets window.STANDIN = { uci: {config: [sections]},
- * rpc: {method: reply}, acl: {read, write} } first; everything the view
- * asks of uci, rpc and ui is recorded in window.RECORD. */
+ * ubus: URL of the ubus JSON-RPC endpoint, sessionid, acl: {read, write} }
+ * first; everything the view asks of uci, rpc and ui is recorded in
+ * window.RECORD. */
 (function(window, document) {
 'use strict';
 
@@ -207,8 +208,58 @@ var L = window.L = {
 	/* luci.js hasViewPermission: false when the menu node of the page is only
 	 * readable by the session's ACLs (nodespec.readonly) */
 	hasViewPermission: function() { return !(STANDIN.acl && STANDIN.acl.write === false); },
-	raise: function(type, fmt) { var e = new Error(fmt); e.name = type; throw e; },
+	/* luci.js raise(type, fmt, ...): the message formatted, and the stack
+	 * of the caller appended to it after a newline (seen in real LuCI,
+	 * issue 13: the page showed a JavaScript stack line) */
+	raise: function(type, fmt) {
+		var msg = String.prototype.format.apply(fmt || 'Unspecified error', Array.prototype.slice.call(arguments, 2));
+		var e = new Error(msg), frames = String(new Error().stack || '').split(/\n/).slice(2);
+		e.name = type || 'Error';
+		if (frames.length)
+			e.message += '\n' + frames.join('\n');
+		throw e;
+	},
 	error: function(e) { RECORD.errors.push(String(e && e.stack || e)); throw e; }
+};
+L.env.sessionid = STANDIN.sessionid || '00000000000000000000000000000000';
+
+/* ------------------------------------------------------------ cbi.js */
+
+/* cbi.js cbi_update_table(table, data, placeholder), with data an array of
+ * rows: the titles are the th cells of the table's title row (tr.table-titles);
+ * each data row becomes a tr.tr of one cell per title, class td, with the
+ * title's trimmed text as data-title (none when empty) and the value (or '')
+ * as its children; rows alternate cbi-rowstyle-1 and -2 and replace the rows
+ * after the title row, extra old rows are removed; with no data row and a
+ * placeholder, one tr.placeholder holds it.  (The form without an array,
+ * titling existing rows, is not used by the views.) */
+window.cbi_update_table = function(table, data, placeholder) {
+	var target = (table instanceof Node) ? table : document.querySelector(table);
+	if (!target)
+		return;
+	target.querySelectorAll('tr.table-titles, .tr.table-titles, .cbi-section-table-titles').forEach(function(head) {
+		var titles = Array.prototype.slice.call(head.querySelectorAll('th, .th'));
+		var old = Array.prototype.filter.call(target.querySelectorAll('tr, .tr'), function(r) { return r !== head; });
+		if (!Array.isArray(data))
+			return;
+		old.forEach(function(r) { r.parentNode.removeChild(r); });
+		data.forEach(function(row, n) {
+			target.appendChild(dom.create('tr', { 'class': 'tr cbi-rowstyle-' + (n % 2 + 1) }, titles.map(function(th, i) {
+				var text = (th.innerText || th.textContent || '').trim();
+				var cell = dom.create('td', { 'class': th.className, 'data-title': text !== '' ? text : null },
+					(row[i] != null) ? row[i] : '');
+				cell.classList.remove('th');
+				cell.classList.add('td');
+				return cell;
+			})));
+		});
+		if (placeholder && !data.length) {
+			var cell = dom.create('td', { 'class': titles[0].className }, placeholder);
+			cell.classList.remove('th');
+			cell.classList.add('td');
+			target.appendChild(dom.create('tr', { 'class': 'tr placeholder' }, [ cell ]));
+		}
+	});
 };
 
 /* ------------------------------------------------------------ uci */
@@ -317,25 +368,67 @@ uci = new uci();
 
 /* ------------------------------------------------------------ rpc */
 
-/* rpc.js declare(): a function that sends one ubus call through rpcd and
- * resolves with the reply picked by `expect`; rpcd refuses a method the
- * ACL does not grant (Permission denied, ubus status 6) */
+/* rpc.js declare(): the returned function posts one JSON-RPC "call"
+ * message, [ session id, object, method, params by name ], to the ubus
+ * endpoint (rpc.js `call`: request.post(rpcBaseURL + '/OBJECT.METHOD'));
+ * the page's STANDIN.ubus is that endpoint, served by fakebus.Uhttpd (the
+ * ACL, the session argument and the answer's form are its rules, not
+ * written again here).  The reply is taken as rpc.js `parseCallReply` and
+ * `handleCallReply` take it: an HTTP error or a JSON-RPC error rejects
+ * ("failed with error CODE: MESSAGE"); with `reject: true` a non-zero ubus
+ * status rejects ("failed with ubus code N: TEXT", rpc.js getStatusText);
+ * the data is result[1], or result[0] when there is none; `expect`'s key
+ * picks from it and its value replaces a missing one or one of another
+ * type. */
+var rpcRequestID = 1;
+var rpcStatusText = [ 'Command OK', 'Invalid command', 'Invalid argument', 'Method not found',
+	'Resource not found', 'No data received', 'Permission denied', 'Request timeout',
+	'Not supported', 'Unspecified error', 'Connection lost' ];
+
+function handleCallReply(d, msg) {
+	var type = Object.prototype.toString, ret = null, key;
+
+	if (!L.isObject(msg) || msg.jsonrpc != '2.0')
+		L.raise('RPCError', 'RPC call to %s/%s returned invalid message frame', d.object, d.method);
+	if (L.isObject(msg.error) && msg.error.code && msg.error.message)
+		L.raise('RPCError', 'RPC call to %s/%s failed with error %d: %s', d.object, d.method,
+			msg.error.code, msg.error.message);
+	if (Array.isArray(msg.result)) {
+		if (d.reject && msg.result[0] !== 0)
+			L.raise('RPCError', 'RPC call to %s/%s failed with ubus code %d: %s', d.object, d.method,
+				msg.result[0], rpcStatusText[msg.result[0]] || 'Unknown error code');
+		ret = (msg.result.length > 1) ? msg.result[1] : msg.result[0];
+	}
+	if (d.expect)
+		for (key in d.expect) {
+			if (ret != null && key != '')
+				ret = ret[key];
+			if (ret == null || type.call(ret) != type.call(d.expect[key]))
+				ret = d.expect[key];
+			break;
+		}
+	return ret;
+}
+
 var rpc = {
 	declare: function(d) {
 		return function() {
-			var args = Array.prototype.slice.call(arguments), params = {}, reply, key;
+			var args = Array.prototype.slice.call(arguments), params = {};
 			(d.params || []).forEach(function(p, i) { params[p] = args[i]; });
 			RECORD.rpc.push([ d.object, d.method, params ]);
-			reply = (STANDIN.rpc || {})[d.method];
-			if (STANDIN.acl && STANDIN.acl.write === false && (STANDIN.rpc_write || []).indexOf(d.method) >= 0)
-				return Promise.reject(new Error('Permission denied'));
-			if (reply === undefined)
-				return Promise.reject(new Error('Object not found'));
-			reply = JSON.parse(JSON.stringify(reply));
-			key = d.expect ? Object.keys(d.expect)[0] : null;
-			if (key)
-				reply = (reply[key] !== undefined) ? reply[key] : d.expect[key];
-			return Promise.resolve(d.filter ? d.filter(reply, params) : reply);
+			var msg = { jsonrpc: '2.0', id: rpcRequestID++, method: 'call',
+			            params: [ L.env.sessionid, d.object, d.method, params ] };
+			return fetch(STANDIN.ubus + '/' + d.object + '.' + d.method, {
+				method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(msg)
+			}).then(function(res) {
+				if (!res.ok)
+					L.raise('RPCError', 'RPC call to %s/%s failed with HTTP error %d: %s', d.object, d.method,
+						res.status, res.statusText || '?');
+				return res.json();
+			}).then(function(reply) {
+				var ret = handleCallReply(d, reply);
+				return d.filter ? d.filter(ret, params) : ret;
+			});
 		};
 	}
 };

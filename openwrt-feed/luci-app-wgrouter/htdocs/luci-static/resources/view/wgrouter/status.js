@@ -117,6 +117,151 @@ function orDash(value) {
 	return (value == null || value === '') ? '-' : String(value);
 }
 
+/* The WAN timeline: which WAN carried each tunnel over the last
+ * TIMELINE_SPAN seconds, drawn from the status snapshot's events (the
+ * daemon's ring of recent transitions), so it reaches back only as far as
+ * the ring's oldest event; what lies before that is drawn as unknown. */
+var TIMELINE_SPAN = 3600;
+var TIMELINE_COLOURS = [ '#2f6fb5', '#e08a1e', '#6f4fb3', '#1f9e89', '#b5487e', '#7a8a1c' ];
+var TIMELINE_DOWN = '#c9302c';
+var TIMELINE_UNKNOWN = 'repeating-linear-gradient(135deg, #d5d8dd 0 4px, #eef0f3 4px 8px)';
+
+/* A tunnel's own transitions (no peer): the WAN it left and the one it
+ * took, "down" when none carried it.  The fields come with the events of
+ * the daemon's snapshot; the text, which every transition has and words as
+ * "TUNNEL: was WAS, now NOW, because ...", is read where they do not. */
+function tunnelMoves(st) {
+	var moves = {};
+
+	(st.events || []).forEach(function(ev) {
+		var tunnel = ev.tunnel, was = ev.was, now = ev.now, m;
+
+		if (typeof tunnel != 'string') {
+			m = /^(\S+): was (.*?), now (.*?), because /.exec(ev.text || '');
+			if (!m)
+				return;
+			tunnel = m[1], was = m[2], now = m[3];
+		}
+		else if (ev.peer != null) {
+			return;
+		}
+		if (!st.tunnels[tunnel] || typeof ev.time != 'number')
+			return;
+		(moves[tunnel] = moves[tunnel] || []).push({ time: ev.time, was: was, now: now });
+	});
+	Object.keys(moves).forEach(function(t) {
+		moves[t].sort(function(a, b) { return a.time - b.time; });
+	});
+	return moves;
+}
+
+/* the WAN a tunnel is on now, from its peers (all take the tunnel's WAN) */
+function currentWan(tunnel) {
+	var peers = tunnel.peers || {}, wan = null;
+
+	if (typeof tunnel.wan == 'string')
+		return tunnel.wan;
+	Object.keys(peers).forEach(function(k) { wan = wan || peers[k].wan; });
+	return wan || 'down';
+}
+
+/* [{ from, to, what }] over [now - TIMELINE_SPAN, now] for each tunnel:
+ * what is a WAN name, 'down', or null (not known) */
+function timelines(st, now) {
+	var start = now - TIMELINE_SPAN, moves = tunnelMoves(st), out = {};
+	var reach = (st.events || []).reduce(function(t, ev) {
+		return (typeof ev.time == 'number' && ev.time < t) ? ev.time : t;
+	}, now);
+
+	Object.keys(st.tunnels || {}).sort().forEach(function(name) {
+		var list = moves[name] || [], segs = [], at = reach;
+		var state = list.length ? list[0].was : currentWan(st.tunnels[name]);
+
+		function known(what) {
+			return (what == 'down' || (st.wans || {})[what]) ? what : null;
+		}
+		function add(from, to, what) {
+			from = Math.max(from, start), to = Math.min(to, now);
+			if (to <= from)
+				return;
+			var last = segs[segs.length - 1];
+			if (last && last.what === what && last.to >= from)
+				last.to = to;
+			else
+				segs.push({ from: from, to: to, what: what });
+		}
+
+		add(start, reach, null);
+		list.forEach(function(mv) {
+			add(at, mv.time, known(state));
+			at = mv.time, state = mv.now;
+		});
+		add(at, now, known(state));
+		out[name] = segs;
+	});
+	return out;
+}
+
+function clock(t) {
+	var d = new Date(t * 1000);
+	return '%02d:%02d'.format(d.getHours(), d.getMinutes());
+}
+
+function renderTimeline(st) {
+	var now = (typeof st.time == 'number') ? st.time : Date.now() / 1000;
+	var wans = Object.keys(st.wans || {}), rows = timelines(st, now);
+	var colour = function(what) {
+		if (what == null)
+			return TIMELINE_UNKNOWN;
+		if (what == 'down')
+			return TIMELINE_DOWN;
+		return TIMELINE_COLOURS[wans.indexOf(what) % TIMELINE_COLOURS.length];
+	};
+	var name = function(what) {
+		return what == null ? _('not known (before the oldest event kept)') : (what == 'down' ? _('down') : what);
+	};
+	var names = Object.keys(rows);
+
+	if (!names.length)
+		return E('p', { 'class': 'wgrouter-timeline' }, _('No managed tunnel'));
+
+	var legend = wans.concat([ 'down', null ]).map(function(what) {
+		return E('span', { 'style': 'margin-right:14px;white-space:nowrap' }, [
+			E('span', { 'style': 'display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-1px;' +
+				'border-radius:2px;background:' + colour(what) }),
+			what == null ? _('not known') : name(what)
+		]);
+	});
+
+	return E('div', { 'class': 'wgrouter-timeline' }, names.map(function(tunnel) {
+		return E('div', { 'class': 'wgrouter-timeline-row', 'data-tunnel': tunnel,
+			'style': 'display:flex;align-items:center;margin:4px 0' }, [
+			E('span', { 'style': 'flex:0 0 60px;font-weight:bold;overflow:hidden;text-overflow:ellipsis' }, tunnel),
+			E('div', { 'class': 'wgrouter-timeline-bar', 'role': 'img',
+				'aria-label': rows[tunnel].map(function(seg) {
+					return '%s %s-%s'.format(name(seg.what), clock(seg.from), clock(seg.to));
+				}).join(', '),
+				'style': 'flex:1 1 auto;display:flex;height:18px;border-radius:3px;overflow:hidden;background:#eef0f3' },
+				rows[tunnel].map(function(seg) {
+					return E('div', {
+						'class': 'wgrouter-timeline-seg',
+						'data-what': seg.what == null ? '' : seg.what,
+						'data-from': Math.round(seg.from - now),
+						'data-to': Math.round(seg.to - now),
+						'title': _('%s, %s to %s').format(name(seg.what), clock(seg.from), clock(seg.to)),
+						'style': 'flex:0 0 %.3f%%;min-width:2px;background:%s'.format(
+							100 * (seg.to - seg.from) / TIMELINE_SPAN, colour(seg.what))
+					});
+				}))
+		]);
+	}).concat([
+		E('div', { 'style': 'display:flex;justify-content:space-between;margin-left:60px;color:#666;font-size:90%' }, [
+			E('span', _('1 h ago')), E('span', _('30 min ago')), E('span', _('now'))
+		]),
+		E('div', { 'style': 'margin-top:6px;font-size:90%' }, legend)
+	]));
+}
+
 /* LuCI's table: cbi_update_table() gives every cell the data-title of its
  * column, which the theme shows as the label when a narrow screen hides the
  * header row. */
@@ -247,6 +392,9 @@ return view.extend({
 
 			E('h3', _('WAN uplinks')),
 			table(wanHeaders, this.wanRows(st, writable), _('No WAN configured')),
+
+			E('h3', _('WAN of each tunnel, last hour')),
+			renderTimeline(st),
 
 			E('h3', _('Recent events')),
 			events.length
