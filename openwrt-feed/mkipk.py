@@ -330,13 +330,27 @@ def strip_docstrings(tree):
     return tree
 
 
+def strip_annotations(tree):
+    """Drop the annotations of function arguments and returns: nothing reads
+    them at run time (no get_type_hints, no inspect), they cost flash.  The
+    annotations in class bodies stay: they are a dataclass's fields."""
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            node.returns = None
+            args = node.args
+            for arg in args.posonlyargs + args.args + args.kwonlyargs + [args.vararg, args.kwarg]:
+                if arg is not None:
+                    arg.annotation = None
+    return tree
+
+
 def pyc_bytes(source, dfile):
     """An unchecked-hash .pyc (PEP 552) of ``source``.
 
     Unchecked hash: no source mtime inside, and the router never rewrites it
     (there is no source to compare with, and site-packages may be read-only).
     """
-    tree = strip_docstrings(ast.parse(source, dfile))
+    tree = strip_annotations(strip_docstrings(ast.parse(source, dfile)))
     code = compile(tree, dfile, "exec", dont_inherit=True)
     flags = 0b01  # hash-based, not checked
     return (importlib.util.MAGIC_NUMBER + struct.pack("<I", flags)

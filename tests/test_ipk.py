@@ -491,3 +491,16 @@ def test_description_is_the_feed_makefiles(dist, package):
     control = Ipk(ipk_path(dist, package)).control_file("control")
     said = re.search(r"^Description: (.*(?:\n .*)*)", control, re.M).group(1)
     assert said.split() == words
+
+
+def test_function_annotations_are_left_out_and_dataclass_fields_kept():
+    import dataclasses
+    import marshal
+    source = (b"from __future__ import annotations\nimport dataclasses\n"
+              b"def f(x: int) -> str:\n    return str(x)\n"
+              b"@dataclasses.dataclass\nclass D:\n    a: int = 1\n")
+    code = marshal.loads(mkipk.pyc_bytes(source, "/x.py")[16:])
+    space = {}
+    exec(code, space)
+    assert space["f"].__annotations__ == {}
+    assert [f.name for f in dataclasses.fields(space["D"])] == ["a"]
