@@ -266,8 +266,7 @@ class Daemon:
         self.sel.register(self.monitor.fileno(), selectors.EVENT_READ, self._on_netlink)
 
         # served in this loop without ever waiting for a client
-        self.control = control.Server(_path(self.root, CONTROL), self.handle_request,
-                                      threaded={"diagnose": self._diagnose}, log=log)
+        self.control = control.Server(_path(self.root, CONTROL), self.handle_request, log=log)
         self.control.register(self.sel)
 
         # The core and the shell run on the monotonic clock: a step of the
@@ -394,15 +393,6 @@ class Daemon:
             self.monitor.drain()
             return [model.KernelChanged()]
         return []
-
-    def _diagnose(self, request):
-        """The control socket's diagnose, in a thread of its own: it only
-        reads but may wait seconds on a dead WAN's DNS."""
-        from wgrouter import diagnose
-        try:
-            return diagnose.run(self.root, self.config)
-        except Exception as e:  # a report, never a dead daemon
-            return {"error": "diagnose failed: %s" % e}
 
     def handle_request(self, request):
         """Answer one CLI/ubus request; returns (reply, events for the core)."""
