@@ -205,8 +205,7 @@ class _Message:
 
 @dataclasses.dataclass(frozen=True)
 class Hotplug(_Message):
-    """netifd's hotplug event of an interface, as the hotplug script spooled it."""
-
+    # netifd's hotplug event of an interface, as the hotplug script spooled it.
     kind: typing.ClassVar[str] = "hotplug"
     action: str  # "ifup", "ifdown", "ifupdate", "connected", "disconnected"
     interface: str
@@ -215,15 +214,13 @@ class Hotplug(_Message):
 
 @dataclasses.dataclass(frozen=True)
 class KernelChanged(_Message):
-    """A kernel link/route/address notification: observe again."""
-
+    # A kernel link/route/address notification: observe again.
     kind: typing.ClassVar[str] = "link"
 
 
 @dataclasses.dataclass(frozen=True)
 class ProbeResult(_Message):
-    """The answer to a Probe."""
-
+    # The answer to a Probe.
     kind: typing.ClassVar[str] = "probe"
     tunnel: str
     peer: str  # public key
@@ -233,8 +230,7 @@ class ProbeResult(_Message):
 
 @dataclasses.dataclass(frozen=True)
 class WanProbeResult(_Message):
-    """The answer to a ProbeWan."""
-
+    # The answer to a ProbeWan.
     kind: typing.ClassVar[str] = "wan_probe"
     wan: str
     ok: bool
@@ -244,8 +240,7 @@ class WanProbeResult(_Message):
 
 @dataclasses.dataclass(frozen=True)
 class Resolved(_Message):
-    """The answer to a Resolve."""
-
+    # The answer to a Resolve.
     kind: typing.ClassVar[str] = "resolved"
     host: str
     wan: str
@@ -263,8 +258,7 @@ class ResolveFailed(_Message):
 
 @dataclasses.dataclass(frozen=True)
 class Applied(_Message):
-    """What became of an action the shell executed."""
-
+    # What became of an action the shell executed.
     kind: typing.ClassVar[str] = "applied"
     action: typing.Any  # the Action
     ok: bool
@@ -275,23 +269,20 @@ class Applied(_Message):
 
 @dataclasses.dataclass(frozen=True)
 class Switch(_Message):
-    """Manual switch request."""
-
+    # Manual switch request.
     kind: typing.ClassVar[str] = "switch"
     wan: typing.Optional[str] = None  # None = automatic
 
 
 @dataclasses.dataclass(frozen=True)
 class Reapply(_Message):
-    """Re-apply every path."""
-
+    # Re-apply every path.
     kind: typing.ClassVar[str] = "reapply"
 
 
 @dataclasses.dataclass(frozen=True)
 class Malformed(_Message):
-    """An event written down wrongly: the core logs it and ignores it."""
-
+    # An event written down wrongly: the core logs it and ignores it.
     kind: typing.ClassVar[str] = "malformed"
     name: str  # the kind it was written as
     error: str

@@ -35,9 +35,8 @@ class Sink:
 
 
 class UbusSink(Sink):
-    """Transitions as ubus events (``wgrouter.transition``).  The state is
-    sent by the ubus service itself, when it (re)registers."""
-
+    # Transitions as ubus events (``wgrouter.transition``).  The state is
+    # sent by the ubus service itself, when it (re)registers.
     def __init__(self, service, log):
         self.service = service
         self.log = log
@@ -53,9 +52,8 @@ class UbusSink(Sink):
 
 
 class MqttSink(Sink):
-    """A running ``mqtt.Telemetry``: retained tunnel states, events and the
-    heartbeat, timed on the wall clock."""
-
+    # A running ``mqtt.Telemetry``: retained tunnel states, events and the
+    # heartbeat, timed on the wall clock.
     def __init__(self, telemetry):
         self.telemetry = telemetry
 
@@ -90,12 +88,11 @@ def make_telemetry(settings, identity, log):
 
 
 class MqttStarter(Sink):
-    """A sink while MQTT starts in a thread: keeps the transitions (at most
-    ``settings.queue_max``, the oldest dropped) for the real sink.
-
-    ``notify()`` is called from the thread when it is done (the daemon
-    writes to its wake socket); the loop then calls ``take()``."""
-
+    # A sink while MQTT starts in a thread: keeps the transitions (at most
+    # ``settings.queue_max``, the oldest dropped) for the real sink.
+    #
+    # ``notify()`` is called from the thread when it is done (the daemon
+    # writes to its wake socket); the loop then calls ``take()``.
     def __init__(self, settings, identity, log, notify, make=make_telemetry):
         self.log = log
         self.kept = collections.deque(maxlen=max(1, settings.queue_max))

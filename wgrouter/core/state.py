@@ -318,3 +318,8 @@ class Context:
 
     def managed(self) -> bool:
         return bool(self.peers)
+
+
+# What ``from wgrouter import core`` offers besides Engine: the named constants,
+# the error and the address check (the shell, the CLI and the tests use them).
+__all__ = [name for name in list(globals()) if name.isupper()] + ["BadEvent", "bad_address"]
