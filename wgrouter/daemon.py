@@ -274,7 +274,7 @@ class Daemon:
         # monitor nor cuts a hold-down short.  People see wall time.
         self.shell = wshell.Shell(
             self.config, root=self.root, restart_cmd=self.restart_cmd,
-            state_path=_path(self.root, STATE), clock=time.monotonic)
+            state_path=_path(self.root, STATE), clock=time.monotonic, selector=self.sel)
         for problem in self.shell.problems:
             log(problem)
         now = time.monotonic()
@@ -470,7 +470,7 @@ class Daemon:
             if isinstance(action, model.Transition):
                 self._transition(action, wall)
             else:
-                self.pending.extend(self.shell.execute(action, self.sel))
+                self.pending.extend(self.shell.execute(action))
         self.snapshot = self.engine.snapshot(now, wall=wall)
         for sink in self._sinks():
             sink.state(self.snapshot, wall)
@@ -570,7 +570,7 @@ class Daemon:
         try:
             if self.engine is not None:
                 for action in self.engine.stop():
-                    self.shell.execute(action, self.sel)
+                    self.shell.execute(action)
             if self.shell is not None:
                 self.shell.cleanup()
                 self.shell.stop()

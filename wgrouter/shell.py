@@ -80,6 +80,9 @@ class Shell:
     clock inside, so an NTP step at boot neither kills them early nor lets
     them run forever.
 
+    ``selector`` is the loop that watches the children's output (the
+    daemon's, given once here).
+
     ``wg`` reads and sets peers in process (a ``wg.Client``; one answering
     for no device, ``wg.Client(())``, leaves everything to `wg` through
     ``runner``).
@@ -87,7 +90,7 @@ class Shell:
 
     def __init__(
         self, config, runner=None, root="/", restart_cmd=("ifup",), state_path=None, clock=time.time,
-        wg=None,
+        wg=None, selector=None,
     ):
         self.runner = runner or runner_mod.Runner()
         self.wg = wg if wg is not None else wg_mod.Client()
@@ -106,7 +109,7 @@ class Shell:
         self.kernel_error = ""
         self.children = []  # running runner.Child objects
         self._handshakes = {}  # (tunnel, key) -> (kernel's unix time, the same on clock)
-        self._selector = None
+        self._selector = selector  # where children's output is watched (the daemon's loop)
         # for tests: where endpoint name queries go
         self.resolve_port = None
         self.devices_path = os.path.join(root, DEVICES_FILE)
@@ -253,9 +256,10 @@ class Shell:
 
     # ------------------------------------------------------------ execute
 
-    def execute(self, action, selector):
+    def execute(self, action, selector=None):
         """Run one action; synchronous ones return their event, async ones
-        register a child in ``selector`` and return []."""
+        register a child in the shell's selector (or ``selector``) and return []."""
+        selector = selector or self._selector
         if isinstance(action, (model.ApplyPath, model.RemovePath, model.RestartTunnel)):
             return [self.applier.execute(action)]
         if isinstance(action, model.Transition):
