@@ -24,6 +24,11 @@ demo:
 bench:
 	$(PYTHON) -m bench.run
 
+# the long chaos soak (bench/soak.py): make soak SOAK="--minutes 45 --seed 7"
+.PHONY: soak
+soak:
+	$(PYTHON) -m bench.soak $(SOAK)
+
 ipk:
 	$(PYTHON) openwrt-feed/mkipk.py --out dist
 
