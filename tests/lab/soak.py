@@ -87,6 +87,11 @@ WEIGHTS = {
 # what may go with a first fault at the same time
 COMPANIONS = ("carrier_loss", "silent_drop", "silent_udp", "nat_reset", "dns_move", "sigkill",
               "clock_step", "junk", "ubusd_restart")
+# faults that must change nothing the tunnel does
+HARMLESS = {"junk", "clock_step"}
+# WireGuard rekeys every 120 s (REKEY_AFTER_TIME) while traffic flows, and
+# the probe stream never stops: a handshake is never much older than that.
+HANDSHAKE_AGE_MAX = 180
 WAN_KINDS = ("carrier_loss", "silent_drop", "silent_udp", "flap")
 
 
@@ -459,6 +464,18 @@ def junk_control(lab, rng, hold=1.0):
     return timer
 
 
+def junk_ubus(bus, rng):
+    """Calls to the object that its signatures refuse (missing, extra and
+    mistyped arguments, unknown methods): each is refused, nothing done."""
+    calls = [("switch", {}), ("switch", {"wan": 5}), ("switch", {"wan": ["wan"]}),
+             ("switch", {"wan": "nosuch"}), ("status", {"verbose": True}),
+             ("reapply", {"now": "yes"}), ("frobnicate", {}),
+             ("switch", {"wan": "x" * 70000})]
+    rng.shuffle(calls)
+    for method, args in calls:
+        bus.call("wgrouter", method, args, timeout=2.0)
+
+
 BROKEN_CONFIGS = (
     ("option check_interval '1'", "option check_interval 'soon'"),
     ("config wgrouter 'main'", "config wgrouter 'main'\n\toption frobnicate '1'"),
@@ -618,6 +635,8 @@ class Soak:
             d.step_clock(int(f.detail))
         elif f.kind == "junk":
             what = f.detail
+            if self.bus is not None and what in ("control", "all"):
+                junk_ubus(self.bus, self.rng)
             if what in ("spool", "all"):
                 junk_spool(lab, d, self.rng)
             if what in ("control", "all"):
@@ -688,6 +707,20 @@ class Soak:
                                "first %r" % (len(new), new[0]))
             self.leaks.extend(new)
 
+    def _check_unmoved(self, ep, log):
+        """Junk and a clock step alone must not move the tunnel (a failback
+        whose hold-down ran out meanwhile is fine), and after a step the
+        handshake age must still be sane."""
+        lab = self.lab
+        moves = [line for line in log.splitlines()
+                 if line.startswith("wgrouter: %s: was " % lab.router_wg) and "hold-down" not in line]
+        if moves:
+            ep.problems.append("%s alone moved the tunnel: %s" % (ep.name, moves))
+        if any(f.kind == "clock_step" for f in ep.faults):
+            age = scenarios.peer_status(lab).get("handshake_age")
+            if age is not None and not 0 <= age <= HANDSHAKE_AGE_MAX:
+                ep.problems.append("handshake_age %r after a step of the wall clock" % (age,))
+
     def _sample(self):
         s = self.daemon.sample()
         if s:
@@ -699,6 +732,7 @@ class Soak:
         self.log("soak seed %d: episode %d: %s (hold %.1fs)" % (self.seed, ep.index, ep.name,
                                                                   ep.hold))
         ep.started = time.time()
+        log_before = len(self.daemon.log_text())
         t0 = time.time()
         for f in ep.faults:
             self._inject(f, ep)
@@ -728,6 +762,8 @@ class Soak:
             if getattr(f, "timer", None) is not None:
                 f.timer.join(5)
         self._check_steady(ep)
+        if {f.kind for f in ep.faults} <= HARMLESS:
+            self._check_unmoved(ep, self.daemon.log_text()[log_before:])
         self._sample()
         if ep.problems:
             self.log("soak seed %d: episode %d FAILED: %s" % (self.seed, ep.index,
