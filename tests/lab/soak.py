@@ -87,6 +87,10 @@ WEIGHTS = {
 # what may go with a first fault at the same time
 COMPANIONS = ("carrier_loss", "silent_drop", "silent_udp", "nat_reset", "dns_move", "sigkill",
               "clock_step", "junk", "ubusd_restart")
+# The loop never blocks on a peer it does not control: a status call made
+# while silent clients hold connections is answered at once (1 s leaves room
+# for a loaded machine; a blocking read waits for each silent client in turn).
+CONTROL_LATENCY_MAX = 1.0
 # faults that must change nothing the tunnel does
 HARMLESS = {"junk", "clock_step"}
 # WireGuard rekeys every 120 s (REKEY_AFTER_TIME) while traffic flows, and
@@ -116,6 +120,7 @@ class Episode:
     recovery: float = None  # s from clearing to a reply
     bound_during: float = None
     bound_after: float = 0.0
+    control_latency: float = None  # s for a status call behind junk and silent clients
     ubus_back: float = None  # s from a ubusd restart until the object answered again
     problems: list = dataclasses.field(default_factory=list)
 
@@ -641,11 +646,27 @@ class Soak:
                 junk_spool(lab, d, self.rng)
             if what in ("control", "all"):
                 f.timer = junk_control(lab, self.rng, hold=min(ep.hold, 1.5))
+                f.asker = threading.Thread(target=self._ask_status, args=(ep,), daemon=True)
+                f.asker.start()
             if what in ("config", "all"):
                 f.good_config = junk_config(lab, d, self.rng)
         elif f.kind == "ubusd_restart":
             self.bus.restart()
         lab.faults.append((time.time(), "soak:" + f.kind, f.wan or f.detail))
+
+    def _ask_status(self, ep):
+        """A CLI status call behind the junk and the silent clients."""
+        from wgrouter import control
+        t = time.monotonic()
+        try:
+            control.request(self.lab.root, {"method": "status"}, timeout=10.0)
+        except control.ControlError as e:
+            ep.problems.append("status during a junk burst: %s" % e)
+            return
+        ep.control_latency = time.monotonic() - t
+        if ep.control_latency > CONTROL_LATENCY_MAX * SCALE:
+            ep.problems.append("status took %.2fs behind silent control clients (bound %gs)"
+                               % (ep.control_latency, CONTROL_LATENCY_MAX * SCALE))
 
     def _clear(self, f):
         lab = self.lab
@@ -759,8 +780,9 @@ class Soak:
             ep.problems.append("no reply through the tunnel within %.1fs of clearing"
                                % ep.bound_after)
         for f in ep.faults:
-            if getattr(f, "timer", None) is not None:
-                f.timer.join(5)
+            for waiter in ("timer", "asker"):
+                if getattr(f, waiter, None) is not None:
+                    getattr(f, waiter).join(15)
         self._check_steady(ep)
         if {f.kind for f in ep.faults} <= HARMLESS:
             self._check_unmoved(ep, self.daemon.log_text()[log_before:])
@@ -870,7 +892,8 @@ class Soak:
         for ep in self.episodes:
             for f in ep.faults:
                 k = per_kind.setdefault(f.kind, {"injected": 0, "survived": 0, "recovery": [],
-                                                 "failover": [], "object_back": []})
+                                                 "failover": [], "object_back": [],
+                                                 "control_latency": []})
                 k["injected"] += 1
                 k["survived"] += not ep.problems
                 if ep.recovery is not None:
@@ -879,10 +902,12 @@ class Soak:
                     k["failover"].append(ep.failover)
                 if f.kind == "ubusd_restart" and ep.ubus_back is not None:
                     k["object_back"].append(ep.ubus_back)
+                if f.kind == "junk" and ep.control_latency is not None:
+                    k["control_latency"].append(ep.control_latency)
         kinds = {}
         for name, k in sorted(per_kind.items()):
             row = {"injected": k["injected"], "survived": k["survived"]}
-            for what in ("recovery", "failover", "object_back"):
+            for what in ("recovery", "failover", "object_back", "control_latency"):
                 if k[what]:
                     row[what + "_median_s"] = round(statistics.median(k[what]), 3)
                     row[what + "_worst_s"] = round(max(k[what]), 3)
