@@ -109,6 +109,19 @@ def send_kick(device, target):
         sock.close()
 
 
+def _records(data, name, fields):
+    """The entries of ``data[name]`` that are objects with ``fields`` (and,
+    where they have owners, a list of [tunnel, key] pairs)."""
+    entries = data.get(name) if isinstance(data, dict) else None
+    if not isinstance(entries, dict):
+        return {}
+    return {key: r for key, r in entries.items()
+            if isinstance(r, dict) and all(f in r for f in fields)
+            and isinstance(r["address"], str)
+            and ("owners" not in fields or (isinstance(r["owners"], list) and all(
+                isinstance(o, list) and len(o) == 2 for o in r["owners"])))}
+
+
 class State:
     """The host routes and rules wgrouter added, as a JSON file.
 
@@ -137,8 +150,10 @@ class State:
             # A corrupt record is treated as empty: we can then only leak a
             # route, never delete one we did not add.
             return
-        self.routes = dict(data.get("routes", {}))
-        self.rules = dict(data.get("rules", {}))
+        # Valid JSON of another shape (null, a list, an entry without its
+        # fields) is read as far as it is valid, for the same reason.
+        self.routes = _records(data, "routes", ("address", "table", "owners"))
+        self.rules = _records(data, "rules", ("address", "table"))
 
     def save(self):
         control.write_atomic(self.path, json.dumps({"routes": self.routes, "rules": self.rules},
