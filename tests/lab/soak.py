@@ -31,7 +31,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,7 @@ import threading
 import time
 
 from tests.lab import faults
+from tests.lab import junk
 from tests.lab import observe
 from tests.lab import scenarios
 from tests.lab import topology
@@ -396,121 +396,6 @@ def stale_conntrack(lab, settle=3.0):
     return stale
 
 
-# ------------------------------------------------------------ junk
-
-
-def _junk_lines(rng):
-    iface_words = ["wan", "wanb", "nosuch", "", "wan\xff", "../../etc"]
-    lines = [
-        b"ifup wan\xff\n",
-        b"ifdown nosuchwan\n",
-        b"frobnicate wanb\n",
-        b"\x00\x01\x02\n",
-        b"ifup\n",
-        b" ".join([b"ifupdate", b"nosuch"] + [b"x" * rng.randrange(1, 40)] * 200) + b"\n",
-        b"ifdown \xc3\x28 \xed\xa0\x80\n",
-        ("ifup %s\n" % rng.choice(iface_words[2:])).encode("utf-8", "surrogateescape"),
-    ]
-    rng.shuffle(lines)
-    return lines
-
-
-def junk_spool(lab, daemon, rng):
-    """Malformed hotplug lines and a block of random bytes (none is a valid
-    event of a managed interface), then SIGUSR1, as the hotplug script does."""
-    from wgrouter import control
-    spool = control.path(lab.root, control.SPOOL)
-    blob = bytes(rng.getrandbits(8) for _ in range(rng.choice((512, 4096, 65536))))
-    with open(spool, "ab") as f:
-        for line in _junk_lines(rng):
-            f.write(line)
-        f.write(blob)
-        f.write(b"\n")
-    daemon.signal(signal.SIGUSR1)
-
-
-def junk_control(lab, rng, hold=1.0):
-    """Bad requests, an oversized one, clients that say nothing and one
-    that never reads its reply.  Returns the idle sockets (close them)."""
-    from wgrouter import control
-    path = control.path(lab.root, control.CONTROL)
-    payloads = [b"[1, 2]\n", b"\"status\"\n", b"{not json\n", b"\xff\xfe\n",
-                b"{\"method\": \"frobnicate\"}\n", b"{\"method\": \"switch\", \"wan\": \"nosuch\"}\n",
-                b"{\"method\": " + b"[" * 5000 + b"\n", b"x" * 70000 + b"\n"]
-    rng.shuffle(payloads)
-    held = []
-    for payload in payloads:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(0.5)
-        try:
-            s.connect(path)
-            s.sendall(payload)
-        except OSError:
-            pass
-        s.close()
-    for _ in range(rng.randrange(1, 4)):  # silent clients, closed after ``hold``
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            s.connect(path)
-            held.append(s)
-        except OSError:
-            s.close()
-    # a client that asks and never reads (tiny receive buffer)
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
-    try:
-        s.connect(path)
-        s.sendall(b"{\"method\": \"status\"}\n")
-        held.append(s)
-    except OSError:
-        s.close()
-    timer = threading.Timer(hold, lambda: [x.close() for x in held])
-    timer.daemon = True
-    timer.start()
-    return timer
-
-
-def junk_ubus(bus, rng):
-    """Calls to the object that its signatures refuse (missing, extra and
-    mistyped arguments, unknown methods): each is refused, nothing done."""
-    calls = [("switch", {}), ("switch", {"wan": 5}), ("switch", {"wan": ["wan"]}),
-             ("switch", {"wan": "nosuch"}), ("status", {"verbose": True}),
-             ("reapply", {"now": "yes"}), ("frobnicate", {}),
-             ("switch", {"wan": "x" * 70000})]
-    rng.shuffle(calls)
-    for method, args in calls:
-        bus.call("wgrouter", method, args, timeout=2.0)
-
-
-BROKEN_CONFIGS = (
-    ("option check_interval '1'", "option check_interval 'soon'"),
-    ("config wgrouter 'main'", "config wgrouter 'main'\n\toption frobnicate '1'"),
-    ("config wan 'wanb'", "config wan 'wanb\n"),
-)
-
-
-def junk_config(lab, daemon, rng):
-    """A broken /etc/config/wgrouter and a reload: refused, the running
-    configuration kept.  Returns the good text (put it back with restore)."""
-    path = os.path.join(lab.root, "etc/config/wgrouter")
-    with open(path) as f:
-        good = f.read()
-    old, new = rng.choice([b for b in BROKEN_CONFIGS if b[0] in good])
-    with open(path, "w") as f:
-        f.write(good.replace(old, new, 1))
-    daemon.signal(signal.SIGHUP)
-    return good
-
-
-def junk_applied(lab, rng):
-    """Garbage in applied.json while the daemon is down (read at start)."""
-    from wgrouter import control
-    path = control.path(lab.root, control.STATE)
-    with open(path, "wb") as f:
-        f.write(rng.choice((b"{\"peers\": [", b"\xff\xfe\x00garbage", b"[]", b"null",
-                            b"{\"wg0\": {\"route\": 17}}")))
-
-
 # ------------------------------------------------------------ the soak
 
 
@@ -633,7 +518,7 @@ class Soak:
         elif f.kind == "sigkill":
             d.kill()
             if f.detail:
-                junk_applied(lab, self.rng)
+                junk.applied(lab, self.rng)
         elif f.kind == "reload_mid_failover":
             time.sleep(self.rng.uniform(0.0, 0.3))
             d.signal(signal.SIGHUP)
@@ -642,15 +527,15 @@ class Soak:
         elif f.kind == "junk":
             what = f.detail
             if self.bus is not None and what in ("control", "all"):
-                junk_ubus(self.bus, self.rng)
+                junk.bus_calls(self.bus, self.rng)
             if what in ("spool", "all"):
-                junk_spool(lab, d, self.rng)
+                junk.spool(lab, d, self.rng)
             if what in ("control", "all"):
-                f.timer = junk_control(lab, self.rng, hold=min(ep.hold, 1.5))
+                f.timer = junk.control_socket(lab, self.rng, hold=min(ep.hold, 1.5))
                 f.asker = threading.Thread(target=self._ask_status, args=(ep,), daemon=True)
                 f.asker.start()
             if what in ("config", "all"):
-                f.good_config = junk_config(lab, d, self.rng)
+                f.good_config = junk.config(lab, d, self.rng)
         elif f.kind == "ubusd_restart":
             self.bus.restart()
         lab.faults.append((time.time(), "soak:" + f.kind, f.wan or f.detail))
