@@ -692,7 +692,8 @@ class Soak:
     def run(self):
         if self.ubus:
             from tests.lab import standin_bus
-        with topology.Lab(ipv6=self.ipv6) as lab:
+        # the lab's logs (daemon, captures) are kept when a check failed
+        with topology.Lab(ipv6=self.ipv6, keep_tmp=True) as lab:
             self.lab = lab
             hookdir = os.path.join(lab.tmp, "soakhook")
             if self.ubus:
@@ -740,7 +741,13 @@ class Soak:
                 if self.bus is not None:
                     self.bus.stop()
                 self.daemon_log = self.daemon.log_text()
-        return self.result()
+        res = self.result()
+        if res["problems"]:
+            res["logs"] = lab.logdir
+            self.log("soak seed %d: logs kept in %s" % (self.seed, lab.logdir))
+        else:
+            shutil.rmtree(lab.tmp, ignore_errors=True)
+        return res
 
     def _final_stop(self, before):
         lab = self.lab
