@@ -300,6 +300,11 @@ def _voluntary(pid):
     return out
 
 
+def _sys_ticks(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[12])  # stime
+
+
 def _idle_at_defaults(site, idle_seconds, with_ubus):
     """One healthy, idle tunnel; the daemon as the ipk ships it, with the
     shipped defaults (IP-literal endpoints: no DNS work), with or without
@@ -332,14 +337,15 @@ def _idle_at_defaults(site, idle_seconds, with_ubus):
         res["rss_kb"], res["pss_kb"] = _smaps(pid)
         hz = os.sysconf("SC_CLK_TCK")
         l0 = st["wakeups"]
-        c0, v0, t0 = _cpu_ticks(pid), _voluntary(pid), time.time()
+        c0, v0, t0, s0 = _cpu_ticks(pid), _voluntary(pid), time.time(), _sys_ticks(pid)
         time.sleep(idle_seconds)
-        c1, v1, t1 = _cpu_ticks(pid), _voluntary(pid), time.time()
+        c1, v1, t1, s1 = _cpu_ticks(pid), _voluntary(pid), time.time(), _sys_ticks(pid)
         l1 = scenarios.status(lab)["wakeups"] - 1  # the status request itself
         minutes = (t1 - t0) / 60.0
         res["idle_seconds"] = round(t1 - t0, 1)
         res["threads"] = len(v1)
         res["cpu_s_per_hour"] = round((c1 - c0) / hz * 3600.0 / (t1 - t0), 3)
+        res["cpu_sys_s_per_hour"] = round((s1 - s0) / hz * 3600.0 / (t1 - t0), 3)
         res["loop_wakeups_per_min"] = round((l1 - l0) / minutes, 1)
         per_thread = sorted(round((v1[t] - v0.get(t, 0)) / minutes, 1) for t in v1)
         res["voluntary_switches_per_min"] = round(sum(per_thread), 1)
