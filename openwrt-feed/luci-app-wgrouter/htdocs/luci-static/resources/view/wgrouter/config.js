@@ -17,9 +17,9 @@
  * script's validate_data type) and _SETTING_RANGES (the daemon's bounds):
  * option: [ type, default, minimum, minimum allowed, maximum ] */
 var SETTINGS = {
-	check_interval:    [ 'ufloat', '10', 0, false, null ],
+	check_interval:    [ 'ufloat', '1.5', 0, false, null ],
 	handshake_timeout: [ 'ufloat', '150', 0, false, null ],
-	probe_timeout:     [ 'ufloat', '2', 0, false, null ],
+	probe_timeout:     [ 'ufloat', '1', 0, false, null ],
 	failback_holddown: [ 'ufloat', '60', 0, true, null ],
 	holddown_max:      [ 'ufloat', '300', 0, true, null ],
 	backoff_base:      [ 'ufloat', '2', 0, false, null ],
