@@ -38,6 +38,11 @@ demo: deps
 bench:
 	$(PYTHON) -m bench.run
 
+# the long chaos soak (bench/soak.py): make soak SOAK="--minutes 45 --seed 7"
+.PHONY: soak
+soak:
+	$(PYTHON) -m bench.soak $(SOAK)
+
 ipk:
 	$(PYTHON) openwrt-feed/mkipk.py --out dist
 

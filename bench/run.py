@@ -5,8 +5,10 @@ table the README quotes).  Needs root and the lab's tools, like make test.
 
     python3 -m bench.run [--runs N] [--baseline-runs N] [--idle-seconds S] [--only NAME,...]
 
---only takes scenario names and check_cost (one healthy check, forked wg
-against the in-process read).
+--only takes scenario names (those ending in _defaults run wgrouter at its
+shipped defaults), check_cost (one healthy check, forked wg against the
+in-process read) and idle_defaults (idle CPU and wake-ups at the shipped
+defaults, with the ubus object registered and without).
 """
 
 import argparse
@@ -86,6 +88,49 @@ def bench_scenario(name, runs, baseline_runs):
         "max_s": round(max(w), 3),
         "limit_s": limit,
         "leaked_packets": leaks,
+    }
+    if res["baseline_median_or_limit_s"] and res["wgrouter_s"]:
+        res["ratio_baseline_over_wgrouter"] = round(res["baseline_median_or_limit_s"] / res["wgrouter_s"], 1)
+    return res
+
+
+# Scenarios run again with wgrouter at its shipped defaults (model.Settings:
+# check_interval, probe_timeout, failback_holddown left out of the config)
+# instead of tests/lab/scenarios.py's LAB_* settings; stock beside them.
+DEFAULTS_SCENARIOS = {
+    "silent_failure_defaults": "silent_failure",
+    "carrier_loss_defaults": "carrier_loss",
+}
+SHIPPED = {"check_interval": None, "probe_timeout": None, "failback_holddown": None}
+
+
+def bench_defaults_scenario(name, runs, baseline_runs):
+    """``name`` (a DEFAULTS_SCENARIOS key) with wgrouter at its shipped
+    defaults, in the layout of bench_scenario."""
+    base = DEFAULTS_SCENARIOS[name]
+    limit = LIMITS[base]
+    w, w_ok, w_leaks = _runs(base, "wgrouter", runs, limit, start_kwargs=dict(SHIPPED))
+    b, b_ok, b_leaks = _runs(base, "baseline", baseline_runs, limit,
+                             start_kwargs={"watchdog_interval": 60, "stale_after": 150,
+                                           "update_every": STOCK_UPDATE_EVERY})
+    baseline_recovered = bool(b_ok) and all(b_ok)
+    from wgrouter import model
+    settings = model.Settings()
+    res = {
+        "scenario": base,
+        "settings": {k: getattr(settings, k) for k in SHIPPED},
+        "wgrouter_s": _median(w),
+        "wgrouter_recovered": all(w_ok),
+        "wgrouter_runs_s": [round(x, 3) for x in w],
+        "baseline_s": _median(b) if baseline_recovered else None,
+        "baseline_recovered": baseline_recovered,
+        "baseline_median_or_limit_s": _median(b),
+        "runs": runs,
+        "baseline_runs": baseline_runs,
+        "min_s": round(min(w), 3),
+        "max_s": round(max(w), 3),
+        "limit_s": limit,
+        "leaked_packets": {"wgrouter": w_leaks, "baseline": b_leaks},
     }
     if res["baseline_median_or_limit_s"] and res["wgrouter_s"]:
         res["ratio_baseline_over_wgrouter"] = round(res["baseline_median_or_limit_s"] / res["wgrouter_s"], 1)
@@ -229,6 +274,107 @@ def _memory_and_idle(idle_seconds, site):
             log("  memory with MQTT on: rss %d kB" % res["rss_kb_mqtt"])
     res["rss_ratio_to_bare"] = round(res["rss_kb"] / float(bare_rss), 2)
     return res
+
+
+# ---------------------------------------------------- idle at the defaults
+
+IDLE_DEFAULTS = "idle_defaults"  # an --only name beside the scenarios
+# The binding stand-in the daemon imports as `ubus` (tests/lab/idlebus_ubus),
+# served by the stand-in ubusd tests/lab/idlebus.py.
+STANDIN_UBUS = os.path.join(REPO, "tests/lab/idlebus_ubus")
+
+
+def _voluntary(pid):
+    """{thread id: voluntary context switches} of every thread of ``pid``."""
+    out = {}
+    for tid in os.listdir("/proc/%d/task" % pid):
+        with open("/proc/%d/task/%s/status" % (pid, tid)) as f:
+            for line in f:
+                if line.startswith("voluntary_ctxt_switches"):
+                    out[tid] = int(line.split()[1])
+    return out
+
+
+def _sys_ticks(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[12])  # stime
+
+
+def _idle_at_defaults(site, idle_seconds, with_ubus):
+    """One healthy, idle tunnel; the daemon as the ipk ships it, with the
+    shipped defaults (IP-literal endpoints: no DNS work), with or without
+    the ubus object registered on the stand-in bus."""
+    res = {}
+    with topology.Lab() as lab:
+        bus = None
+        code = "import sys; sys.path.insert(0, %r); " % site
+        if with_ubus:
+            from tests.lab import idlebus
+            path = os.path.join(lab.tmp, "ubus.sock")
+            bus = idlebus.BusProcess(lab, path)
+            bus.start()
+            # -I keeps PYTHONPATH out: the stand-in binding goes on the path
+            # here, and the socket ubusobj watches is the stand-in's
+            code += ("sys.path.append(%r); from wgrouter import ubusobj; "
+                     "ubusobj.DEFAULT_SOCKET = %r; " % (STANDIN_UBUS, path))
+        code += "from wgrouter import cli; sys.exit(cli.main())"
+        cmd = [sys.executable, "-I", "-c", code, "run", "--root", lab.root]
+        lab.start_wgrouter(endpoint_host=topology.VPN_ADDRESSES[0],
+                           endpoints=["%s:%d" % (topology.VPN_ADDRESSES[1], 443)], cmd=cmd,
+                           **SHIPPED)
+        if not lab.wait_for(lab.tunnel_works, 30):
+            raise RuntimeError("idle at defaults: the tunnel never came up")
+        if bus is not None and not bus.wait_object("luci.wgrouter", 15):
+            raise RuntimeError("idle at defaults: the ubus object was never registered")
+        time.sleep(12)  # warm-up: first checks, the handshake
+        pid = daemon_pid(lab)
+        st = scenarios.status(lab)
+        res["rss_kb"], res["pss_kb"] = _smaps(pid)
+        hz = os.sysconf("SC_CLK_TCK")
+        l0 = st["wakeups"]
+        c0, v0, t0, s0 = _cpu_ticks(pid), _voluntary(pid), time.time(), _sys_ticks(pid)
+        time.sleep(idle_seconds)
+        c1, v1, t1, s1 = _cpu_ticks(pid), _voluntary(pid), time.time(), _sys_ticks(pid)
+        l1 = scenarios.status(lab)["wakeups"] - 1  # the status request itself
+        minutes = (t1 - t0) / 60.0
+        res["idle_seconds"] = round(t1 - t0, 1)
+        res["threads"] = len(v1)
+        res["cpu_s_per_hour"] = round((c1 - c0) / hz * 3600.0 / (t1 - t0), 3)
+        res["cpu_sys_s_per_hour"] = round((s1 - s0) / hz * 3600.0 / (t1 - t0), 3)
+        res["loop_wakeups_per_min"] = round((l1 - l0) / minutes, 1)
+        per_thread = sorted(round((v1[t] - v0.get(t, 0)) / minutes, 1) for t in v1)
+        res["voluntary_switches_per_min"] = round(sum(per_thread), 1)
+        res["voluntary_switches_per_min_by_thread"] = per_thread
+        if bus is not None:
+            # still on the bus, and it answers (after the measurement: a
+            # call is a wake-up)
+            res["ubus_registered"] = bus.wait_object("luci.wgrouter", 5)
+            answer = bus.request({"op": "call", "obj": "wgrouter", "method": "status", "args": {}})
+            res["ubus_status_answered"] = bool(answer and answer.get("status") == 0
+                                               and answer.get("replies"))
+            bus.stop()
+        log("  idle at defaults, %s: %.3f CPU s/hour, %.1f loop wake-ups/min, %.1f voluntary "
+            "context switches/min (threads %s) over %.0f s" % (
+                "ubus registered" if with_ubus else "no ubus", res["cpu_s_per_hour"],
+                res["loop_wakeups_per_min"], res["voluntary_switches_per_min"], per_thread, t1 - t0))
+    return res
+
+
+def bench_idle_defaults(idle_seconds):
+    from wgrouter import model, ubusobj
+    tmp = tempfile.mkdtemp(prefix="wgrouter-bench-site-")
+    try:
+        site = shipped_site(tmp)
+        s = model.Settings()
+        res = {"check_interval": s.check_interval, "probe_timeout": s.probe_timeout,
+               "ubus_loop_ms": ubusobj.LOOP_MS,
+               "ubus_standin": "tests/lab/idlebus.py + tests/lab/idlebus_ubus/ubus.py "
+                               "(loop blocks for its whole timeout, as python-ubus's)"}
+        res["no_ubus"] = _idle_at_defaults(site, idle_seconds, False)
+        res["ubus"] = _idle_at_defaults(site, idle_seconds, True)
+        return res
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ---------------------------------------------------------- ipk and hotplug
@@ -418,6 +564,15 @@ def table(results):
     if results.get("relay"):
         from bench import relay as bench_relay
         rows += bench_relay.rows(results["relay"])
+    d = results.get("idle_defaults")
+    if d:
+        for key, what in (("no_ubus", "without ubus"), ("ubus", "ubus object registered")):
+            r = d[key]
+            rows.append("| idle at the shipped defaults (check_interval %s), %s | %.2f CPU s/hour, "
+                        "%.1f loop wake-ups/min, %.1f voluntary context switches/min (all threads; "
+                        "over %.0f s) |" % (d["check_interval"], what, r["cpu_s_per_hour"],
+                                             r["loop_wakeups_per_min"],
+                                             r["voluntary_switches_per_min"], r["idle_seconds"]))
     if results.get("ipk_bytes"):
         rows.append("| ipk size | %d bytes |" % results["ipk_bytes"])
     if results.get("hotplug_ms") is not None:
@@ -454,13 +609,19 @@ def main(argv=None):
         earlier["generated_partial"] = results["generated"]
         results = earlier
     names = [n for n in args.only.split(",") if n] if args.only is not None else list(scenarios.ALL)
+    if args.only is None:
+        names += list(DEFAULTS_SCENARIOS)
     check_cost = args.only is None or CHECK_COST in names
-    names = [n for n in names if n != CHECK_COST]
+    idle_defaults = args.only is None or IDLE_DEFAULTS in names
+    names = [n for n in names if n not in (CHECK_COST, IDLE_DEFAULTS)]
     from bench import relay as bench_relay
     run_relay = args.only is None or bench_relay.NAME in names
     names = [n for n in names if n != bench_relay.NAME]
     for name in names:
         log("scenario %s" % name)
+        if name in DEFAULTS_SCENARIOS:
+            results["scenarios"][name] = bench_defaults_scenario(name, args.runs, args.baseline_runs)
+            continue
         results["scenarios"][name] = bench_scenario(name, args.runs, args.baseline_runs)
     if run_relay:
         log("relay throughput (WireGuard over TCP against direct UDP)")
@@ -474,6 +635,9 @@ def main(argv=None):
     if check_cost:
         log("cost of one check")
         results["check_cost"] = bench_check_cost()
+    if idle_defaults:
+        log("idle at the shipped defaults, with and without ubus")
+        results["idle_defaults"] = bench_idle_defaults(args.idle_seconds)
     if args.merge and args.skip_memory and "ipk_bytes" in results:
         return _write(results, args.out)
     log("ipk and hotplug")

@@ -628,3 +628,24 @@ def test_stop_leaves_netifds_pinned_route_to_the_same_endpoint(tmp_path, family)
     assert out["cleanup"] == []
     after = out["after"].strip().splitlines()
     assert len(after) == 1 and after[0].startswith(pin), out
+
+
+@pytest.mark.parametrize("text", ["null", "[]", "17", '{"routes": 17, "rules": []}',
+                                  '{"routes": {"a": null, "b": {"address": 5}}}'])
+def test_a_record_of_another_shape_reads_as_empty_instead_of_stopping_the_start(tmp_path, text):
+    # found by the chaos soak (seed 20261201): 'null' in applied.json made
+    # every respawn die in State.load, so procd respawned it forever
+    path = tmp_path / "applied.json"
+    path.write_text(text)
+    state = apply.State(str(path))
+    assert state.routes == {} and state.rules == {}
+
+
+def test_the_valid_entries_of_a_damaged_record_are_kept(tmp_path):
+    good = {"address": "192.0.2.10", "table": None, "device": "wan", "gateway": "10.0.1.1",
+            "owners": [["wg0", "KEY"]]}
+    path = tmp_path / "applied.json"
+    path.write_text(json.dumps({"routes": {"192.0.2.10 main": good, "x": {"owners": 3}},
+                                "rules": {"y": "z"}}))
+    state = apply.State(str(path))
+    assert state.routes == {"192.0.2.10 main": good} and state.rules == {}

@@ -695,7 +695,7 @@ def test_spec_matches_model_defaults():
             assert type(field.default)(default) == field.default
             assert kind == {int: "uinteger", float: "ufloat"}[type(field.default)]
     assert "events:uinteger:64" in config.validate_spec()
-    assert "check_interval:ufloat:10" in config.validate_spec()
+    assert "check_interval:ufloat:1.5" in config.validate_spec()
 
 
 def test_spec_equals_init_script():

@@ -504,9 +504,11 @@ def test_silent_failure_probes_tunnel_and_wan():
     assert not of(rig.check(rx=100, tx=100), model.Probe)  # first sample
     d = rig.check(tx=5000)
     (p,) = of(d, model.Probe)
-    assert (p.tunnel, p.peer, p.target, p.source, p.timeout) == ("wg0", KEY, "10.9.0.1", "10.9.0.2", 2.0)
+    assert (p.tunnel, p.peer, p.target, p.source, p.timeout) == ("wg0", KEY, "10.9.0.1", "10.9.0.2",
+                                                                   model.Settings().probe_timeout)
     (pw,) = of(d, model.ProbeWan)
-    assert (pw.wan, pw.device, pw.targets, pw.timeout) == ("wan", "eth1", ("192.0.2.254", "192.0.2.253"), 2.0)
+    assert (pw.wan, pw.device, pw.targets, pw.timeout) == ("wan", "eth1", ("192.0.2.254", "192.0.2.253"),
+                                                           model.Settings().probe_timeout)
     assert rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["peers"][KEY]["state"] == "suspect"
 
 
@@ -531,7 +533,7 @@ def test_monitor_verdicts(rx, tx, handshake_age, keepalive_peer, probes):
 
 
 def test_no_handshake_after_apply_is_suspect():
-    rig = Rig(handshake_timeout=25.0)
+    rig = Rig(handshake_timeout=25.0, check_interval=10.0)
     rig.step()
     assert not of(rig.check(), model.Probe)  # 10 s after the path was applied
     assert not of(rig.check(), model.Probe)  # 20 s
@@ -551,7 +553,7 @@ def test_probe_ok_returns_to_healthy():
 
 @pytest.mark.parametrize("wan_first", [False, True])
 def test_wan_probe_failure_fails_over_at_once(wan_first):
-    rig = Rig()
+    rig = Rig(check_interval=10.0)  # probe answers come 1 s apart, within one check
     rig.step()
     rig.check()
     rig.check(tx=5000)
@@ -582,7 +584,7 @@ def test_wan_probe_failure_fails_over_at_once(wan_first):
 
 
 def test_recovery_ladder_steps():
-    rig = Rig(backoff_base=2.0)
+    rig = Rig(backoff_base=2.0, check_interval=10.0)  # 20 checks span backoff_max
     rig.step()
     rig.check()
     names = []

@@ -135,7 +135,10 @@ def test_fuzz_applied_json_only_valid_records_are_acted_on(tmp_path_factory, goo
     path.write_text(json.dumps({"routes": records, "rules": {}}))
     calls, problems = _cleanup_calls(path)
     # a delete for each valid record, nothing for the refused ones
-    assert sorted(calls) == sorted(apply.route_del_argv(r["address"], r["table"]) for r in good.values())
+    assert sorted(calls) == sorted(
+        apply.route_del_argv(r["address"], r["table"], r.get("proto", apply.LEGACY_PROTO),
+                             device=r.get("device"), gateway=r.get("gateway"))
+        for r in good.values())
     assert bool(problems) == bool(bad)
 
 

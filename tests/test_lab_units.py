@@ -314,3 +314,55 @@ def test_netifd_hotplug_events_run_in_order_device_only_on_ifup(tmp_path):
             ("ifupdate", "wanb", "wanb")]
     finally:
         s.stop()
+
+
+def _idle_ubus():
+    import importlib.util
+    import os
+    path = os.path.join(topology.REPO, "tests/lab/idlebus_ubus/ubus.py")
+    spec = importlib.util.spec_from_file_location("idlebus_ubus", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_idle_ubus_standin_blocks_its_whole_turn_and_serves_calls_meanwhile(tmp_path):
+    """The bench's binding stand-in: loop(timeout) is one blocking wait that
+    a served call does not end (python-ubus ``ubus_python_loop``), the
+    objects of a connection are its own, and the name cannot be added twice."""
+    import os
+    import time
+    from tests.lab import idlebus
+    path = str(tmp_path / "ubus.sock")
+    threading.Thread(target=idlebus.Bus(path).serve, daemon=True).start()
+    client = idlebus.BusProcess(None, path)
+    ubus = _idle_ubus()
+    deadline = time.monotonic() + 5
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    ubus.connect(socket_path=path)
+    ubus.add("wgrouter", {"status": {"method": lambda h, data: h.reply({"ok": 1}), "signature": {}}})
+    assert "wgrouter" in ubus.objects("wgrouter")
+    answers = []
+    caller = threading.Thread(target=lambda: (time.sleep(0.2), answers.append(
+        client.request({"op": "call", "obj": "wgrouter", "method": "status", "args": {}}))))
+    caller.start()
+    t = time.monotonic()
+    ubus.loop(600)
+    took = time.monotonic() - t
+    caller.join()
+    assert 0.59 <= took < 1.5, took
+    assert answers and answers[0]["status"] == 0 and answers[0]["replies"] == [{"ok": 1}]
+    other = _idle_ubus()
+    other.connect(socket_path=path)
+    try:
+        other.add("wgrouter", {})
+        raise AssertionError("a second add of a name on the bus must fail")
+    except RuntimeError as e:
+        assert "Invalid argument" in str(e)
+    ubus.disconnect()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "wgrouter" in other.objects("wgrouter"):
+        time.sleep(0.01)
+    assert "wgrouter" not in other.objects("wgrouter")  # gone with its connection
+    other.disconnect()

@@ -273,7 +273,7 @@ def test_config_page_shows_the_configuration(chromium):
     assert page["wans"] == ["wan", "wanb"]
     assert page["tunnels"] == ["wg0", "wg1"]
     assert page["peers"] == [PEER_SID]
-    assert page["holddown"] == "120" and page["check"] == "10" and page["host"] == "broker.lan"
+    assert page["holddown"] == "120" and page["check"] == "1.5" and page["host"] == "broker.lan"
     # each cell carries its column's title, for the theme's narrow layout
     assert ["Keepalive (s)", "25"] in page["cells"] and ["Track IPs", "9.9.9.9"] in page["cells"]
     assert page["apply"] and page["ca_hidden"]

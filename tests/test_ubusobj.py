@@ -550,6 +550,18 @@ def test_the_thread_wakes_at_most_once_a_second():
     assert loop_ms >= 1000 and tick >= 1.0 and reconnect_min >= 1.0 and probe >= 10
 
 
+def test_idle_wakeups_of_the_whole_process_stay_under_one_a_second():
+    """Issue 16: with the object registered, the ubus thread's turns plus the
+    main loop's checks at the shipped check_interval (jitter included) are
+    at most one wake-up a second; and stop() waits well within the init
+    script's term_timeout (10 s)."""
+    from wgrouter import core, model
+    loop_ms = REAL_TIMERS[0]
+    check = model.Settings().check_interval * (1.0 - core.CHECK_JITTER)
+    assert 1000.0 / loop_ms + 1.0 / check <= 1.0
+    assert loop_ms / 1000.0 + 2.0 < 10.0
+
+
 def test_serving_guards_sigchld_before_the_first_connect(bus, monkeypatch):
     before = signal.getsignal(signal.SIGCHLD)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -302,7 +302,7 @@ def test_the_shipped_example_carries_a_valid_marker():
 
 @pytest.mark.parametrize("edit", [
     lambda t: t.replace("option enabled '1'", "option enabled '0'", 1),
-    lambda t: t.replace("#option check_interval '10'", "option check_interval '5'"),
+    lambda t: t.replace("#option check_interval '1.5'", "option check_interval '5'"),
     lambda t: t.replace("# keepalive for peers", "# my note: keepalive for peers"),  # a comment only
     lambda t: t + "\n",
     lambda t: t.replace("\n", "\r\n"),

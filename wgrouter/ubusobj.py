@@ -61,11 +61,16 @@ METHODS = {
 # while ubusd was away learns where things stand.
 EVENTS = ("wgrouter.transition", "wgrouter.state")
 
-# One turn of ubus.loop() in ms.  Calls are served as they arrive; this bounds
-# how long a queued event waits, how long stop() takes (well under procd's
-# term_timeout) and how soon a lost connection is noticed.  It is also the
-# thread's wake-up rate when idle: never more than once a second.
-LOOP_MS = 1000
+# One turn of ubus.loop() in ms.  Calls are served as they arrive (the
+# binding's loop() blocks in uloop until its timeout: python-ubus
+# ``ubus_python_loop``, observed in /work/shared/OPENWRT.md); this bounds how
+# long a queued event waits (4 s), how long stop() waits for the thread (4 s,
+# within the init script's term_timeout of 10 s after the routes are
+# removed) and how soon a lost connection is noticed, so that the objects
+# are back within 5 s of a quick ubusd restart.  It is the thread's idle
+# wake-up rate: with the main loop's one wake-up per check_interval (1.5 s)
+# the whole process stays under one a second.
+LOOP_MS = 4000
 
 # While not connected the thread looks at ubusd's socket once per TICK s and
 # connects at once when a new ubusd has bound it; otherwise it retries with
@@ -233,7 +238,8 @@ class UbusService:
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(LOOP_MS / 1000.0 * 3 + 1.0)
+            # the turn under way, then the flush: well within term_timeout
+            thread.join(LOOP_MS / 1000.0 + 2.0)
             if thread.is_alive():
                 # a binding call is stuck: do not touch the connection
                 self.log("ubus thread did not stop")

@@ -809,8 +809,10 @@ add rule ip isp srcnat oifname "uplink" snat to %s
             endpoints = ["vpn.%s:%d" % (DOMAIN, VPN_ALT_PORT),
                          "%s:%d" % (VPN_ADDRESSES[1], VPN_PORT)]
         sections = [
-            ("wgrouter", "main", [("check_interval", str(check_interval)),
-                                  ("failback_holddown", str(failback_holddown))]
+            # None leaves an option out: the daemon's shipped default
+            ("wgrouter", "main", [(k, str(v)) for k, v in (("check_interval", check_interval),
+                                                          ("failback_holddown", failback_holddown))
+                                  if v is not None]
              + ([("mwan3", "1")] if mwan3 else [])
              + ([("dns_ttl_min", str(dns_ttl_min))] if dns_ttl_min is not None else [])
              + ([("probe_timeout", str(probe_timeout))] if probe_timeout is not None else [])),

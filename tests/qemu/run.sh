@@ -57,7 +57,7 @@ py=$("${PYTHON:-python3}" -c 'import sys; print(sys.executable)') || die "no ${P
 q() { printf "'%s'" "$(printf %s "$1" | sed "s/'/'\\\\''/g")"; }
 args=""
 if [ $# -eq 0 ]; then
-    set -- tests/test_kernel_wg.py
+    set -- tests/test_kernel_wg.py tests/test_wg_kernel.py
     [ -e "$repo/tests/test_scenarios.py" ] && set -- "$@" tests/test_scenarios.py
 fi
 for a in "$@"; do args="$args $(q "$a")"; done

@@ -17,9 +17,9 @@
  * script's validate_data type) and _SETTING_RANGES (the daemon's bounds):
  * option: [ type, default, minimum, minimum allowed, maximum ] */
 var SETTINGS = {
-	check_interval:    [ 'ufloat', '10', 0, false, null ],
+	check_interval:    [ 'ufloat', '1.5', 0, false, null ],
 	handshake_timeout: [ 'ufloat', '150', 0, false, null ],
-	probe_timeout:     [ 'ufloat', '2', 0, false, null ],
+	probe_timeout:     [ 'ufloat', '1', 0, false, null ],
 	failback_holddown: [ 'ufloat', '60', 0, true, null ],
 	holddown_max:      [ 'ufloat', '300', 0, true, null ],
 	backoff_base:      [ 'ufloat', '2', 0, false, null ],
@@ -288,6 +288,17 @@ function endpointRule(text) {
 	return why ? '%s %s'.format(quote(text), why) : true;
 }
 
+/* config.py relay_list: an endpoint whose port must be given */
+function relayRule(text) {
+	var verdict = endpointRule(text);
+
+	if (verdict !== true)
+		return verdict;
+	if (text.charAt(0) == '[' ? text.indexOf(']:') < 0 : text.indexOf(':') < 0)
+		return _("%s has no port: write host:port (tcp2udp and Mullvad's relays listen on 443, 80 or 5001)").format(quote(text));
+	return true;
+}
+
 /* config.py _Builder.topic */
 function topicRule(section_id, value) {
 	if (!value.length || /[+#\0]/.test(value) || value.charAt(0) == '/' || value.charAt(value.length - 1) == '/')
@@ -481,7 +492,7 @@ return view.extend({
 
 		o = s.option(form.DynamicList, 'relay', _('TCP relays'),
 			_('host:port of a WireGuard-over-TCP relay, the last resort when no UDP path works.'));
-		o.validate = optional(eachWord(endpointRule));
+		o.validate = optional(eachWord(relayRule));
 
 		o = s.option(form.Value, 'probe', _('In-tunnel probe'),
 			_('This peer\'s own probe target, inside its allowed IPs.'));

@@ -1,0 +1,227 @@
+"""A stand-in ubusd in its own process, so the soak can restart it.
+
+    python3 -m tests.lab.standin_bus SOCKET_PATH
+
+FakeBus (tests/fakebus.py) is a bus inside the test process; the lab's
+daemon is a separate process, and a ubusd restart must break a connection
+that lives in that process.  This bus speaks JSON lines over a Unix socket
+with the binding stand-in tests/lab/standin_ubus/ubus.py (which the soak puts
+on the daemon's path through tests/lab/soakhook.py).  What it models, from
+/work/shared/OPENWRT.md (python-ubus 0.1.3 against ubusd of openwrt/ubus
+3cc98db):
+
+* an object belongs to the connection that added it, and a second ``add``
+  of a name already on the bus fails (``Invalid argument``);
+* a publisher that dies (SIGKILL) loses its object at once: the name can be
+  added again by a new process;
+* a restarted ubusd knows no objects: every client must connect and add
+  again (what the binding's connection then does is the module's part).
+
+Messages (one JSON object a line): add, objects, call -> invoke -> reply ->
+result, send -> event, listen.  The argument checks of a call are the
+binding's (the module applies FakeBus's), not the bus's.
+"""
+
+import fnmatch
+import json
+import os
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from tests.lab import topology
+
+# ubus status codes (libubus ubus_msg_status), as in tests/fakebus.py
+STATUS_NOT_FOUND = 4
+STATUS_TIMEOUT = 7
+MAX_LINE = 1 << 20
+
+
+class Bus:
+    def __init__(self, path):
+        self.path = path
+        self.sel = selectors.DefaultSelector()
+        self.bufs = {}  # conn -> bytes received, not yet a line
+        self.objects = {}  # name -> (owner conn, {method: signature})
+        self.listeners = {}  # conn -> [patterns]
+        self.pending = {}  # (owner, id) -> (caller, caller's id)
+        self.next_id = 0
+
+    def serve(self):
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(self.path)
+        srv.listen(16)
+        self.sel.register(srv, selectors.EVENT_READ, None)
+        print("listening", flush=True)
+        while True:
+            for key, _ in self.sel.select():
+                if key.data is None:
+                    conn, _ = srv.accept()
+                    self.bufs[conn] = b""
+                    self.sel.register(conn, selectors.EVENT_READ, "client")
+                else:
+                    self._read(key.fileobj)
+
+    def _read(self, conn):
+        try:
+            data = conn.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(conn)
+            return
+        buf = self.bufs[conn] + data
+        *lines, rest = buf.split(b"\n")
+        if len(rest) > MAX_LINE:
+            self._drop(conn)
+            return
+        self.bufs[conn] = rest
+        for line in lines:
+            try:
+                msg = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(msg, dict):
+                self._handle(conn, msg)
+
+    def _send(self, conn, msg):
+        try:
+            conn.sendall(json.dumps(msg).encode() + b"\n")
+        except OSError:
+            pass
+
+    def _drop(self, conn):
+        # the objects of a connection that went away are gone at once
+        self.sel.unregister(conn)
+        self.bufs.pop(conn, None)
+        self.listeners.pop(conn, None)
+        for name in [n for n, (owner, _) in self.objects.items() if owner is conn]:
+            del self.objects[name]
+        for (owner, rid), (caller, cid) in list(self.pending.items()):
+            if owner is conn:
+                del self.pending[(owner, rid)]
+                self._send(caller, {"op": "result", "id": cid, "status": STATUS_NOT_FOUND,
+                                    "replies": []})
+        conn.close()
+
+    def _handle(self, conn, msg):
+        op, mid = msg.get("op"), msg.get("id")
+        if op == "add":
+            name = msg.get("name")
+            if name in self.objects:
+                self._send(conn, {"op": "done", "id": mid, "error": "Invalid argument"})
+            else:
+                self.objects[name] = (conn, msg.get("methods") or {})
+                self._send(conn, {"op": "done", "id": mid})
+        elif op == "objects":
+            pattern = msg.get("path") or "*"
+            found = {n: m for n, (_, m) in self.objects.items() if fnmatch.fnmatchcase(n, pattern)}
+            self._send(conn, {"op": "done", "id": mid, "objects": found})
+        elif op == "call":
+            target = self.objects.get(msg.get("obj"))
+            if target is None:
+                self._send(conn, {"op": "result", "id": mid, "status": STATUS_NOT_FOUND,
+                                  "replies": []})
+                return
+            self.next_id += 1
+            self.pending[(target[0], self.next_id)] = (conn, mid)
+            self._send(target[0], {"op": "invoke", "id": self.next_id, "obj": msg.get("obj"),
+                                   "method": msg.get("method"), "args": msg.get("args") or {}})
+        elif op == "reply":
+            caller = self.pending.pop((conn, mid), None)
+            if caller is not None:
+                self._send(caller[0], {"op": "result", "id": caller[1],
+                                       "status": msg.get("status", 0),
+                                       "replies": msg.get("replies") or []})
+        elif op == "send":
+            for other, patterns in self.listeners.items():
+                if any(fnmatch.fnmatchcase(msg.get("event", ""), p) for p in patterns):
+                    self._send(other, {"op": "event", "event": msg.get("event"),
+                                       "data": msg.get("data")})
+            self._send(conn, {"op": "done", "id": mid})
+        elif op == "listen":
+            self.listeners.setdefault(conn, []).extend(msg.get("patterns") or [])
+            self._send(conn, {"op": "done", "id": mid})
+
+
+class BusProcess:
+    """The stand-in ubusd as a child of the test: start, stop, restart, ask."""
+
+    def __init__(self, lab, path):
+        self.lab = lab
+        self.path = path
+        self.proc = None
+        self.restarts = 0
+        self.restarted_at = time.time()
+
+    def start(self):
+        env = dict(os.environ, PYTHONPATH=topology.REPO)
+        self.proc = self.lab.popen("router", sys.executable, "-m", "tests.lab.standin_bus",
+                                   self.path, cwd=topology.REPO, env=env,
+                                   stdout=subprocess.PIPE,
+                                   stderr=open(self.lab.log("standin-ubusd.log"), "a"),
+                                   text=True)
+        if self.proc.stdout.readline().strip() != "listening":
+            raise topology.LabError("stand-in ubusd did not start")
+
+    def stop(self):
+        if self.proc is not None:
+            self.lab.stop_process(self.proc, sig=signal.SIGKILL)
+            self.proc = None
+
+    def restart(self, gap=0.2):
+        """ubusd dies and a new one takes the socket (procd restarts it)."""
+        self.stop()
+        time.sleep(gap)
+        self.start()
+        self.restarted_at = time.time()
+        self.restarts += 1
+
+    def request(self, msg, timeout=3.0):
+        """One request from a client of our own; the answer, or None."""
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(timeout)
+        try:
+            s.connect(self.path)
+            s.sendall(json.dumps(dict(msg, id=1)).encode() + b"\n")
+            f = s.makefile("rb")
+            while True:
+                line = f.readline()
+                if not line:
+                    return None
+                answer = json.loads(line)
+                if answer.get("id") == 1 and answer.get("op") in ("done", "result"):
+                    return answer
+        except (OSError, ValueError):
+            return None
+        finally:
+            s.close()
+
+    def call(self, obj, method, args=None, timeout=5.0):
+        return self.request({"op": "call", "obj": obj, "method": method, "args": args or {}},
+                            timeout)
+
+    def wait_object(self, name, timeout):
+        """True once ``name`` is on the bus and answers ``status``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            answer = self.request({"op": "objects", "path": name}, 1.0)
+            if answer and name in (answer.get("objects") or {}):
+                reply = self.call(name, "status", timeout=2.0)
+                if reply and reply.get("status") == 0 and reply.get("replies"):
+                    return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.2)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    Bus(sys.argv[1]).serve()
