@@ -83,6 +83,12 @@ os.environ["PATH"] = os.path.join(hookdir, "bin") + os.pathsep + os.environ.get(
 # tests/lab/standin_ubus (the stand-in python3-ubus binding), when the soak asks for it
 if os.path.isdir(os.path.join(hookdir, "ubus")):
     sys.path.insert(0, os.path.join(hookdir, "ubus"))
+    if os.environ.get("WGROUTER_STANDIN_UBUS"):
+        # on a router the daemon's socket (ubusobj.DEFAULT_SOCKET, which it
+        # passes to connect() and watches) is where ubusd listens; in the lab
+        # the stand-in ubusd listens in the lab's directory
+        import wgrouter.ubusobj
+        wgrouter.ubusobj.DEFAULT_SOCKET = os.environ["WGROUTER_STANDIN_UBUS"]
 
 module = sys.argv[2]
 sys.argv = [module] + sys.argv[3:]
