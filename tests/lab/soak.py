@@ -189,7 +189,7 @@ if [ "$1 $2 $3" = "show all dump" ] && [ $# -eq 3 ]; then
         BEGIN { n = split(steps, lines, "\n") }
         NF == 9 && $6 > 0 {
             add = 0
-            for (i = 1; i <= n; i++) { split(lines[i], w, " "); if (w[1] <= $6) add += w[2] }
+            for (i = 1; i <= n; i++) { split(lines[i], w, " "); if (w[1] < $6 + 1) add += w[2] }
             $6 = sprintf("%%d", $6 + add)
         }
         { print }'

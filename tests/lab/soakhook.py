@@ -6,18 +6,26 @@ The wall clock cannot be stepped on a shared test machine (every other lab's
 timings use it), and Linux time namespaces shift only the monotonic and
 boot-time clocks.  So the step is made for this one process: ``time.time()``
 adds the steps listed in HOOKDIR/clock (lines ``REAL_TIME DELTA``: from REAL_TIME
-on, wall time is DELTA seconds off), and HOOKDIR/bin, first on PATH, holds a
-``wg`` that shows a handshake made after a step with the stepped time:
-WireGuard (kernel and wireguard-go) stamps a handshake with the wall clock
-of that moment, and ``wg show`` prints that stamp as unix time, so
-handshakes from before a step keep their old stamp.  Nothing of wgrouter
-is changed: it reads ``time.time()`` and ``wg show all dump`` as on a router.
+on, wall time is DELTA seconds off).  WireGuard stamps a handshake with the
+wall clock of that moment (kernel: drivers/net/wireguard/noise.c,
+ktime_get_real_ts64 into walltime_last_handshake; wireguard-go:
+device/noise-protocol.go, time.Now() into lastHandshakeNano), so on a router
+a handshake made after a step carries the stepped time and one from before
+keeps its old stamp.  The lab's wireguard-go runs on the real clock, so both
+ways the daemon reads stamps are shifted the same way: in process
+(``wgrouter.wg.Client.read``, UAPI or generic netlink) and, for the `wg`
+fallback, HOOKDIR/bin, first on PATH, holds a ``wg`` whose
+``show all dump`` does the same.  Nothing of wgrouter's logic is changed: it
+reads ``time.time()`` and the peers' stamps as on a router.
 """
 
+import dataclasses
 import os
 import runpy
 import sys
 import time
+
+import wgrouter.wg
 
 hookdir = sys.argv[1]
 clock_file = os.path.join(hookdir, "clock")
@@ -49,11 +57,38 @@ def stepped_time():
     return now + sum(delta for at, delta in _steps() if at <= now)
 
 
+def stepped_stamp(stamp):
+    """A handshake stamp (whole unix seconds, real clock) as the stepped
+    clock made it.  The stamp is cut to the second: one in the step's own
+    second is taken as made after it (a small age either way, where the
+    other guess would show a step's worth of age)."""
+    if not stamp:
+        return stamp
+    return stamp + int(sum(delta for at, delta in _steps() if at < stamp + 1))
+
+
+def _stepped_read(read):
+    def stepped(self, names):
+        found, failed = read(self, names)
+        for name, rows in found.items():
+            found[name] = [dataclasses.replace(r, latest_handshake=stepped_stamp(r.latest_handshake))
+                           for r in rows]
+        return found, failed
+    return stepped
+
+
 time.time = stepped_time
+wgrouter.wg.Client.read = _stepped_read(wgrouter.wg.Client.read)
 os.environ["PATH"] = os.path.join(hookdir, "bin") + os.pathsep + os.environ.get("PATH", "")
 # tests/lab/standin_ubus (the stand-in python3-ubus binding), when the soak asks for it
 if os.path.isdir(os.path.join(hookdir, "ubus")):
     sys.path.insert(0, os.path.join(hookdir, "ubus"))
+    if os.environ.get("WGROUTER_STANDIN_UBUS"):
+        # on a router the daemon's socket (ubusobj.DEFAULT_SOCKET, which it
+        # passes to connect() and watches) is where ubusd listens; in the lab
+        # the stand-in ubusd listens in the lab's directory
+        import wgrouter.ubusobj
+        wgrouter.ubusobj.DEFAULT_SOCKET = os.environ["WGROUTER_STANDIN_UBUS"]
 
 module = sys.argv[2]
 sys.argv = [module] + sys.argv[3:]

@@ -15,7 +15,16 @@ on the daemon's path through tests/lab/soakhook.py).  What it models, from
 * a publisher that dies (SIGKILL) loses its object at once: the name can be
   added again by a new process;
 * a restarted ubusd knows no objects: every client must connect and add
-  again (what the binding's connection then does is the module's part).
+  again (what the binding's connection then does is the module's part);
+* ubusd greets every client it accepts with a HELLO message that carries
+  the client's id, before anything else (ubus ubusd_proto.c,
+  ubusd_proto_new_client -> ubusd_send_hello); libubus's connect reads it
+  first and gives up on anything else (libubus-io.c, ubus_reconnect).
+  Here: ``{"op": "hello", "peer": ID}``;
+* ubusd unlinks its socket path before it binds a new socket there, and
+  again when its loop ends on SIGTERM or SIGINT (ubus ubusd_main.c, main:
+  unlink, usock, uloop_run, unlink); a SIGKILLed ubusd leaves its socket
+  file behind, refusing connections, until the next one replaces it.
 
 Messages (one JSON object a line): add, objects, call -> invoke -> reply ->
 result, send -> event, listen.  The argument checks of a call are the
@@ -49,6 +58,7 @@ class Bus:
         self.listeners = {}  # conn -> [patterns]
         self.pending = {}  # (owner, id) -> (caller, caller's id)
         self.next_id = 0
+        self.next_client = 0
 
     def serve(self):
         try:
@@ -66,6 +76,8 @@ class Bus:
                     conn, _ = srv.accept()
                     self.bufs[conn] = b""
                     self.sel.register(conn, selectors.EVENT_READ, "client")
+                    self.next_client += 1
+                    self._send(conn, {"op": "hello", "peer": self.next_client})
                 else:
                     self._read(key.fileobj)
 
@@ -222,6 +234,19 @@ class BusProcess:
             time.sleep(0.2)
 
 
+def _unlink_and_exit(path):
+    def handler(signum, frame):
+        # ubusd_main.c: uloop_run() ends on SIGTERM/SIGINT, then unlink
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+        os._exit(0)
+    return handler
+
+
 if __name__ == "__main__":
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    for _sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(_sig, _unlink_and_exit(sys.argv[1]))
     Bus(sys.argv[1]).serve()

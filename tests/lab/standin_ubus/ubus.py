@@ -60,12 +60,35 @@ class _Connection:
             raise IOError("Failed to connect to the ubus socket '%s'" % path)
         self.buf = b""
         self.lost = False
+        self._hello()
         self.methods = {}  # object -> {method: (callback, signature)}
         self.listeners = []  # (pattern, callback)
         self.invokes = []  # invocations that arrived while waiting for an answer
         self.events = []
         self.next_id = 0
         self.lock = threading.RLock()
+
+    def _hello(self):
+        """Read ubusd's HELLO as libubus does (libubus-io.c, ubus_reconnect:
+        a blocking read() of the header, no timeout; anything else, or EOF,
+        fails the connect).  A bus that accepts and says nothing blocks
+        here, as the real binding does (holding the GIL there)."""
+        line = b""
+        while not line.endswith(b"\n"):
+            try:
+                data = self.sock.recv(1)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            line += data
+        try:
+            msg = json.loads(line)
+        except ValueError:
+            msg = None
+        if not isinstance(msg, dict) or msg.get("op") != "hello":
+            self.sock.close()
+            raise IOError("Failed to connect to the ubus socket '%s'" % self.path)
 
     def close(self):
         self.sock.close()
