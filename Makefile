@@ -39,7 +39,11 @@ bench:
 	$(PYTHON) -m bench.run
 
 # the long chaos soak (bench/soak.py): make soak SOAK="--minutes 45 --seed 7"
-.PHONY: soak
+.PHONY: soak test-soak
+# the short (3 minute) seeded soak; WGROUTER_SOAK_SEED=N replays one
+test-soak:
+	WGROUTER_SOAK=1 $(PYTEST) -q tests/test_soak.py
+
 soak:
 	$(PYTHON) -m bench.soak $(SOAK)
 
