@@ -156,14 +156,19 @@ def test_healthy_lab_is_ok_and_diagnose_changes_nothing(lab_factory):
 
 
 def test_daemon_answers_diagnose_with_the_contract_shape(lab_factory):
+    # the report ubus's diagnose returns (ubusobj -> daemon.Handlers ->
+    # diagnose.run) is the one `wgrouter diagnose --json` prints; the control
+    # socket no longer carries diagnose
     from tests import fakebus
     from tests.lab import scenarios
-    from wgrouter import control
     lab = lab_factory()
     with open(os.path.join(lab.root, "etc/config/firewall"), "w") as f:
         f.write(firewall_text(lab.router_wg))
     scenarios.start(lab, "wgrouter")
-    reply = control.request(lab.root, {"method": "diagnose"})
+    env = dict(os.environ, PYTHONPATH=REPO)
+    r = lab.run("router", sys.executable, "-m", "wgrouter", "diagnose", "--json", "--root", lab.root,
+                env=env, check=False)
+    reply = json.loads(r.stdout)
     fakebus.check_reply("diagnose", reply)
     assert reply["worst"] in ("ok", "warn")
     assert [f for f in reply["findings"] if f["status"] == "fail"] == []
