@@ -77,7 +77,9 @@ if [ $# -eq 0 ]; then
         $s::test_mwan3_variant_fails_over_in_policy_tables \
         $s::test_mwan3_silent_failure_moves_the_flow_despite_connmark \
         $s::test_mwan3_disconnected_event_moves_the_tunnel_before_our_own_check \
-        $s::test_ipv6_endpoint_fails_over_to_backup_over_ipv6
+        $s::test_ipv6_endpoint_fails_over_to_backup_over_ipv6 \
+        $s::test_mwan3_ipv6_endpoint_silent_failure_moves_the_flow_despite_wan6_connmark \
+        $s::test_ipv4_only_backup_takes_the_ipv4_candidate_and_fails_back
 fi
 for a in "$@"; do args="$args $(q "$a")"; done
 
