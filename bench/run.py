@@ -69,10 +69,14 @@ def _runs(name, who, count, limit, start_kwargs=None):
     return seconds, recovered, leaks
 
 
-def bench_scenario(name, runs, baseline_runs):
-    limit = LIMITS[name]
-    w, w_ok, w_leaks = _runs(name, "wgrouter", runs, limit)
-    b, b_ok, b_leaks = _runs(name, "baseline", baseline_runs, limit,
+def bench_scenario(name, runs, baseline_runs, base=None, wgrouter_kwargs=None):
+    """``name`` (a scenario of tests/lab/scenarios.py, or a DEFAULTS_SCENARIOS
+    key run as its ``base`` scenario with ``wgrouter_kwargs``), wgrouter
+    beside the stock baseline."""
+    base = base or name
+    limit = LIMITS[base]
+    w, w_ok, w_leaks = _runs(base, "wgrouter", runs, limit, start_kwargs=wgrouter_kwargs)
+    b, b_ok, b_leaks = _runs(base, "baseline", baseline_runs, limit,
                              start_kwargs={"watchdog_interval": 60, "stale_after": 150})
     leaks = {"wgrouter": w_leaks, "baseline": b_leaks}
     baseline_recovered = bool(b_ok) and all(b_ok)
@@ -89,6 +93,12 @@ def bench_scenario(name, runs, baseline_runs):
         "limit_s": limit,
         "leaked_packets": leaks,
     }
+    if base != name:
+        from wgrouter import model
+        settings = model.Settings()
+        res["scenario"] = base
+        res["settings"] = {k: getattr(settings, k) for k in wgrouter_kwargs}
+        res["wgrouter_runs_s"] = [round(x, 3) for x in w]
     if res["baseline_median_or_limit_s"] and res["wgrouter_s"]:
         res["ratio_baseline_over_wgrouter"] = round(res["baseline_median_or_limit_s"] / res["wgrouter_s"], 1)
     return res
@@ -99,42 +109,9 @@ def bench_scenario(name, runs, baseline_runs):
 # instead of tests/lab/scenarios.py's LAB_* settings; stock beside them.
 DEFAULTS_SCENARIOS = {
     "silent_failure_defaults": "silent_failure",
-    "carrier_loss_defaults": "carrier_loss",
+    "carrier_loss_defaults": "carrier_loss_dhcp",
 }
 SHIPPED = {"check_interval": None, "probe_timeout": None, "failback_holddown": None}
-
-
-def bench_defaults_scenario(name, runs, baseline_runs):
-    """``name`` (a DEFAULTS_SCENARIOS key) with wgrouter at its shipped
-    defaults, in the layout of bench_scenario."""
-    base = DEFAULTS_SCENARIOS[name]
-    limit = LIMITS[base]
-    w, w_ok, w_leaks = _runs(base, "wgrouter", runs, limit, start_kwargs=dict(SHIPPED))
-    b, b_ok, b_leaks = _runs(base, "baseline", baseline_runs, limit,
-                             start_kwargs={"watchdog_interval": 60, "stale_after": 150,
-                                           "update_every": STOCK_UPDATE_EVERY})
-    baseline_recovered = bool(b_ok) and all(b_ok)
-    from wgrouter import model
-    settings = model.Settings()
-    res = {
-        "scenario": base,
-        "settings": {k: getattr(settings, k) for k in SHIPPED},
-        "wgrouter_s": _median(w),
-        "wgrouter_recovered": all(w_ok),
-        "wgrouter_runs_s": [round(x, 3) for x in w],
-        "baseline_s": _median(b) if baseline_recovered else None,
-        "baseline_recovered": baseline_recovered,
-        "baseline_median_or_limit_s": _median(b),
-        "runs": runs,
-        "baseline_runs": baseline_runs,
-        "min_s": round(min(w), 3),
-        "max_s": round(max(w), 3),
-        "limit_s": limit,
-        "leaked_packets": {"wgrouter": w_leaks, "baseline": b_leaks},
-    }
-    if res["baseline_median_or_limit_s"] and res["wgrouter_s"]:
-        res["ratio_baseline_over_wgrouter"] = round(res["baseline_median_or_limit_s"] / res["wgrouter_s"], 1)
-    return res
 
 
 # ------------------------------------------------------------------ memory
@@ -620,7 +597,8 @@ def main(argv=None):
     for name in names:
         log("scenario %s" % name)
         if name in DEFAULTS_SCENARIOS:
-            results["scenarios"][name] = bench_defaults_scenario(name, args.runs, args.baseline_runs)
+            results["scenarios"][name] = bench_scenario(name, args.runs, args.baseline_runs,
+                                                        DEFAULTS_SCENARIOS[name], dict(SHIPPED))
             continue
         results["scenarios"][name] = bench_scenario(name, args.runs, args.baseline_runs)
     if run_relay:
