@@ -61,3 +61,32 @@ def test_runner_refuses_cleanly_without_prerequisites(tmp_path):
                        timeout=60)
     assert r.returncode == 2, r.stdout + r.stderr
     assert r.stderr.startswith("qemu tier: needs "), r.stderr
+
+
+def test_runner_passes_its_list_beside_the_kernel_command_line():
+    """virtme-ng puts the guest command, base64-encoded, on the kernel command
+    line, which x86 cuts at 2048 bytes; a list of scenarios there made a guest
+    that never started its tests.  The runner's own command stays short however
+    long the list, and every default node id names a test that exists."""
+    reason = _unavailable()
+    if reason:
+        pytest.skip(reason)
+    many = ["tests/test_scenarios.py::test_%s_%s" % ("x" * 80, i) for i in range(40)]
+    for args in ([], many):
+        env = dict(os.environ, WGROUTER_QEMU_DRY_RUN="1")
+        r = subprocess.run(["sh", RUNNER] + args, cwd=REPO, capture_output=True, text=True,
+                           env=env, timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+        first, *listed = r.stdout.splitlines()
+        size = int(re.search(r"\((\d+) bytes encoded\)", first).group(1))
+        assert size <= 1200, first
+        argfile = first.split()[-1].strip("'")
+        assert not os.path.exists(argfile)  # removed on exit
+        if args:
+            assert listed == args
+            continue
+        assert listed[:2] == ["tests/test_kernel_wg.py", "tests/test_wg_kernel.py"]
+        for node in listed[2:]:
+            path, name = node.split("::")
+            with open(os.path.join(REPO, path)) as f:
+                assert "\ndef %s(" % name in f.read(), node

@@ -1,8 +1,12 @@
 #!/bin/sh
-# Runs inside the VM started by tests/qemu/run.sh: guest.sh PYTHON [pytest args...]
+# Runs inside the VM started by tests/qemu/run.sh: guest.sh PYTHON ARGFILE,
+# ARGFILE holding pytest's arguments one per line (they do not fit on the
+# kernel command line that carries this command).
 set -u
 py=$1
-shift
+argfile=$2
+set --
+while IFS= read -r a; do set -- "$@" "$a"; done <"$argfile"
 echo "guest: kernel $(uname -r), booted in $(cut -d' ' -f1 /proc/uptime) s"
 # wireguard for the lab, tun so wireguard-go stays usable for comparisons
 modprobe wireguard || { echo "guest: no wireguard module" >&2; exit 3; }

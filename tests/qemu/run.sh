@@ -55,12 +55,13 @@ py=$("${PYTHON:-python3}" -c 'import sys; print(sys.executable)') || die "no ${P
 "$py" -c 'import pytest' 2>/dev/null || die "$py has no pytest"
 
 q() { printf "'%s'" "$(printf %s "$1" | sed "s/'/'\\\\''/g")"; }
-args=""
 if [ $# -eq 0 ]; then
-    # The scenarios seen passing in the VM on this version; the others are
-    # run by naming them (tests/qemu/run.sh tests/test_scenarios.py):
+    # Kernel WireGuard's own tests, and the scenarios whose outcome depends on
+    # how the kernel picks and caches a peer's source address (failover,
+    # failback, NAT, IPv6, policy routing); the config-only and reload
+    # scenarios behave the same on either backend and stay on the host.
     # test_stop_removes_only_what_it_added_and_restart_adopts fails with
-    # kernel WireGuard (not yet understood), the rest were not yet seen there.
+    # kernel WireGuard (not yet understood) and is run by naming it.
     s=tests/test_scenarios.py
     set -- tests/test_kernel_wg.py tests/test_wg_kernel.py \
         $s::test_carrier_loss_fails_over_to_backup_without_leak \
@@ -73,21 +74,32 @@ if [ $# -eq 0 ]; then
         $s::test_flapping_primary_bounded_actions_and_stable_end \
         $s::test_both_down_then_backup_then_failback \
         $s::test_killed_mid_failover_respawn_converges_without_duplicates \
-        $s::test_bad_config_gives_clear_error_and_changes_nothing \
-        $s::test_mwan3_variant_fails_over_in_policy_tables \
         $s::test_mwan3_silent_failure_moves_the_flow_despite_connmark \
-        $s::test_mwan3_disconnected_event_moves_the_tunnel_before_our_own_check \
         $s::test_ipv6_endpoint_fails_over_to_backup_over_ipv6 \
-        $s::test_mwan3_ipv6_endpoint_silent_failure_moves_the_flow_despite_wan6_connmark \
         $s::test_ipv4_only_backup_takes_the_ipv4_candidate_and_fails_back
 fi
-for a in "$@"; do args="$args $(q "$a")"; done
+
+# virtme-ng hands the guest its command base64-encoded on the kernel command
+# line, which the kernel cuts at 2048 bytes (COMMAND_LINE_SIZE on x86): a
+# longer one boots a guest that runs a truncated script and never ends.  So
+# the pytest arguments go through a file in the shared checkout, one per line.
+argfile=$(mktemp "$repo/tests/qemu/.args.XXXXXX")
+trap 'rm -f "$argfile"' EXIT
+printf '%s\n' "$@" >"$argfile"
 
 guest="cd $(q "$repo") && WGROUTER_LAB_KERNEL_WG=1 WGROUTER_LAB_SCALE=$(q "${WGROUTER_LAB_SCALE:-5}")"
-guest="$guest sh tests/qemu/guest.sh $(q "$py")$args"
+guest="$guest sh tests/qemu/guest.sh $(q "$py") $(q "$argfile")"
+# what virtme-ng puts on the command line for it, beside its own ~600 bytes
+encoded=$(printf %s "$guest" | base64 -w0 | wc -c)
+[ "$encoded" -le 1200 ] || die "the guest command is $encoded bytes encoded: move the checkout to a shorter path"
+if [ -n "${WGROUTER_QEMU_DRY_RUN:-}" ]; then
+    echo "qemu tier: guest command ($encoded bytes encoded): $guest"
+    cat "$argfile"
+    exit 0
+fi
 
 start=$(date +%s)
-echo "qemu tier: booting $kernel (TCG, ${WGROUTER_QEMU_CPUS:-2} cpus) to run:$args"
+echo "qemu tier: booting $kernel (TCG, ${WGROUTER_QEMU_CPUS:-2} cpus) to run: $*"
 rcfile=$(mktemp)
 # KVM is not used on purpose: with it the guest hangs on this setup.  TCG
 # emulation is several times slower, hence WGROUTER_LAB_SCALE.  The pipe through
