@@ -390,3 +390,50 @@ def test_mqtt_starting_slowly_never_holds_the_loop(tmp_path, monkeypatch, slow_m
     assert isinstance(seen["sink"], sinks.MqttSink)
     assert any(b"pinned to wanb" in p for p in seen["events"]), seen["events"]
     assert seen["sink"].telemetry._stopping  # stopped with the daemon
+
+
+class _QuietShell:
+    """The shell of a loop with nothing going on: no WAN, no peer, no action."""
+    wg_error = kernel_error = None
+
+    def learn(self, pending):
+        return False
+
+    def observe(self, kernel_changed):
+        return {}, {}, {}
+
+    def execute(self, action):
+        return []
+
+
+def test_a_step_builds_its_status_only_when_someone_takes_it(tmp_path, monkeypatch):
+    """The snapshot (the whole status as JSON) is most of an idle step's work;
+    without MQTT nothing takes it until a status request comes."""
+    from tests.test_core import make_config
+    from wgrouter import core, sinks
+    d = daemon.Daemon(root=str(tmp_path), cfg=make_config(), use_ubus=False)
+    d.engine, d.shell = core.Engine(d.config, 100.0), _QuietShell()
+    built = []
+    real = d.engine.snapshot
+    monkeypatch.setattr(d.engine, "snapshot", lambda now, wall=None: built.append(now) or real(now, wall))
+    for t in (100.0, 101.5, 103.0):
+        d._step(t)
+    assert built == []
+    first = d.status()
+    assert built == [103.0] and "tunnels" in first
+    assert d.status()["tunnels"] == first["tunnels"] and built == [103.0]  # built once
+    d._step(104.5)
+    d.status()
+    assert built == [103.0, 104.5]
+
+    class Taker(sinks.Sink):
+        takes_state = True
+        seen = []
+
+        def state(self, snapshot, wall):
+            self.seen.append(snapshot)
+
+    d.mqtt = Taker()
+    d._step(106.0)
+    d._step(107.5)
+    assert built[-2:] == [106.0, 107.5] and len(Taker.seen) == 2

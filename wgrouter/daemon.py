@@ -231,7 +231,8 @@ class Daemon:
         self.running = False
         self.reload_requested = False
         self.started = time.monotonic()
-        self.snapshot = {}  # model.status_json of the last step's model.Status
+        self._snapshot = {}  # model.status_json of a step's model.Status
+        self._snapshot_at = None  # (now, wall) of the last step, if not built yet
         self.ubus = None  # the ubus service
         self.ubus_sink = None
         self.mqtt = None  # sinks.MqttStarter while it starts, then sinks.MqttSink
@@ -331,6 +332,22 @@ class Daemon:
     def _sinks(self):
         return [s for s in (self.ubus_sink, self.mqtt) if s is not None]
 
+    @property
+    def snapshot(self):
+        """model.status_json of the last step's status, built when first asked
+        for: by a status request, or a sink that takes the state (MQTT).  An
+        idle loop that nobody asks builds none (the engine changes only in a
+        step or a reload, so a later build gives the same answer)."""
+        if self._snapshot_at is not None:
+            now, wall = self._snapshot_at
+            self._snapshot_at = None
+            self._snapshot = self.engine.snapshot(now, wall=wall)
+        return self._snapshot
+
+    @snapshot.setter
+    def snapshot(self, value):
+        self._snapshot, self._snapshot_at = value, None
+
     def _wake(self):
         """Wake the loop from another thread."""
         try:
@@ -428,6 +445,7 @@ class Daemon:
             log("reload refused, keeping the running configuration: %s" % e)
             return
         old_mqtt, self.config = self.config.mqtt, cfg
+        self.snapshot  # built from the engine as its step left it
         self.engine.reconfigure(cfg, time.monotonic())
         self.shell.reconfigure(cfg)
         try:
@@ -471,9 +489,10 @@ class Daemon:
                 self._transition(action, wall)
             else:
                 self.pending.extend(self.shell.execute(action))
-        self.snapshot = self.engine.snapshot(now, wall=wall)
+        self._snapshot_at = (now, wall)
         for sink in self._sinks():
-            sink.state(self.snapshot, wall)
+            if sink.takes_state:
+                sink.state(self.snapshot, wall)
         return decision.deadline
 
     def _transition(self, t, wall):

@@ -20,6 +20,10 @@ import threading
 class Sink:
     """The interface; every method does nothing here."""
 
+    # whether ``state`` does anything: the loop builds a step's snapshot only
+    # when a sink or a status request needs it
+    takes_state = False
+
     def transition(self, data):
         pass
 
@@ -54,6 +58,8 @@ class UbusSink(Sink):
 class MqttSink(Sink):
     # A running ``mqtt.Telemetry``: retained tunnel states, events and the
     # heartbeat, timed on the wall clock.
+    takes_state = True
+
     def __init__(self, telemetry):
         self.telemetry = telemetry
 
