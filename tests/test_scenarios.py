@@ -243,7 +243,7 @@ def test_killed_mid_failover_respawn_converges_without_duplicates(wlab):
                              cwd=topology.REPO, env=env, stdout=open(lab.wgrouter_log, "a"),
                              stderr=subprocess.STDOUT)
     assert lab.probes.wait_reply_after(t, 10 * SCALE) is not None, daemon_log(lab)
-    scenarios.wait_state(lab, lambda p: p.get("wan") == "wanb" and p.get("state") == "up", 10)
+    scenarios.wait_state(lab, lambda p: p.get("wan") == "wanb" and p.get("state") == "up", 10 * SCALE)
     routes = host_routes(lab, topology.VPN_ADDRESSES[0])
     assert len(routes) == 1 and "dev wanb" in routes[0], routes
 
@@ -256,11 +256,11 @@ def test_stop_removes_only_what_it_added_and_restart_adopts(wlab):
     assert host_routes(lab, topology.VPN_ADDRESSES[0]) == []
     # netifd's tunnel is untouched: device, address, AllowedIPs route
     assert observe.route_device(lab, topology.PROBE_TARGET) == lab.router_wg
-    assert observe.tunnel_works(lab, timeout=5)
+    assert observe.tunnel_works(lab, timeout=5 * SCALE)
     # a daemon started over a healthy tunnel adopts it without an outage
     t = time.time()
     lab.start_wgrouter()
-    scenarios.wait_state(lab, lambda p: p.get("state") == "up" and p.get("wan") == "wan", 10)
+    scenarios.wait_state(lab, lambda p: p.get("state") == "up" and p.get("wan") == "wan", 10 * SCALE)
     time.sleep(1.5)
     assert lab.probes.outage(since=t) <= 0.3, lab.probes.outage(since=t)
     assert "failover" not in daemon_log(lab).split("started")[-1]
