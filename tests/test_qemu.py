@@ -17,7 +17,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNNER = os.path.join(REPO, "tests", "qemu", "run.sh")
 # The runner has its own timeout (WGROUTER_QEMU_TIMEOUT); this one only
 # guards against the runner itself hanging.
-OUTER_TIMEOUT = 3000
+OUTER_TIMEOUT = 3300
 
 
 def _unavailable():

@@ -9,7 +9,7 @@
 # Environment: PYTHON (host interpreter to use in the VM, default python3),
 # WGROUTER_QEMU_KERNEL (default: newest /boot/vmlinuz-6.1.0-*-amd64),
 # WGROUTER_QEMU_CPUS (2), WGROUTER_QEMU_MEMORY (2G), WGROUTER_QEMU_TIMEOUT
-# (seconds, 2400), WGROUTER_LAB_SCALE (time-bound factor for the lab, 5).
+# (seconds, 3000), WGROUTER_LAB_SCALE (time-bound factor for the lab, 5).
 # Needs root, qemu-system-x86, virtme-ng, a Debian 6.1 kernel image with its
 # modules, and a static busybox (fetched with apt-get download if missing).
 set -eu
@@ -60,8 +60,6 @@ if [ $# -eq 0 ]; then
     # how the kernel picks and caches a peer's source address (failover,
     # failback, NAT, IPv6, policy routing); the config-only and reload
     # scenarios behave the same on either backend and stay on the host.
-    # test_stop_removes_only_what_it_added_and_restart_adopts fails with
-    # kernel WireGuard (not yet understood) and is run by naming it.
     s=tests/test_scenarios.py
     set -- tests/test_kernel_wg.py tests/test_wg_kernel.py \
         $s::test_carrier_loss_fails_over_to_backup_without_leak \
@@ -74,6 +72,7 @@ if [ $# -eq 0 ]; then
         $s::test_flapping_primary_bounded_actions_and_stable_end \
         $s::test_both_down_then_backup_then_failback \
         $s::test_killed_mid_failover_respawn_converges_without_duplicates \
+        $s::test_stop_removes_only_what_it_added_and_restart_adopts \
         $s::test_mwan3_silent_failure_moves_the_flow_despite_connmark \
         $s::test_ipv6_endpoint_fails_over_to_backup_over_ipv6 \
         $s::test_ipv4_only_backup_takes_the_ipv4_candidate_and_fails_back
@@ -107,7 +106,7 @@ rcfile=$(mktemp)
 # give each its own offset and make them overwrite each other.
 {
     rc=0
-    timeout --kill-after=30 "${WGROUTER_QEMU_TIMEOUT:-2400}" \
+    timeout --kill-after=30 "${WGROUTER_QEMU_TIMEOUT:-3000}" \
         vng --run "$kernel" --disable-kvm --cpus "${WGROUTER_QEMU_CPUS:-2}" \
             --memory "${WGROUTER_QEMU_MEMORY:-2G}" --busybox "$busybox" --user root --rw \
             -- "$guest" </dev/null || rc=$?
