@@ -12,6 +12,8 @@ from tests.fakerunner import FakeRunner
 from wgrouter import diagnose
 from wgrouter import model
 from wgrouter import uci
+from wgrouter import wg
+from wgrouter import wgdump
 
 NOW = 1_800_000_000
 KEY = "mS4HfFcrxugJidRgt8Ad6MMJTD4Zkh1Z7nTBT1aPGlQ="
@@ -61,9 +63,8 @@ def addr(index, address, plen):
 
 def wg_device(endpoint="192.0.2.10:51820", handshake=NOW - 30, keepalive=25,
               allowed=("10.99.0.0/24", "10.200.0.1/32"), key=KEY, extra=()):
-    dev = diagnose.WgDevice(listen_port=51820)
-    dev.peers[key] = {"stats": model.PeerStats(endpoint, handshake, 1000, 2000, keepalive),
-                      "allowed_ips": list(allowed)}
+    dev = wgdump.Device(listen_port=51820)
+    dev.peers[key] = wg.PeerInfo(key, endpoint, handshake, 1000, 2000, keepalive, tuple(allowed))
     for k, info in extra:
         dev.peers[k] = info
     return dev
@@ -103,19 +104,19 @@ def statuses(findings, check):
 # ------------------------------------------------------------------ parsers
 
 
-def test_parse_wg_dump_keeps_allowed_ips_and_fwmark():
+def test_wgdump_devices_keep_allowed_ips_and_fwmark():
     text = ("wg0\tPRIV\tPUB\t51820\t0xca6c\n"
             "wg0\t%s\t(none)\t192.0.2.10:51820\t10.99.0.0/24,10.200.0.1/32\t1700000000\t5\t6\t25\n"
             "wg1\tPRIV\tPUB\t0\toff\n"
             "wg1\t%s\t(none)\t(none)\t(none)\t0\t0\t0\toff\n" % (KEY, KEY2))
-    devices = diagnose.parse_wg_dump(text)
+    devices = wgdump.parse_devices(text)
     assert devices["wg0"].fwmark == 0xCA6C
     assert devices["wg0"].listen_port == 51820
-    assert devices["wg0"].peers[KEY]["allowed_ips"] == ["10.99.0.0/24", "10.200.0.1/32"]
-    assert devices["wg0"].peers[KEY]["stats"].keepalive == 25
+    assert devices["wg0"].peers[KEY].allowed_ips == ("10.99.0.0/24", "10.200.0.1/32")
+    assert devices["wg0"].peers[KEY].keepalive == 25
     assert devices["wg1"].fwmark == 0
-    assert devices["wg1"].peers[KEY2]["allowed_ips"] == []
-    assert devices["wg1"].peers[KEY2]["stats"].endpoint is None
+    assert devices["wg1"].peers[KEY2].allowed_ips == ()
+    assert devices["wg1"].peers[KEY2].endpoint is None
 
 
 @pytest.mark.parametrize("rc,out,err,expect", [
@@ -325,8 +326,7 @@ def test_allowed_ips_containing_wan_subnet_warn_and_full_tunnel_is_fine():
 
 
 def test_allowed_ips_overlap_between_peers():
-    other = {"stats": model.PeerStats("192.0.2.20:51820", NOW - 10, 1, 1, 25),
-             "allowed_ips": ["10.99.0.128/25"]}
+    other = wg.PeerInfo(KEY2, "192.0.2.20:51820", NOW - 10, 1, 1, 25, ("10.99.0.128/25",))
     facts = healthy_facts(wg={TUN: wg_device(extra=[(KEY2, other)])})
     cfg = make_config()
     peer2 = model.Peer(TUN, "site2", KEY2, (model.Endpoint("192.0.2.20"),), ("10.99.0.128/25",), 25)

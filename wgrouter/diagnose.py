@@ -63,14 +63,6 @@ SYSTEM_RESOLVER = "(system)"
 
 
 @dataclasses.dataclass
-class WgDevice:
-    fwmark: int = 0
-    listen_port: int = 0
-    # public key -> {"stats": model.PeerStats, "allowed_ips": [str]}
-    peers: dict = dataclasses.field(default_factory=dict)
-
-
-@dataclasses.dataclass
 class Facts:
     """What ``gather`` saw; every field has a harmless default so tests
     build only what a check needs."""
@@ -78,7 +70,7 @@ class Facts:
     links: list = dataclasses.field(default_factory=list)  # netlink.dump_links()
     addrs: list = dataclasses.field(default_factory=list)  # netlink.dump_addrs()
     wans: dict = dataclasses.field(default_factory=dict)  # name -> model.WanState
-    wg: dict = dataclasses.field(default_factory=dict)  # device -> WgDevice
+    wg: dict = dataclasses.field(default_factory=dict)  # device -> wgdump.Device
     wg_error: typing.Optional[str] = None
     # endpoint address -> {"dev", "gateway", "prefsrc", "type", "error", "text"}
     routes: dict = dataclasses.field(default_factory=dict)
@@ -91,32 +83,6 @@ class Facts:
     # firewall: list of uci.Section, or None when the file does not exist
     firewall: typing.Optional[list] = None
     firewall_error: typing.Optional[str] = None
-
-
-def parse_wg_dump(text):
-    """{device: WgDevice} from `wg show all dump` (allowed IPs and fwmark
-    too, which wgdump.parse leaves out)."""
-    stats = wgdump.parse(text)
-    devices = {name: WgDevice() for name in stats}
-    for line in text.splitlines():
-        fields = line.split("\t")
-        if len(fields) == 5:
-            dev = devices[fields[0]]
-            dev.listen_port = _int(fields[3])
-            dev.fwmark = 0 if fields[4] == "off" else _int(fields[4], 0)
-        elif len(fields) == 9:
-            name, key = fields[0], fields[1]
-            allowed = [] if fields[4] in ("(none)", "") else fields[4].split(",")
-            devices[name].peers[key] = {"stats": stats[name][key], "allowed_ips": allowed}
-    return devices
-
-
-def _int(text, base=10):
-    """int(text, base), 0 when it is not a number (base 0: "0x" prefix allowed)."""
-    try:
-        return int(text, base)
-    except ValueError:
-        return 0
 
 
 def parse_route_get(rc, out, err):
@@ -248,7 +214,7 @@ def gather(root, config, runner, dumps=None, sysctls=None):
         if r.rc == 0:
             # wireguard-go's UAPI sockets are shared by every namespace:
             # keep only devices that exist here.
-            facts.wg = {k: v for k, v in parse_wg_dump(r.out).items() if k in present}
+            facts.wg = {k: v for k, v in wgdump.parse_devices(r.out).items() if k in present}
         else:
             facts.wg_error = r.err.strip() or "wg show exited %d" % r.rc
     except runner_mod.CommandMissing as e:
@@ -261,9 +227,9 @@ def gather(root, config, runner, dumps=None, sysctls=None):
         dev = facts.wg.get(tunnel.name)
         for peer in tunnel.peers:
             info = dev.peers.get(peer.public_key) if dev else None
-            if info and info["stats"].endpoint:
+            if info and info.endpoint:
                 try:
-                    endpoints.add(model.split_endpoint(info["stats"].endpoint) + (dev.fwmark,))
+                    endpoints.add(model.split_endpoint(info.endpoint) + (dev.fwmark,))
                 except ValueError:
                     pass
     for address, port, fwmark in sorted(endpoints):
@@ -380,7 +346,7 @@ def _local_subnets(facts, exclude=()):
 
 
 def check_handshake(config, peer, info, now):
-    stats = info["stats"]
+    stats = info  # wg.PeerInfo
     who = dict(tunnel=peer.tunnel, peer=peer.label)
     limit = config.settings.handshake_timeout
     evidence = "latest handshake %s, rx %d B, tx %d B, keepalive %s" % (
@@ -410,7 +376,7 @@ def check_keepalive(config, peer, info, wan_in_use, facts):
     """NAT in the path (private or CGNAT WAN address) needs keepalive."""
     who = dict(tunnel=peer.tunnel, peer=peer.label)
     results = []
-    kernel_keepalive = info["stats"].keepalive
+    kernel_keepalive = info.keepalive
     for wan in config.wans:
         state = facts.wans.get(wan.name)
         if state is None or not state.up or not state.address:
@@ -444,7 +410,7 @@ def check_keepalive(config, peer, info, wan_in_use, facts):
 def check_endpoint_dns(peer, info, facts):
     """The endpoint in use against the candidates as DNS resolves them now."""
     who = dict(tunnel=peer.tunnel, peer=peer.label)
-    in_use = info["stats"].endpoint
+    in_use = info.endpoint
     if not in_use and not peer.endpoints:
         return finding("endpoint", OK, "no endpoint configured: the peer connects to this router",
                        "wg: endpoint (none)", None, **who)
@@ -561,7 +527,7 @@ def _device_name(links, ifindex):
 def check_route(config, peer, info, facts):
     """Which WAN the kernel uses for the endpoint; loops through a tunnel."""
     who = dict(tunnel=peer.tunnel, peer=peer.label)
-    endpoint = info["stats"].endpoint
+    endpoint = info.endpoint
     if not endpoint:
         return None, []
     address, _port = model.split_endpoint(endpoint)
@@ -572,7 +538,7 @@ def check_route(config, peer, info, facts):
     tunnels = {t.name for t in config.tunnels} | set(facts.wg)
     results = []
     wan = _wan_of_device(config, route["dev"]) if route["dev"] else None
-    allowed = [n for n in (_net(p) for p in info["allowed_ips"]) if n is not None]
+    allowed = [n for n in (_net(p) for p in list(info.allowed_ips)) if n is not None]
     covering = [str(n) for n in allowed if n.version == ipaddress.ip_address(address).version
                 and ipaddress.ip_address(address) in n]
     if route["error"] or route["type"] not in ("unicast", None) or route["dev"] is None:
@@ -619,7 +585,7 @@ def _wan_text(state):
 
 def check_conntrack(config, peer, info, facts, wan_in_use):
     who = dict(tunnel=peer.tunnel, peer=peer.label)
-    endpoint = info["stats"].endpoint
+    endpoint = info.endpoint
     if not endpoint:
         return None
     address, port = model.split_endpoint(endpoint)
@@ -674,7 +640,7 @@ def check_allowed_ips(config, facts):
         dev = facts.wg.get(tunnel.name)
         for peer in tunnel.peers:
             info = dev.peers.get(peer.public_key) if dev else None
-            prefixes = info["allowed_ips"] if info else list(peer.allowed_ips)
+            prefixes = list(info.allowed_ips) if info else list(peer.allowed_ips)
             for p in prefixes:
                 net = _net(p)
                 if net is not None:
@@ -846,7 +812,7 @@ def check_mtu(config, facts, in_use):
         v6 = False
         for peer in tunnel.peers:
             info = dev.peers.get(peer.public_key) if dev else None
-            endpoint = info["stats"].endpoint if info else None
+            endpoint = info.endpoint if info else None
             if endpoint and endpoint.startswith("["):
                 v6 = True
             if any(":" in e.host for e in peer.endpoints):

@@ -7,6 +7,8 @@ every line with the interface name.  This is the fallback where no
 in-process transport (``wgrouter.wg``) answers, and what `diagnose` reads.
 """
 
+import dataclasses
+
 import wgrouter
 from wgrouter import wg
 
@@ -25,8 +27,28 @@ def parse(text, interface=None):
             for name, peers in parse_peers(text, interface).items()}
 
 
+@dataclasses.dataclass
+class Device:
+    """One interface of the dump: its listen port, fwmark and peers."""
+    listen_port: int = 0
+    fwmark: int = 0
+    peers: dict = dataclasses.field(default_factory=dict)  # public key -> wg.PeerInfo
+
+
 def parse_peers(text, interface=None):
     """Return {tunnel: {public_key: wg.PeerInfo}}: ``parse`` with the allowed IPs."""
+    return {name: dev.peers for name, dev in parse_devices(text, interface).items()}
+
+
+def _number(text, base=10):
+    try:
+        return int(text, base)
+    except ValueError:
+        return 0
+
+
+def parse_devices(text, interface=None):
+    """Return {tunnel: Device}: every line of the dump."""
     result = {}
     for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -35,13 +57,15 @@ def parse_peers(text, interface=None):
         if interface is not None:
             fields.insert(0, interface)
         name = fields[0]
-        if len(fields) == 5:  # interface line
-            result.setdefault(name, {})
+        if len(fields) == 5:  # interface line: private key, public key, port, fwmark
+            dev = result.setdefault(name, Device())
+            dev.listen_port = _number(fields[3])
+            dev.fwmark = 0 if fields[4] == "off" else _number(fields[4], 0)  # "0xca6c"
             continue
         if len(fields) != 9:
             # never quote the line: dump lines carry private and preshared keys
             raise BadDump("unexpected line %d in wg dump output (%d fields)" % (lineno, len(fields)))
-        peers = result.setdefault(name, {})
+        peers = result.setdefault(name, Device()).peers
         try:
             peers[fields[1]] = wg.PeerInfo(
                 public_key=fields[1],
