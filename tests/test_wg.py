@@ -18,6 +18,7 @@ import threading
 import pytest
 
 from tests.fakerunner import FakeRunner
+from tests.test_shell import unix_stamps
 from wgrouter import apply
 from wgrouter import model
 from wgrouter import shell
@@ -545,7 +546,8 @@ def test_steady_state_check_forks_nothing(tmp_path, monkeypatch):
     s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path), wg=wg.Client((Transport({"wg0": [ROW]}),)))
     for _ in range(3):
         _, peers, present = s.observe(False)
-    assert peers == {("wg0", KEYS[0]): model.PeerStats("198.51.100.7:51820", 1700000000, 10, 20, 25)}
+    assert unix_stamps(s, peers) == {("wg0", KEYS[0]): model.PeerStats("198.51.100.7:51820", 1700000000,
+                                                                        10, 20, 25)}
     assert present == frozenset({"wg0"})  # wg1 has no device
     assert fake.calls == [] and fake.spawned == []
 
@@ -564,8 +566,8 @@ def test_wg_is_asked_only_for_the_device_no_transport_answers(tmp_path, monkeypa
     s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path), wg=wg.Client((t,)))
     _, peers, present = s.observe(False)
     assert fake.calls == [["wg", "show", "all", "dump"]]
-    assert peers == {("wg0", KEYS[0]): ROW.stats(),
-                     ("wg1", KEYS[1]): model.PeerStats("198.51.100.8:51820", 1700000100, 1, 2, 0)}
+    assert unix_stamps(s, peers) == {("wg0", KEYS[0]): ROW.stats(),
+                                     ("wg1", KEYS[1]): model.PeerStats("198.51.100.8:51820", 1700000100, 1, 2, 0)}
     assert present == frozenset({"wg0", "wg1"})
     fake.on(["wg"], rc=1, err="Unable to access interface: Protocol not supported")
     _, peers, present = s.observe(False)

@@ -73,10 +73,9 @@ def _fileobj(child):
 class Shell:
     """Observation and action for the daemon.
 
-    ``clock`` is the daemon's clock, the core's ``now`` (the daemon passes
-    ``time.monotonic``; the default, unix time, is the old convention):
-    ``deadline()`` and ``expire(now)`` speak it, and ``observe()`` puts the
-    kernel's handshake times on it.  Children are timed on the monotonic
+    ``clock`` is the core's ``now`` (``time.monotonic``): ``deadline()`` and
+    ``expire(now)`` speak it, and ``observe()`` puts the kernel's handshake
+    times, which are on ``wall`` (unix time), on it.  Children are timed on the monotonic
     clock inside, so an NTP step at boot neither kills them early nor lets
     them run forever.
 
@@ -89,13 +88,14 @@ class Shell:
     """
 
     def __init__(
-        self, config, runner=None, root="/", restart_cmd=("ifup",), state_path=None, clock=time.time,
-        wg=None, selector=None,
+        self, config, runner=None, root="/", restart_cmd=("ifup",), state_path=None, clock=time.monotonic,
+        wg=None, selector=None, wall=None,
     ):
         self.runner = runner or runner_mod.Runner()
         self.wg = wg if wg is not None else wg_mod.Client()
         self.root = root
-        self.clock = clock
+        self.clock = clock  # the core's clock
+        self.wall = wall or time.time  # the kernel's handshake stamps are on this one
         self.applier = apply_mod.Applier(
             self.runner,
             state_path or os.path.join(root, STATE_FILE),
@@ -246,11 +246,11 @@ class Shell:
         ``clock``.  A handshake is converted once, when first seen: a later
         step of the wall clock does not age it."""
         raw = stats.latest_handshake
-        if not raw or self.clock is time.time:
+        if not raw:
             return stats
         seen = self._handshakes.get(key)
         if seen is None or seen[0] != raw:
-            seen = (raw, raw - (time.time() - self.clock()))
+            seen = (raw, raw - (self.wall() - self.clock()))
         handshakes[key] = seen
         return dataclasses.replace(stats, latest_handshake=seen[1])
 
