@@ -6,7 +6,7 @@ import socket
 import threading
 
 from wgrouter import cli
-from wgrouter import control
+from wgrouter import runfiles
 
 
 def test_status_without_daemon_fails_clearly(tmp_path, capsys):
@@ -50,7 +50,7 @@ def _serve_once(path, reply, seen):
 def test_switch_sends_the_wan_and_reports_the_reply(tmp_path, capsys):
     os.makedirs(tmp_path / "var/run/wgrouter")
     seen = []
-    t = _serve_once(str(tmp_path / control.CONTROL), {"ok": True, "wan": "wanb"}, seen)
+    t = _serve_once(str(tmp_path / runfiles.CONTROL), {"ok": True, "wan": "wanb"}, seen)
     assert cli.main(["switch", "wanb", "--root", str(tmp_path)]) == 0
     t.join(2)
     assert seen == [{"method": "switch", "wan": "wanb"}]
@@ -60,7 +60,7 @@ def test_switch_sends_the_wan_and_reports_the_reply(tmp_path, capsys):
 def test_daemon_error_reply_gives_exit_1(tmp_path, capsys):
     os.makedirs(tmp_path / "var/run/wgrouter")
     seen = []
-    t = _serve_once(str(tmp_path / control.CONTROL), {"error": "unknown WAN 'x'"}, seen)
+    t = _serve_once(str(tmp_path / runfiles.CONTROL), {"error": "unknown WAN 'x'"}, seen)
     assert cli.main(["switch", "x", "--root", str(tmp_path)]) == 1
     t.join(2)
     assert "unknown WAN 'x'" in capsys.readouterr().err

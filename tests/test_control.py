@@ -12,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from tests.test_scenarios import CARRIER_BOUND, daemon_log, wlab  # noqa: F401 (wlab: the fixture)
 from wgrouter import control
+from wgrouter import runfiles
 
 
 class Clock:
@@ -275,7 +276,7 @@ def test_the_blocking_client_works_from_another_thread(loop):
     t.start()
     try:
         import unittest.mock
-        with unittest.mock.patch.object(control, "CONTROL", "control.sock"):
+        with unittest.mock.patch.object(runfiles, "CONTROL", "control.sock"):
             replies = [control.request(root, {"method": "switch", "wan": "wanb"}) for _ in range(5)]
     finally:
         stop.set()
@@ -336,7 +337,7 @@ def test_idle_control_clients_do_not_delay_a_failover(wlab):
     import os
     from tests.lab import scenarios
     lab = wlab()
-    path = os.path.join(lab.root, control.CONTROL)
+    path = os.path.join(lab.root, runfiles.CONTROL)
     idle = []
     try:
         for _ in range(3):

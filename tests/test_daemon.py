@@ -6,6 +6,7 @@ import pytest
 from tests.test_scenarios import wlab  # noqa: F401 (the lab fixture)
 from wgrouter import daemon
 from wgrouter import diagnose
+from wgrouter import runfiles
 
 
 class FakeDaemon:
@@ -178,7 +179,7 @@ def test_idle_control_clients_do_not_hold_up_a_request(tmp_path):
     proc = _run_daemon(tmp_path)
     try:
         assert "started" in _line(proc)
-        path = str(tmp_path / control.CONTROL)
+        path = str(tmp_path / runfiles.CONTROL)
         idle = []
         for _ in range(3):
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -214,7 +215,7 @@ def test_idle_control_clients_do_not_hold_up_a_request(tmp_path):
 
 def _spool(tmp_path, data):
     from wgrouter import control
-    path = tmp_path / control.SPOOL
+    path = tmp_path / runfiles.SPOOL
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     return path
@@ -227,7 +228,7 @@ def _taken(events):
 def test_a_bad_spool_line_costs_only_itself(tmp_path):
     logs = []
     path = _spool(tmp_path, b"ifup wan\xff\nifdown wan\n")
-    assert _taken(daemon.read_spool(str(tmp_path), log=logs.append)) == [("ifdown", "wan", None)]
+    assert _taken(runfiles.read_spool(str(tmp_path), log=logs.append)) == [("ifdown", "wan", None)]
     assert not path.exists()
     assert len(logs) == 1 and "1 bad line(s)" in logs[0] and "line 1" in logs[0] \
         and str(path) in logs[0], logs
@@ -240,18 +241,18 @@ def test_a_bad_spool_line_costs_only_itself(tmp_path):
 def test_spool_lines_that_are_not_hotplug_events_are_skipped(tmp_path, line):
     logs = []
     _spool(tmp_path, b"ifdown wanb\n" + line + b"\nifup wan phy0-sta0\n")
-    assert _taken(daemon.read_spool(str(tmp_path), log=logs.append)) == [
+    assert _taken(runfiles.read_spool(str(tmp_path), log=logs.append)) == [
         ("ifdown", "wanb", None), ("ifup", "wan", "phy0-sta0")]
     assert len(logs) == 1 and "line 2" in logs[0], logs
 
 
 def test_a_spool_over_the_bound_is_cut_to_its_newest_lines(tmp_path):
     logs = []
-    old = b"ifdown wan\n" * (2 * daemon.SPOOL_MAX // 11)
+    old = b"ifdown wan\n" * (2 * runfiles.SPOOL_MAX // 11)
     _spool(tmp_path, old + b"ifup wan\n")
-    events = daemon.read_spool(str(tmp_path), log=logs.append)
+    events = runfiles.read_spool(str(tmp_path), log=logs.append)
     assert _taken(events[-1:]) == [("ifup", "wan", None)]
-    assert len(events) <= daemon.SPOOL_MAX // 9
+    assert len(events) <= runfiles.SPOOL_MAX // 9
     assert all(e.data["interface"] == "wan" for e in events)  # no half line taken
     assert len(logs) == 1 and "cut unread" in logs[0], logs
 
@@ -261,7 +262,7 @@ def test_random_bytes_in_the_spool_never_raise(tmp_path):
     logs = []
     junk = random.Random(14).randbytes(1024 * 1024)
     _spool(tmp_path, junk + b"\nifdown wan\n")
-    events = daemon.read_spool(str(tmp_path), log=logs.append)
+    events = runfiles.read_spool(str(tmp_path), log=logs.append)
     assert ("ifdown", "wan", None) in _taken(events)
     assert len(logs) <= 2  # the cut, and the bad lines: once each
 
@@ -269,8 +270,8 @@ def test_random_bytes_in_the_spool_never_raise(tmp_path):
 def test_an_unreadable_spool_is_logged_not_raised(tmp_path):
     from wgrouter import control
     logs = []
-    (tmp_path / control.SPOOL).mkdir(parents=True)
-    assert daemon.read_spool(str(tmp_path), log=logs.append) == []
+    (tmp_path / runfiles.SPOOL).mkdir(parents=True)
+    assert runfiles.read_spool(str(tmp_path), log=logs.append) == []
     assert logs and "not read" in logs[0]
 
 
@@ -288,7 +289,7 @@ def test_a_bad_spool_line_on_a_running_daemon_costs_only_itself(wlab):
     from wgrouter import control
     lab = wlab()
     scenarios.steady(lab.probes)
-    spool = os.path.join(lab.root, control.SPOOL)
+    spool = os.path.join(lab.root, runfiles.SPOOL)
     with open(spool, "ab") as f:
         f.write(b"ifup wan\xff\nifdown wan\n")
     lab.wgrouter.send_signal(signal.SIGUSR1)

@@ -13,10 +13,10 @@ from hypothesis import HealthCheck, assume, given, settings, strategies as st
 from tests.fakerunner import FakeRunner
 from tests.test_netlink import addr_payload, link_payload, nlmsg
 from wgrouter import apply
-from wgrouter import control
 from wgrouter import daemon
 from wgrouter import model
 from wgrouter import netlink
+from wgrouter import runfiles
 from wgrouter import uci
 
 # Fast enough for every unit run; the bound is examples, never wall time.
@@ -25,10 +25,10 @@ FUZZ = settings(max_examples=200, deadline=None,
 
 # ------------------------------------------------------------ hotplug spool
 
-actions = st.sampled_from(daemon.HOTPLUG_ACTIONS)
+actions = st.sampled_from(runfiles.HOTPLUG_ACTIONS)
 names = st.text("abcdefghijklmnopqrstuvwxyzABCXYZ0123456789_", min_size=1, max_size=12)
 devices = st.text("abcdefghijklmnopqrstuvwxyz0123456789.-", min_size=1, max_size=15).filter(
-    control.is_device_name)
+    runfiles.is_device_name)
 good_lines = st.tuples(actions, names, st.none() | devices).map(
     lambda t: (" ".join(w for w in t if w).encode(), t))
 # \xff is never UTF-8: a line holding it is always refused
@@ -37,7 +37,7 @@ junk_lines = st.tuples(st.binary(max_size=40), st.binary(max_size=40)).map(
 
 
 def _spool(root, data):
-    path = root / control.SPOOL
+    path = root / runfiles.SPOOL
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
 
@@ -48,11 +48,11 @@ def test_fuzz_spool_any_bytes(tmp_path_factory, data):
     root = tmp_path_factory.mktemp("spool")
     _spool(root, data)
     logs = []
-    events = daemon.read_spool(str(root), log=logs.append)
+    events = runfiles.read_spool(str(root), log=logs.append)
     for e in events:
-        assert e.kind == "hotplug" and e.data["action"] in daemon.HOTPLUG_ACTIONS
+        assert e.kind == "hotplug" and e.data["action"] in runfiles.HOTPLUG_ACTIONS
         assert e.data["interface"].isprintable() and e.data["interface"].strip() == e.data["interface"]
-        assert "device" not in e.data or control.is_device_name(e.data["device"])
+        assert "device" not in e.data or runfiles.is_device_name(e.data["device"])
     assert len(logs) <= 1  # bad lines: one log line per read
 
 
@@ -63,7 +63,7 @@ def test_fuzz_spool_good_lines_survive_any_junk_between_them(tmp_path_factory, l
     root = tmp_path_factory.mktemp("spool")
     _spool(root, b"".join((x[0] if kind == "good" else x) + b"\n" for kind, x in lines))
     logs = []
-    events = daemon.read_spool(str(root), log=logs.append)
+    events = runfiles.read_spool(str(root), log=logs.append)
     want = [x[1] for kind, x in lines if kind == "good"]
     assert [(e.data["action"], e.data["interface"], e.data.get("device")) for e in events] == want
     junk = sum(kind == "junk" for kind, _ in lines)
@@ -180,15 +180,15 @@ def test_fuzz_learned_devices(tmp_path_factory, data):
     from tests.test_shell import CONFIG
     root = tmp_path_factory.mktemp("dev")
     (root / "var/run/wgrouter").mkdir(parents=True)
-    (root / shell.DEVICES_FILE).write_bytes(data)
+    (root / runfiles.DEVICES).write_bytes(data)
     s = shell.Shell(CONFIG, runner=FakeRunner(), root=str(root), state_path=str(root / "applied.json"))
-    assert all(isinstance(d, str) and control.is_device_name(d) for d in s.learned.values())
+    assert all(isinstance(d, str) and runfiles.is_device_name(d) for d in s.learned.values())
     try:
         raw = json.loads(data)
     except ValueError:
         raw = None
     if isinstance(raw, dict):
-        assert s.learned == {k: v for k, v in raw.items() if isinstance(v, str) and control.is_device_name(v)}
+        assert s.learned == {k: v for k, v in raw.items() if isinstance(v, str) and runfiles.is_device_name(v)}
         assert bool(s.problems) == (len(s.learned) < len(raw))
     else:
         assert s.learned == {} and s.problems

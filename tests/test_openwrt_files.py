@@ -17,6 +17,7 @@ import pytest
 
 from tests import test_config
 from wgrouter import config, control, daemon, model
+from wgrouter import runfiles
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FILES = os.path.join(ROOT, "files")
@@ -384,7 +385,7 @@ class Router:
         self.root = str(tmp_path)
         os.makedirs(os.path.join(self.root, "etc/config"))
         os.makedirs(os.path.join(self.root, "var/run/wgrouter"))
-        self.ifaces = os.path.join(self.root, control.IFACES)
+        self.ifaces = os.path.join(self.root, runfiles.IFACES)
         with open(self.ifaces, "w") as f:
             f.write("".join(name + "\n" for name in IFACES))
         self.spool = os.path.join(self.root, "var/run/wgrouter/events")
@@ -505,7 +506,7 @@ def test_hotplug_passes_what_the_daemon_loaded(router, tmp_path, wgrouter_config
     if wgrouter_config is None:
         shutil.copy(os.path.join(FILES, "etc/config/wgrouter"), str(root / "etc/config/wgrouter"))
     cfg = config.load(str(root))
-    daemon.write_ifaces(router.root, cfg)
+    runfiles.write_ifaces(router.root, cfg)
     for interface in ("wan", "wanb", "wg0", "wg1", "lan", "main"):
         assert router.hotplug("ifdown", interface) == 0
     assert router.spooled() == ["ifdown " + i for i in ("wan", "wanb", "wg0", "wg1") if i in passed]

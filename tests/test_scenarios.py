@@ -19,6 +19,7 @@ from tests.lab import faults
 from tests.lab import observe
 from tests.lab import scenarios
 from tests.lab import topology
+from wgrouter import runfiles
 
 pytestmark = pytest.mark.lab
 
@@ -469,7 +470,7 @@ def test_control_socket_survives_malformed_and_slow_requests(wlab):
     import socket as socket_mod
     from wgrouter import control
     lab = wlab()
-    path = os.path.join(lab.root, control.CONTROL)
+    path = os.path.join(lab.root, runfiles.CONTROL)
     for payload in (b"[1, 2]\n", b"\"status\"\n", b"{not json\n", b"\xff\xfe\n"):
         s = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_STREAM)
         s.settimeout(5)

@@ -17,8 +17,8 @@ import socket
 import struct
 
 import wgrouter
-from wgrouter import control
 from wgrouter import model
+from wgrouter import runfiles
 from wgrouter import runner as runner_mod
 from wgrouter import wg as wg_mod
 
@@ -181,7 +181,7 @@ class State:
         ``problems``: we can then only leak a route, never delete one we did
         not add, nor run a command with what the file made up."""
         try:
-            data = control.read_json(self.path)
+            data = runfiles.read_json(self.path)
         except FileNotFoundError:
             return
         except (OSError, ValueError) as e:
@@ -207,7 +207,7 @@ class State:
                                      "(first: %r)" % (self.path, len(bad), name[:-1], bad[0][:80]))
 
     def save(self):
-        control.write_atomic(self.path, json.dumps({"routes": self.routes, "rules": self.rules},
+        runfiles.write_atomic(self.path, json.dumps({"routes": self.routes, "rules": self.rules},
                                                    sort_keys=True, indent=1))
 
     def owned_by(self, owner):

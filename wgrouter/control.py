@@ -1,5 +1,6 @@
-"""The daemon's run files and its control socket (the client the CLI and
-the ubus thread use, and the server the daemon's loop runs)."""
+"""The control protocol: one JSON request line and its reply on the
+daemon's unix socket (runfiles.CONTROL); the client the CLI uses, and the
+server the daemon's loop runs."""
 
 import json
 import os
@@ -10,76 +11,16 @@ import threading
 import time
 
 import wgrouter
-
-# The hotplug script appends "ACTION INTERFACE [DEVICE]" lines to SPOOL and
-# then sends SIGUSR1 to the pid in PIDFILE (files/etc/hotplug.d/iface/).
-SPOOL = "var/run/wgrouter/events"
-# The netifd interfaces the daemon manages (WANs and tunnels), one per line:
-# the hotplug script passes on only events of these.
-IFACES = "var/run/wgrouter/ifaces"
-PIDFILE = "var/run/wgrouter.pid"
-CONTROL = "var/run/wgrouter/control.sock"
-STATE = "var/run/wgrouter/applied.json"
+from wgrouter import runfiles
 
 
 class ControlError(wgrouter.Error):
     """wgrouter daemon unreachable"""
 
 
-def is_device_name(name):
-    """A name Linux could give a device (net/core/dev.c dev_valid_name: under
-    IFNAMSIZ (16) bytes, not "." or "..", no "/", ":" or white space)."""
-    return (0 < len(name.encode("utf-8", "replace")) < 16 and name not in (".", "..")
-            and name.isprintable() and not any(c in name for c in "/: "))
-
-
-def path(root, rel):
-    return os.path.join(root, rel)
-
-
-# A run file is a few kilobytes (a record per host route, a name per WAN):
-# one this big is not one we wrote, and is not read.
-RUN_FILE_MAX = 1024 * 1024
-
-
-def read_json(target):
-    """A run file's JSON.  OSError (FileNotFoundError when there is none),
-    or ValueError for one that is too big, not UTF-8 or not JSON."""
-    with open(target, "rb") as f:
-        data = f.read(RUN_FILE_MAX + 1)
-    if len(data) > RUN_FILE_MAX:
-        raise ValueError("over %d bytes" % RUN_FILE_MAX)
-    return loads(data)
-
-
-def loads(data):
-    """JSON from bytes; ValueError for anything that is not UTF-8 JSON
-    (UnicodeDecodeError is one; json's recursion limit, hit by deep nesting,
-    is made one)."""
-    try:
-        return json.loads(data.decode("utf-8"))
-    except RecursionError:
-        raise ValueError("JSON nested too deeply") from None
-
-
-def write_atomic(target, text):
-    """Replace the file ``target`` with ``text`` in one step: a reader (the
-    hotplug script, a respawned daemon) sees the old file or the new one,
-    never half of one, even across a power cut."""
-    directory = os.path.dirname(target)
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    tmp = "%s.%d.tmp" % (target, os.getpid())
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, target)
-
-
 def request(root, req, timeout=5.0):
     """Send one JSON request line to the running daemon, return its reply."""
-    where = path(root, CONTROL)
+    where = runfiles.path(root, runfiles.CONTROL)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     try:
@@ -255,7 +196,7 @@ class Server:
             self._drop(client)  # connected and left: nothing to answer
             return []
         try:
-            request = loads(line or b"{}")
+            request = runfiles.loads(line or b"{}")
             if not isinstance(request, dict):
                 raise ValueError("a request is a JSON object")
         except ValueError as e:  # UnicodeDecodeError is one

@@ -22,6 +22,7 @@ from wgrouter import control
 from wgrouter import core
 from wgrouter import model
 from wgrouter import netlink
+from wgrouter import runfiles
 from wgrouter import shell as wshell
 from wgrouter import sinks
 
@@ -31,158 +32,9 @@ from wgrouter import sinks
 NETLINK_SETTLE = 0.02
 
 
-class DaemonError(wgrouter.Error):
-    """wgrouter daemon error"""
-
-
-class AlreadyRunning(DaemonError):
-    """another wgrouter daemon is running"""
-
-
 log = wgrouter.log
 
 
-SPOOL, PIDFILE, CONTROL, STATE, IFACES = (control.SPOOL, control.PIDFILE, control.CONTROL,
-                                          control.STATE, control.IFACES)
-_path = control.path
-
-
-def pid_alive(pid):
-    """A live wgrouter process (a pid reused by something else is not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return b"wgrouter" in f.read()
-    except OSError:
-        return True
-
-
-def read_pid(root):
-    try:
-        with open(_path(root, PIDFILE)) as f:
-            return int(f.read().strip() or 0)
-    except (OSError, ValueError):
-        return 0
-
-
-# The hotplug script appends one short line per event (a few dozen bytes):
-# a spool this big is junk, or events nobody took for a long time.  Only its
-# newest part is read (the last events of an interface decide its state),
-# so that no spool makes the daemon read and hold more than this.
-SPOOL_MAX = 64 * 1024
-# The actions the hotplug script passes on (files/etc/hotplug.d/iface/).
-HOTPLUG_ACTIONS = ("ifup", "ifdown", "ifupdate", "connected", "disconnected")
-
-
-def spool_event(line):
-    """One spool line ("ACTION INTERFACE [DEVICE]", bytes) as an
-    model.Hotplug; None for a blank line.  ValueError says what is wrong
-    with a bad one."""
-    words = line.split()
-    if not words:
-        return None
-    try:
-        words = [w.decode("utf-8") for w in words]
-    except UnicodeDecodeError:
-        raise ValueError("not UTF-8: %r" % line[:80]) from None
-    if not 2 <= len(words) <= 3 or words[0] not in HOTPLUG_ACTIONS \
-            or not all(w.isprintable() for w in words):
-        raise ValueError("not ACTION INTERFACE [DEVICE]: %r" % line[:80])
-    device = None
-    if len(words) > 2:
-        if not control.is_device_name(words[2]):
-            raise ValueError("not a device name: %r" % words[2][:80])
-        device = words[2]
-    return model.Hotplug(action=words[0], interface=words[1], device=device)
-
-
-def read_spool(root, log=log):
-    """Take every pending hotplug line; return model.Hotplug events.
-
-    Each line stands alone: a bad one is skipped (and the bad lines of one
-    read are logged once, with where the first one was), the others are
-    taken.  A spool over SPOOL_MAX is cut to its newest lines, and the cut
-    is logged."""
-    spool = _path(root, SPOOL)
-    taken = "%s.%d" % (spool, os.getpid())
-    try:
-        os.rename(spool, taken)
-    except FileNotFoundError:
-        return []
-    except OSError as e:
-        log("hotplug spool %s not taken: %s" % (spool, e))
-        return []
-    cut = 0
-    try:
-        with open(taken, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > SPOOL_MAX:
-                # from the byte before the cut: a cut just after a newline
-                # keeps the whole line that follows it
-                f.seek(size - SPOOL_MAX - 1)
-                data = f.read(SPOOL_MAX + 1)
-                start = data.find(b"\n") + 1 if b"\n" in data else len(data)
-                data = data[start:]
-                cut = size - len(data)
-            else:
-                data = f.read(SPOOL_MAX)
-    except OSError as e:
-        log("hotplug spool %s not read: %s" % (spool, e))
-        return []
-    finally:
-        try:
-            os.unlink(taken)
-        except OSError:
-            pass
-    if cut:
-        log("hotplug spool %s: %d bytes, the oldest %d cut unread (kept the last %d)"
-            % (spool, size, cut, len(data)))
-    events = []
-    bad = []
-    for number, line in enumerate(data.split(b"\n"), 1):
-        try:
-            event = spool_event(line)
-        except ValueError as e:
-            bad.append("line %d%s: %s" % (number, " after the cut" if cut else "", e))
-            continue
-        if event is not None:
-            events.append(event)
-    if bad:
-        log("hotplug spool %s: %d bad line(s) skipped (first: %s)" % (spool, len(bad), bad[0]))
-    return events
-
-
-def write_ifaces(root, cfg):
-    """Tell the hotplug script which interfaces' events to pass on: the ones
-    this configuration manages, as config.load read them (so quoting and
-    comments in /etc/config/wgrouter never make the two disagree)."""
-    names = [w.name for w in cfg.wans] + [t.name for t in cfg.tunnels]
-    control.write_atomic(_path(root, IFACES), "".join(n + "\n" for n in dict.fromkeys(names)))
-
-
-def _unlink(root, rel):
-    try:
-        os.unlink(_path(root, rel))
-    except OSError:
-        pass
-
-
-def refuse_if_running(root):
-    """AlreadyRunning if the pid file names another live daemon."""
-    pid = read_pid(root)
-    if pid and pid != os.getpid() and pid_alive(pid):
-        raise AlreadyRunning("another wgrouter daemon is running (pid %d)" % pid)
-
-
-def claim_pidfile(root):
-    """Publish our pid, unless another live daemon owns the pid file."""
-    refuse_if_running(root)
-    control.write_atomic(_path(root, PIDFILE), "%d\n" % os.getpid())
 
 
 def wait_for_config(root, error):
@@ -196,15 +48,15 @@ def wait_for_config(root, error):
     waited = {signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
     old = signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     try:
-        claim_pidfile(root)
-        _unlink(root, IFACES)
+        runfiles.claim_pidfile(root)
+        runfiles.unlink(root, runfiles.IFACES)
         log("invalid configuration, managing nothing until it is fixed and "
             "'/etc/init.d/wgrouter reload' is run: %s" % error)
         while True:
             signum = signal.sigwait(waited)
             if signum in (signal.SIGTERM, signal.SIGINT):
-                if read_pid(root) == os.getpid():
-                    _unlink(root, PIDFILE)
+                if runfiles.read_pid(root) == os.getpid():
+                    runfiles.unlink(root, runfiles.PIDFILE)
                 return None
             if signum != signal.SIGHUP:
                 continue  # SIGUSR1: a stray hotplug signal, nothing spooled for us
@@ -248,9 +100,9 @@ class Daemon:
     # ------------------------------------------------------------ setup
 
     def _setup(self):
-        os.makedirs(os.path.dirname(_path(self.root, SPOOL)), exist_ok=True)
+        os.makedirs(os.path.dirname(runfiles.path(self.root, runfiles.SPOOL)), exist_ok=True)
         # before the control socket of a running daemon is replaced
-        refuse_if_running(self.root)
+        runfiles.refuse_if_running(self.root)
         # A SIGTERM from here on stops the daemon, even before the loop runs.
         self.running = True
         # Signals arrive through a socketpair so the select() wakes up.
@@ -267,7 +119,7 @@ class Daemon:
         self.sel.register(self.monitor.fileno(), selectors.EVENT_READ, self._on_netlink)
 
         # served in this loop without ever waiting for a client
-        self.control = control.Server(_path(self.root, CONTROL), self.handle_request, log=log)
+        self.control = control.Server(runfiles.path(self.root, runfiles.CONTROL), self.handle_request, log=log)
         self.control.register(self.sel)
 
         # The core and the shell run on the monotonic clock: a step of the
@@ -275,17 +127,17 @@ class Daemon:
         # monitor nor cuts a hold-down short.  People see wall time.
         self.shell = wshell.Shell(
             self.config, root=self.root, restart_cmd=self.restart_cmd,
-            state_path=_path(self.root, STATE), clock=time.monotonic, selector=self.sel)
+            state_path=runfiles.path(self.root, runfiles.STATE), clock=time.monotonic, selector=self.sel)
         for problem in self.shell.problems:
             log(problem)
         now = time.monotonic()
         self.engine = core.Engine(self.config, now, rng=random.Random())
         # published last, once the signal handlers are in place (the hotplug
         # script sends SIGUSR1 to this pid); then take what it spooled meanwhile
-        write_ifaces(self.root, self.config)
-        claim_pidfile(self.root)
+        runfiles.write_ifaces(self.root, self.config)
+        runfiles.claim_pidfile(self.root)
 
-        self.pending.extend(read_spool(self.root))
+        self.pending.extend(runfiles.read_spool(self.root))
         if self.use_ubus:
             self._start_ubus()
         self._start_mqtt()
@@ -400,7 +252,7 @@ class Daemon:
         except (BlockingIOError, InterruptedError):
             pass
         self._take_mqtt()
-        return self._answer_posted() + read_spool(self.root)
+        return self._answer_posted() + runfiles.read_spool(self.root)
 
     def _on_netlink(self):
         if self.monitor.drain():
@@ -449,7 +301,7 @@ class Daemon:
         self.engine.reconfigure(cfg, time.monotonic())
         self.shell.reconfigure(cfg)
         try:
-            write_ifaces(self.root, cfg)
+            runfiles.write_ifaces(self.root, cfg)
         except OSError as e:
             log("hotplug interface list not written: %s" % e)
         if self.use_ubus and self.ubus is None:
@@ -580,9 +432,9 @@ class Daemon:
     def _remove_pidfile(self):
         """Remove the pid file, and the interface list with it, if they are
         ours (a newer daemon may own them)."""
-        if read_pid(self.root) == os.getpid():
-            _unlink(self.root, IFACES)
-            _unlink(self.root, PIDFILE)
+        if runfiles.read_pid(self.root) == os.getpid():
+            runfiles.unlink(self.root, runfiles.IFACES)
+            runfiles.unlink(self.root, runfiles.PIDFILE)
 
     def _shutdown(self):
         log("stopping")
@@ -598,7 +450,7 @@ class Daemon:
             if self.control is not None:
                 self.control.close()
                 try:
-                    os.unlink(_path(self.root, CONTROL))
+                    os.unlink(runfiles.path(self.root, runfiles.CONTROL))
                 except OSError:
                     pass
             self._answer_posted(stopping=True)

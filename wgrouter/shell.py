@@ -20,10 +20,10 @@ import time
 
 import wgrouter
 from wgrouter import apply as apply_mod
-from wgrouter import control
 from wgrouter import kernel
 from wgrouter import model
 from wgrouter import resolve
+from wgrouter import runfiles
 from wgrouter import runner as runner_mod
 from wgrouter import wg as wg_mod
 from wgrouter import wgdump
@@ -39,10 +39,6 @@ UnknownAction = apply_mod.UnknownAction
 # moment to start and to exit after its wait.
 PING_GRACE = 2.0
 CLOCK_SLACK = 0.001
-STATE_FILE = "var/run/wgrouter/applied.json"  # same as control.STATE
-# Devices learned for WANs configured without one (a Wi-Fi client uplink):
-# kept in a run file, so that a respawned daemon knows them.
-DEVICES_FILE = "var/run/wgrouter/devices.json"
 
 
 def ping_argv(target, source, timeout, device=None):
@@ -98,7 +94,7 @@ class Shell:
         self.wall = wall or time.time  # the kernel's handshake stamps are on this one
         self.applier = apply_mod.Applier(
             self.runner,
-            state_path or os.path.join(root, STATE_FILE),
+            state_path or runfiles.path(root, runfiles.STATE),
             restart_cmd=restart_cmd,
             conntrack_flush=config.settings.conntrack_flush,
             config=config,
@@ -112,7 +108,7 @@ class Shell:
         self._selector = selector  # where children's output is watched (the daemon's loop)
         # for tests: where endpoint name queries go
         self.resolve_port = None
-        self.devices_path = os.path.join(root, DEVICES_FILE)
+        self.devices_path = runfiles.path(root, runfiles.DEVICES)
         # what the run files held that was refused (the daemon logs it)
         self.problems = list(self.applier.state.problems)
         self.learned = self._read_learned()
@@ -133,7 +129,7 @@ class Shell:
         out (the WAN waits for its next ifup, as on a first start) and said
         in ``problems``."""
         try:
-            learned = control.read_json(self.devices_path)
+            learned = runfiles.read_json(self.devices_path)
         except FileNotFoundError:
             return {}
         except (OSError, ValueError) as e:
@@ -143,7 +139,7 @@ class Shell:
             self.problems.append("%s ignored: not a JSON object" % self.devices_path)
             return {}
         good = {wan: device for wan, device in learned.items()
-                if isinstance(device, str) and control.is_device_name(device)}
+                if isinstance(device, str) and runfiles.is_device_name(device)}
         bad = [wan for wan in learned if wan not in good]
         if bad:
             self.problems.append("%s: %d entry(ies) ignored, not a device name (first: %r: %r)"
@@ -166,7 +162,7 @@ class Shell:
         if changed:
             self.wans = None
             try:
-                control.write_atomic(self.devices_path, json.dumps(self.learned))
+                runfiles.write_atomic(self.devices_path, json.dumps(self.learned))
             except OSError:
                 pass  # known until the daemon restarts
         return changed

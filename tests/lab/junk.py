@@ -13,6 +13,8 @@ import signal
 import socket
 import threading
 
+from wgrouter import runfiles
+
 
 def _lines(rng):
     iface_words = ["wan", "wanb", "nosuch", "", "wan\xff", "../../etc"]
@@ -33,8 +35,7 @@ def _lines(rng):
 def spool(lab, daemon, rng):
     """Malformed hotplug lines and a block of random bytes (none is a valid
     event of a managed interface), then SIGUSR1, as the hotplug script does."""
-    from wgrouter import control
-    spool = control.path(lab.root, control.SPOOL)
+    spool = runfiles.path(lab.root, runfiles.SPOOL)
     blob = bytes(rng.getrandbits(8) for _ in range(rng.choice((512, 4096, 65536))))
     with open(spool, "ab") as f:
         for line in _lines(rng):
@@ -47,8 +48,7 @@ def spool(lab, daemon, rng):
 def control_socket(lab, rng, hold=1.0):
     """Bad requests, an oversized one, clients that say nothing and one
     that never reads its reply.  Returns the idle sockets (close them)."""
-    from wgrouter import control
-    path = control.path(lab.root, control.CONTROL)
+    path = runfiles.path(lab.root, runfiles.CONTROL)
     payloads = [b"[1, 2]\n", b"\"status\"\n", b"{not json\n", b"\xff\xfe\n",
                 b"{\"method\": \"frobnicate\"}\n", b"{\"method\": \"switch\", \"wan\": \"nosuch\"}\n",
                 b"{\"method\": " + b"[" * 5000 + b"\n", b"x" * 70000 + b"\n"]
@@ -119,8 +119,7 @@ def config(lab, daemon, rng):
 
 def applied(lab, rng):
     """Garbage in applied.json while the daemon is down (read at start)."""
-    from wgrouter import control
-    path = control.path(lab.root, control.STATE)
+    path = runfiles.path(lab.root, runfiles.STATE)
     with open(path, "wb") as f:
         f.write(rng.choice((b"{\"peers\": [", b"\xff\xfe\x00garbage", b"[]", b"null",
                             b"{\"wg0\": {\"route\": 17}}")))
