@@ -260,7 +260,7 @@ class Shell:
         """Run one action; synchronous ones return their event, async ones
         register a child in the shell's selector (or ``selector``) and return []."""
         selector = selector or self._selector
-        if isinstance(action, (model.ApplyPath, model.RemovePath, model.RestartTunnel)):
+        if isinstance(action, (model.ApplyPath, model.RemovePath, model.RestartTunnel, model.StopRelay)):
             return [self.applier.execute(action)]
         if isinstance(action, model.Transition):
             return []
@@ -423,7 +423,8 @@ class Shell:
         return events
 
     def stop(self):
-        """Kill and reap every child (no events)."""
+        """Kill and reap every child (no events), and stop the relays."""
         for child in list(self.children):
             self._forget(child)
             child.reap(kill=True)
+        self.applier.close()
