@@ -43,7 +43,7 @@ def peer_status(rig):
 
 
 def to_relay(**kw):
-    kw.setdefault("backoff_max", 8.0)
+    kw.setdefault("backoff_max", 300.0)  # a WAN left stays suspect meanwhile
     rig = Rig(config=relay_config(backoff_base=1.0, check_interval=10.0, **kw))
     rig.step()
     rig.check()
@@ -59,6 +59,11 @@ def test_the_relay_comes_only_after_every_candidate_on_every_wan_failed():
         tried |= {(a.wan, a.port) for a in of(s, model.ApplyPath)}
     # both candidates (51820, 443) were applied on both WANs before
     assert {("wan", 51820), ("wan", 443), ("wanb", 51820), ("wanb", 443)} <= tried | {("wan", 51820)}
+    # each UDP path once (a re-resolve only first), no restart on the way
+    names = [t.now.split(" (")[0] for s in steps for t in transitions(s, "recovery")]
+    assert names == [core.STEP_RERESOLVE, core.STEP_CANDIDATE, core.STEP_WAN, core.STEP_CANDIDATE,
+                     core.STEP_RELAY], names
+    assert not [a for s in steps for a in of(s, model.RestartTunnel)]
     (tr,) = transitions(d, "transport")
     assert (tr.was, tr.now) == ("udp", "tcp-relay 203.0.113.5:443")
     assert "every UDP path failed" in tr.because

@@ -178,6 +178,16 @@ class Health:
                     out.append("%s candidate %d" % (wan.name, i))
         return out
 
+    def _next_untried(self, ts: state.TunnelState, ps: state.PeerState) -> typing.Optional[int]:
+        """The next candidate after the current one not tried on the tunnel's WAN yet."""
+        n = len(ps.peer.endpoints)
+        st = self.ctx.obs.wans.get(ts.wan)
+        for k in range(1, n):
+            i = (ps.candidate + k) % n
+            if (ts.wan, i) not in ps.tried and (st is None or st.carries(self.names.candidate_family(ps, i))):
+                return i
+        return None
+
     def _to_relay(self, ts: state.TunnelState, ps: state.PeerState) -> bool:
         """The last rung: every direct UDP path failed; the peer goes to a relay."""
         if ps.relay is not None or not ps.peer.relays or ts.wan is None or self.untried(ts, ps):
@@ -196,6 +206,11 @@ class Health:
 
     def recover(self, ts: state.TunnelState, ps: state.PeerState) -> None:
         s = self.ctx.config.settings
+        # A peer with a relay tries each UDP path once on its way there: a
+        # re-resolve only as the first step, no candidate tried on this WAN
+        # already, and no restart before the relay.
+        direct = bool(ps.peer.relays) and not self.names.on_relay(ps) and ts.wan is not None
+        again = direct and (ps.steps_done > 0 or (ts.wan, ps.candidate) in ps.tried)
         if not self.names.on_relay(ps) and ts.wan is not None:
             ps.tried.add((ts.wan, ps.candidate))
             if self._to_relay(ts, ps):
@@ -210,6 +225,9 @@ class Health:
                 continue  # a restart is heavy: at most one per backoff_max
             if name == state.STEP_WAN and not self.paths.other_wan(ts):
                 continue
+            if direct and (name == state.STEP_RESTART or (name == state.STEP_RERESOLVE and again) or (
+                    name == state.STEP_CANDIDATE and self._next_untried(ts, ps) is None)):
+                continue
             break
         detail = name
         if name == state.STEP_RERESOLVE:
@@ -217,6 +235,10 @@ class Health:
             if host is not None:
                 self.names.refresh_now(host)
             ps.force = name
+        elif name == state.STEP_CANDIDATE and direct and self._next_untried(ts, ps) is not None:
+            ps.candidate = self._next_untried(ts, ps)
+            ps.force = name
+            detail = "%s (candidate %d, %s)" % (name, ps.candidate, ps.peer.endpoints[ps.candidate])
         elif name == state.STEP_CANDIDATE:
             n = len(ps.peer.endpoints)
             st = self.ctx.obs.wans.get(ts.wan) if ts.wan else None
@@ -307,7 +329,7 @@ class Health:
             return
         self.paths.apply(ps, path)
         self.ctx.transition(ps.peer.tunnel, ps.peer.label, "%s %s" % (state.TRANSPORT_RELAY, relay),
-                            "%s %s (trying)" % (state.TRANSPORT_UDP, model.Endpoint(path.address, path.port)),
+                            "%s %s (trying)" % (state.TRANSPORT_UDP, ps.peer.endpoints[index]),
                             "direct UDP try: %s" % why, "transport")
         ps.probe_wan = ts.wan
         st = self.ctx.obs.peers.get(ps.peer.key)

@@ -253,6 +253,10 @@ class Paths:
             if choice != ts.wan:
                 for ps in peers:
                     ps.probe_until, ps.probe_failed = None, False
+                    if ps.peer.relays and ps.relay is None and (choice, ps.candidate) in ps.tried:
+                        # on its way to the relay: a candidate not failed on this WAN yet
+                        ps.candidate = next((i for i in range(len(ps.peer.endpoints))
+                                             if (choice, i) not in ps.tried), ps.candidate)
                     if ps.state == state.DOWN:
                         ps.state = state.STARTING
                     if not ts.reason:
