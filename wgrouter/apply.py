@@ -242,7 +242,8 @@ class Applier:
         self.notes = []
         self.settings = config.settings if config is not None else model.Settings()
         # the peers' TCP relays: one thread (wgrouter.relay.Relays), started
-        # with the first relay; owner -> (relay address, port, device, local port)
+        # with the first relay; owner -> (relay address, port, device, local
+        # port, the name the thread knows it by)
         self.relays = relays
         self.relay_links = {}
 
@@ -429,19 +430,20 @@ class Applier:
             s = self.settings
             self.relays = relay_mod.Relays(keepalive=a.keepalive or 25, backoff_base=s.backoff_base,
                                            backoff_max=s.backoff_max, log=wgrouter.log)
-        name = self._relay_name(owner)
         link = self.relay_links.get(owner)
         if link is not None and link[:2] == (a.address, a.port):
             if link[2] != a.device:
-                self.relays.move(name, a.device)
-                self.relay_links[owner] = (a.address, a.port, a.device, link[3])
+                self.relays.move(link[4], a.device)
+                self.relay_links[owner] = (a.address, a.port, a.device, link[3], link[4])
                 steps.append("relay moved")
             return link[3]
+        name = link[4] if link is not None else self._relay_name(owner)  # start replaces it
         try:
             port = self.relays.start(name, (a.address, a.port), a.device, keepalive=a.keepalive or None)
         except wgrouter.Error as e:
+            self.relay_links.pop(owner, None)
             raise StepFailed(str(e)) from None
-        self.relay_links[owner] = (a.address, a.port, a.device, port)
+        self.relay_links[owner] = (a.address, a.port, a.device, port, name)
         steps.append("relay started")
         return port
 
@@ -449,8 +451,9 @@ class Applier:
         """Close the peer's relay (the core has put it on UDP again, or it is gone)."""
         steps = []
         owner = (a.tunnel, a.peer)
-        if self.relay_links.pop(owner, None) is not None:
-            self.relays.stop(self._relay_name(owner))
+        link = self.relay_links.pop(owner, None)
+        if link is not None:
+            self.relays.stop(link[4])
             steps.append("relay stopped")
         return self._event(a, "", steps)
 
@@ -459,8 +462,8 @@ class Applier:
         if self.relays is None:
             return {}
         out = {}
-        for owner in self.relay_links:
-            st = self.relays.status(self._relay_name(owner))
+        for owner, link in self.relay_links.items():
+            st = self.relays.status(link[4])
             if st is not None:
                 out[owner] = st
         return out
