@@ -44,6 +44,8 @@ LIMITS = {
     "cgnat_nat_loss": 30.0,
     "failback_dhcp": 45.0,
     "ipv6_carrier_loss_dhcp": 30.0,
+    # the relay comes after every UDP path failed, each after its backoff
+    "udp_blocked_everywhere": 150.0,
 }
 
 

@@ -726,3 +726,36 @@ def test_relay_that_cannot_start_fails_the_apply(env):
     event = make(relays=FakeRelays(fail="relay for wg0 peer peer1: cannot bind 127.0.0.1:0")).execute(relay_path())
     assert not event.data["ok"] and "cannot bind" in event.data["error"]
     assert not [c for c in fake.calls if c[0] == "wg"]
+
+
+def test_relay_path_runs_a_real_relay_to_its_server(env):
+    """The applier's own relays thread against the udp-over-tcp server, on loopback."""
+    from wgrouter import relay as relay_mod
+    import threading
+    fake, kicks, state, make = env
+    target = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    target.bind(("127.0.0.1", 0))
+    target.settimeout(5)
+    server = relay_mod.RelayServer([("127.0.0.1", 0)], target.getsockname(), log=lambda m: None)
+    threading.Thread(target=server.serve, daemon=True).start()
+    applier = make()
+    try:
+        a = dataclasses.replace(relay_path(address="127.0.0.1"), port=server.addresses[0][1], device="lo")
+        event = applier.execute(a)
+        assert event.data["ok"], event.data["error"]
+        (wg_set,) = [c for c in fake.calls if c[0] == "wg"]
+        host, _, port = wg_set[wg_set.index("endpoint") + 1].partition(":")
+        assert host == "127.0.0.1"
+        wireguard = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        initiation = bytes([1, 0, 0, 0]) + bytes(144)
+        wireguard.sendto(initiation, ("127.0.0.1", int(port)))
+        assert target.recvfrom(2048)[0] == initiation  # framed over TCP, out at the target
+        (st,) = applier.relay_status().values()
+        assert st.connected and st.device == "lo" and st.tx_datagrams == 1
+        assert applier.execute(model.StopRelay("wg0", KEY)).data["steps"] == ["relay stopped"]
+        assert applier.relay_status() == {}
+        wireguard.close()
+    finally:
+        applier.close()
+        server.stop()
+        target.close()

@@ -170,7 +170,7 @@ def test_an_answer_that_came_over_the_relay_does_not_end_it():
     rig.stats[("wg0", KEY)] = dataclasses.replace(rig.stats[("wg0", KEY)], endpoint="127.0.0.1:40000")
     d = rig.step(probe(True), dt=1)
     (tr,) = transitions(d, "transport")
-    assert tr.now.startswith("tcp-relay") and "over the relay" in tr.because
+    assert tr.now.startswith("tcp-relay") and "not from there" in tr.because
     assert not of(d, model.StopRelay)
 
 
@@ -220,3 +220,50 @@ def test_relay_is_not_taken_for_an_ip_literal_endpoint_used_by_netifd():
         assert not transitions(d, "transport")
     assert peer_status(rig)["transport"] == "udp"
     assert IP1 in peer_status(rig)["endpoint"]
+
+
+def on_the_443_candidate():
+    """A peer without a relay that found its way to candidate 1 (port 443) and is up there."""
+    rig = Rig(config=make_config(backoff_base=1.0, check_interval=10.0, failback_holddown=30.0))
+    rig.step()
+    rig.check()
+    steps, d = fail_until(rig, lambda d: [a for a in of(d, model.ApplyPath) if a.port == 443])
+    rig.check(rx=500, tx=500, handshake=rig.t)
+    assert peer_status(rig)["state"] == "up" and peer_status(rig)["candidate"] == 1
+    return rig
+
+
+def until_candidate_try(rig, limit=40):
+    for _ in range(limit):
+        d = rig.check(rx=500, tx=500, handshake=rig.t)
+        if any(t.now.endswith("(trying)") for t in transitions(d, "state")):
+            return d
+    raise AssertionError("no try of the preferred candidate")
+
+
+def test_a_peer_on_a_later_candidate_goes_back_to_the_preferred_one_once_it_answers():
+    rig = on_the_443_candidate()
+    since = rig.t
+    d = until_candidate_try(rig)
+    assert rig.t - since >= 30.0 - 10.0  # the hold-down first
+    (udp,) = of(d, model.ApplyPath)
+    assert udp.port == 51820 and of(d, model.Probe)
+    # it fails: back to 443 at once, the next try later
+    d = rig.step(probe(False), dt=1)
+    (back,) = [t for t in transitions(d, "state") if "trying" in t.was]
+    assert back.now == "udp %s:443" % IP1 and "next try in" in back.because
+    assert [a.port for a in of(d, model.ApplyPath)] == [443]
+    assert peer_status(rig)["candidate"] == 1
+    d = until_candidate_try(rig)
+    (udp,) = of(d, model.ApplyPath)
+    rig.stats[("wg0", KEY)] = dataclasses.replace(rig.stats[("wg0", KEY)], endpoint="%s:51820" % IP1)
+    d = rig.step(probe(True), dt=1)
+    (done,) = [t for t in transitions(d, "state") if "trying" in t.was]
+    assert done.now == "udp %s:51820" % IP1 and "left" in done.because
+    assert not of(d, model.ApplyPath) and not of(d, model.StopRelay)
+    st = peer_status(rig)
+    assert st["candidate"] == 0 and st["state"] == "up" and st["transport"] == "udp"
+    # on the preferred candidate: no more tries
+    for _ in range(20):
+        d = rig.check(rx=500, tx=500, handshake=rig.t)
+        assert not [t for t in transitions(d) if "trying" in t.now]

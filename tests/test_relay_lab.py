@@ -149,7 +149,11 @@ def test_wgrouter_takes_the_relay_when_udp_is_blocked_everywhere_and_returns_to_
         st = scenarios.peer_status(lab)
         wan = st["wan"]
         assert st["relay"] == RELAY and st["endpoint"] == RELAY and st["keepalive"] <= 25
-        events = [e for e in scenarios.status(lab)["events"] if e["kind"] == "transport"]
+        full = scenarios.status(lab)
+        # the relay's own view: connected through the WAN's device
+        link = full["relays"][lab.router_wg][lab.keys["vpn"]["public"]]
+        assert link["connected"] and link["device"] == topology.WANS[wan]["device"] and link["rx_bytes"] > 0
+        events = [e for e in full["events"] if e["kind"] == "transport"]
         assert events and events[-1]["now"] == "tcp-relay " + RELAY
         assert "every UDP path failed" in events[-1]["because"]
         # the kernel's endpoint is the relay's socket on loopback
@@ -185,6 +189,7 @@ def test_wgrouter_takes_the_relay_when_udp_is_blocked_everywhere_and_returns_to_
         t_back = time.time()
         events = [e for e in scenarios.status(lab)["events"] if e["kind"] == "transport"]
         assert events[-1]["now"] == "udp" and "stopped" in events[-1]["because"]
+        assert "relays" not in scenarios.status(lab)
         assert ps.wait_reply_after(t_back, 10) is not None
         assert lab.wait_for(lambda: cap.tunnel_packets(t_back), 5)
         assert not lab.run("router", "wg", "show", lab.router_wg, "endpoints").stdout.split()[-1].startswith(

@@ -534,6 +534,9 @@ class DaemonStatus:
     uptime: float
     wakeups: int
     errors: typing.Optional[typing.List[str]] = None  # observation failures; None = none
+    # the running TCP relays as their thread sees them (connection state,
+    # bytes, last error): {tunnel: {public key: {...}}}; None = none running
+    relays: typing.Optional[typing.Dict[str, typing.Dict[str, typing.Dict[str, typing.Any]]]] = None
 
 
 def status_json(status: typing.Optional[Status], daemon: typing.Optional[DaemonStatus] = None

@@ -176,6 +176,13 @@ class Shell:
         return tuple(w if w.device else dataclasses.replace(w, device=self.learned.get(w.name, ""))
                      for w in self.config.wans)
 
+    def relays(self):
+        """{tunnel: {public key: the relay's status as a dict}} of the running relays."""
+        out = {}
+        for (tunnel, key), st in self.applier.relay_status().items():
+            out.setdefault(tunnel, {})[key] = dataclasses.asdict(st)
+        return out
+
     def cleanup(self):
         """Remove every host route and rule we added (on stop); returns errors."""
         return self.applier.cleanup()

@@ -285,9 +285,10 @@ class Health:
         return min(base * 2.0 ** min(fails, 30), max(s.backoff_max, base))
 
     def trials(self) -> None:
-        """Peers on a relay try a direct UDP candidate now and then: its
-        path is applied with a probe behind it, the relay stays connected.
-        Only on a WAN usable for its failback hold-down."""
+        """Peers on a relay try a direct UDP candidate now and then, and
+        peers on a later candidate their preferred one: its path is applied
+        with a probe behind it, the relay (or the candidate) is kept to go
+        back to.  Only on a WAN usable for its failback hold-down."""
         now = self.ctx.now
         for ts in self.ctx.tunnels.values():
             if ts.wan is None or not ts.present:
@@ -296,10 +297,19 @@ class Health:
                 if ps.trial is not None and (ps.probe_until is None or ps.probe_wan != ts.wan):
                     self._trial_done(ts, ps, False, "the try ended with a change of %s" % ts.wan)
                     continue
-                if not self.names.on_relay(ps) or ps.trial_at is None or now < ps.trial_at:
+                if ps.trial is not None or ps.applied is None or ps.probe_until is not None or ps.probe_failed:
                     continue
-                if ps.applied is None or ps.applied.transport != state.TRANSPORT_RELAY \
-                        or ps.probe_until is not None or ps.probe_failed:
+                if self.names.on_relay(ps):
+                    if ps.applied.transport != state.TRANSPORT_RELAY:
+                        continue
+                elif ps.candidate == 0 or ps.state != state.UP or ps.steps_done:
+                    ps.trial_at = None
+                    continue
+                elif ps.trial_at is None:
+                    # on a later candidate and healthy: its first try of the preferred one
+                    ps.trial_fails = 0
+                    ps.trial_at = now + self._try_interval(0)
+                if ps.trial_at is None or now < ps.trial_at:
                     continue
                 start = self.paths.hold_start(ts, ts.wan)
                 hold = self.wans.holddown(ts.wan, now)
@@ -308,19 +318,25 @@ class Health:
                 self._trial_start(ts, ps, "%s usable for %s (hold-down %s)" % (
                     ts.wan, state.fmt(now - start), state.fmt(hold)))
 
+    def _fallback(self, ps: state.PeerState) -> str:
+        """What a try goes back to when it fails: the relay, or the candidate."""
+        if ps.relay is not None:
+            return "%s %s" % (state.TRANSPORT_RELAY, ps.peer.relays[ps.relay])
+        return "%s %s" % (state.TRANSPORT_UDP, ps.peer.endpoints[ps.candidate])
+
     def _trial_start(self, ts: state.TunnelState, ps: state.PeerState, why: str) -> None:
         s = self.ctx.config.settings
         now = self.ctx.now
         st = self.ctx.obs.wans.get(ts.wan)
-        n = len(ps.peer.endpoints)
-        # candidates in turn, one per try, of a family the WAN carries
+        # on a relay: the candidates in turn, one per try; on a later
+        # candidate: the preferred one; of a family the WAN carries
+        n = len(ps.peer.endpoints) if ps.relay is not None else 1
         index = None
         for k in range(n):
             i = (ps.trial_fails + k) % n
             if st is None or st.carries(self.names.candidate_family(ps, i)):
                 index = i
                 break
-        relay = ps.peer.relays[ps.relay]
         ps.trial = index
         path = self.paths.desired(ts, ps, self.ctx.config.wan(ts.wan)) if index is not None else None
         if path is None:
@@ -328,9 +344,10 @@ class Health:
             ps.trial_at = now + self._try_interval(ps.trial_fails)
             return
         self.paths.apply(ps, path)
-        self.ctx.transition(ps.peer.tunnel, ps.peer.label, "%s %s" % (state.TRANSPORT_RELAY, relay),
+        self.ctx.transition(ps.peer.tunnel, ps.peer.label, self._fallback(ps),
                             "%s %s (trying)" % (state.TRANSPORT_UDP, ps.peer.endpoints[index]),
-                            "direct UDP try: %s" % why, "transport")
+                            "%s try: %s" % ("direct UDP" if ps.relay is not None else "preferred candidate", why),
+                            "transport" if ps.relay is not None else "state")
         ps.probe_wan = ts.wan
         st = self.ctx.obs.peers.get(ps.peer.key)
         ps.trial_mark = (st.latest_handshake if st else 0.0, now)
@@ -343,30 +360,36 @@ class Health:
             ps.probe_until = now + state.TRIAL_WAIT
 
     def _trial_done(self, ts: state.TunnelState, ps: state.PeerState, ok: bool, evidence: str) -> None:
-        """The direct UDP try ended: back to UDP for good, or back to the relay."""
+        """The try ended: on the tried candidate for good, or back to the relay (or the candidate)."""
         ps.probe_until = None
         index, ps.trial = ps.trial, None
-        relay = ps.peer.relays[ps.relay]
+        relay = ps.relay
         st = self.ctx.obs.peers.get(ps.peer.key)
         tried = ps.applied
         if ok and tried is not None and st is not None and st.endpoint != str(model.Endpoint(tried.address, tried.port)):
-            # WireGuard took the peer's endpoint back to the relay's socket:
-            # what answered came over the relay
-            ok, evidence = False, "%s, but over the relay (endpoint %s)" % (evidence, st.endpoint)
+            # WireGuard took the peer's endpoint back (to the relay's socket):
+            # what answered came that way
+            ok, evidence = False, "%s, but not from there (endpoint %s)" % (evidence, st.endpoint)
         udp = "%s %s" % (state.TRANSPORT_UDP, ps.peer.endpoints[index])
+        kind = "transport" if relay is not None else "state"
         if ok:
+            fallback = self._fallback(ps)
             ps.relay, ps.trial_at, ps.trial_fails, ps.candidate = None, None, 0, index
-            self.ctx.out.append(model.StopRelay(tunnel=ps.peer.tunnel, peer=ps.peer.public_key))
-            self.ctx.transition(ps.peer.tunnel, ps.peer.label, "%s (trying)" % udp, state.TRANSPORT_UDP,
-                                "%s on %s; relay %s stopped" % (evidence, ts.wan, relay), "transport")
+            if relay is not None:
+                self.ctx.out.append(model.StopRelay(tunnel=ps.peer.tunnel, peer=ps.peer.public_key))
+                self.ctx.transition(ps.peer.tunnel, ps.peer.label, "%s (trying)" % udp, state.TRANSPORT_UDP,
+                                    "%s on %s; relay %s stopped" % (evidence, ts.wan, ps.peer.relays[relay]), kind)
+            else:
+                self.ctx.transition(ps.peer.tunnel, ps.peer.label, "%s (trying)" % udp, udp,
+                                    "%s on %s; %s left" % (evidence, ts.wan, fallback), kind)
             self._recovered(ps, evidence)
             return
         ps.trial_fails += 1
         delay = self._try_interval(ps.trial_fails)
         ps.trial_at = self.ctx.now + delay
-        ps.force = "back to the relay"
-        self.ctx.transition(ps.peer.tunnel, ps.peer.label, "%s (trying)" % udp, "%s %s" % (
-            state.TRANSPORT_RELAY, relay), "%s; next try in %s" % (evidence, state.fmt(delay)), "transport")
+        ps.force = "back from the try"
+        self.ctx.transition(ps.peer.tunnel, ps.peer.label, "%s (trying)" % udp, self._fallback(ps),
+                            "%s; next try in %s" % (evidence, state.fmt(delay)), kind)
         self.paths.evaluate(ts)
 
     def on_probe_result(self, ev: model.ProbeResult) -> None:
@@ -437,5 +460,5 @@ class Health:
         """When a peer probe's answer is late, and the next direct UDP try of a peer on a relay."""
         for ps in self.ctx.peers.values():
             yield ps.probe_until
-            if ps.relay is not None and ps.trial is None:
+            if ps.trial is None and ps.trial_at is not None and (ps.relay is not None or ps.candidate):
                 yield ps.trial_at
