@@ -44,6 +44,8 @@ LIMITS = {
     "cgnat_nat_loss": 30.0,
     "failback_dhcp": 45.0,
     "ipv6_carrier_loss_dhcp": 30.0,
+    # the relay comes after every UDP path failed, each after its backoff
+    "udp_blocked_everywhere": 150.0,
 }
 
 
@@ -582,7 +584,7 @@ def main(argv=None):
             earlier = json.load(f)
         # scenarios no longer defined (renamed) go; the rest are kept
         earlier["scenarios"] = {k: v for k, v in earlier["scenarios"].items()
-                                if k in scenarios.ALL}
+                                if k in scenarios.ALL or k in DEFAULTS_SCENARIOS}
         earlier["generated_partial"] = results["generated"]
         results = earlier
     names = [n for n in args.only.split(",") if n] if args.only is not None else list(scenarios.ALL)

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 import socket
@@ -649,3 +650,112 @@ def test_the_valid_entries_of_a_damaged_record_are_kept(tmp_path):
                                 "rules": {"y": "z"}}))
     state = apply.State(str(path))
     assert state.routes == {"192.0.2.10 main": good} and state.rules == {}
+
+
+class FakeRelays:
+    """The relays' thread as the applier drives it: start, move, stop."""
+
+    def __init__(self, fail=None):
+        self.calls = []
+        self.fail = fail
+        self.port = 40000
+
+    def start(self, peer, relay, device, port=0, keepalive=None):
+        if self.fail:
+            from wgrouter import relay as relay_mod
+            raise relay_mod.RelayError(self.fail)
+        self.port += 1
+        self.calls.append(("start", peer, relay, device, keepalive))
+        return self.port
+
+    def move(self, peer, device):
+        self.calls.append(("move", peer, device))
+
+    def stop(self, peer):
+        self.calls.append(("stop", peer))
+
+    def status(self, peer=None):
+        return None
+
+    def close(self):
+        self.calls.append(("close",))
+
+
+def relay_path(wan="wan", address="203.0.113.5"):
+    return dataclasses.replace(path(wan, address=address), port=443, transport="tcp-relay")
+
+
+def test_relay_path_pins_the_relay_and_makes_its_local_socket_the_endpoint(env):
+    fake, kicks, state, make = env
+    relays = FakeRelays()
+    applier = make(relays=relays)
+    event = applier.execute(path())
+    assert event.data["ok"]
+    fake.calls.clear()
+    event = applier.execute(relay_path())
+    assert event.data["ok"], event.data["error"]
+    assert relays.calls == [("start", "wg0 peer peer1", ("203.0.113.5", 443), "eth1", 25)]
+    # the relay's host route as an endpoint's (proto 119), no UDP conntrack
+    # flush, the endpoint on loopback, the old UDP route removed after it
+    assert fake.calls == [
+        ["ip", "route", "replace", "203.0.113.5/32", "via", "10.1.0.1", "dev", "eth1", "proto", "119"],
+        ["wg", "set", "wg0", "peer", KEY, "endpoint", "127.0.0.1:40001", "persistent-keepalive", "25"],
+        ["ip", "route", "del", "198.51.100.7/32", "proto", "119"],
+    ]
+    assert list(saved(state)["routes"]) == ["203.0.113.5 main"]
+    # a WAN change moves the connection; the local endpoint stays
+    fake.calls.clear()
+    event = applier.execute(relay_path("wanb"))
+    assert event.data["ok"] and relays.calls[-1] == ("move", "wg0 peer peer1", "wwan0")
+    assert ["wg", "set", "wg0", "peer", KEY, "endpoint", "127.0.0.1:40001", "persistent-keepalive", "25"] \
+        in fake.calls
+    # a UDP path leaves the relay running (a try of direct UDP) until StopRelay
+    applier.execute(path())
+    assert relays.calls[-1][0] == "move"
+    event = applier.execute(model.StopRelay("wg0", KEY))
+    assert event.data["ok"] and relays.calls[-1] == ("stop", "wg0 peer peer1")
+    assert event.data["steps"] == ["relay stopped"]
+    # stopped already: nothing to do
+    assert applier.execute(model.StopRelay("wg0", KEY)).data["steps"] == []
+    applier.close()
+    assert relays.calls[-1] == ("close",)
+
+
+def test_relay_that_cannot_start_fails_the_apply(env):
+    fake, kicks, state, make = env
+    event = make(relays=FakeRelays(fail="relay for wg0 peer peer1: cannot bind 127.0.0.1:0")).execute(relay_path())
+    assert not event.data["ok"] and "cannot bind" in event.data["error"]
+    assert not [c for c in fake.calls if c[0] == "wg"]
+
+
+def test_relay_path_runs_a_real_relay_to_its_server(env):
+    """The applier's own relays thread against the udp-over-tcp server, on loopback."""
+    from wgrouter import relay as relay_mod
+    import threading
+    fake, kicks, state, make = env
+    target = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    target.bind(("127.0.0.1", 0))
+    target.settimeout(5)
+    server = relay_mod.RelayServer([("127.0.0.1", 0)], target.getsockname(), log=lambda m: None)
+    threading.Thread(target=server.serve, daemon=True).start()
+    applier = make()
+    try:
+        a = dataclasses.replace(relay_path(address="127.0.0.1"), port=server.addresses[0][1], device="lo")
+        event = applier.execute(a)
+        assert event.data["ok"], event.data["error"]
+        (wg_set,) = [c for c in fake.calls if c[0] == "wg"]
+        host, _, port = wg_set[wg_set.index("endpoint") + 1].partition(":")
+        assert host == "127.0.0.1"
+        wireguard = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        initiation = bytes([1, 0, 0, 0]) + bytes(144)
+        wireguard.sendto(initiation, ("127.0.0.1", int(port)))
+        assert target.recvfrom(2048)[0] == initiation  # framed over TCP, out at the target
+        (st,) = applier.relay_status().values()
+        assert st.connected and st.device == "lo" and st.tx_datagrams == 1
+        assert applier.execute(model.StopRelay("wg0", KEY)).data["steps"] == ["relay stopped"]
+        assert applier.relay_status() == {}
+        wireguard.close()
+    finally:
+        applier.close()
+        server.stop()
+        target.close()

@@ -277,8 +277,9 @@ STATUS = {
                        "endpoint_source": None, "keepalive": 0, "handshake_age": None,
                        "rx": 0, "tx": 0, "last_step": "reapply"}}},
         "wg1": {"peers": {
-            "B" * 43 + "=": dict(PEER, label="cloud", endpoint="198.51.100.7:51820",
-                                 endpoint_source="dns", handshake_age=3, rx=1, tx=1)}},
+            "B" * 43 + "=": dict(PEER, label="cloud", endpoint="198.51.100.7:443",
+                                 endpoint_source="relay", handshake_age=3, rx=1, tx=1,
+                                 transport="tcp-relay", relay="relay.example.net:443")}},
     },
     "wans": {"wan": {"up": True, "healthy": True, "active": True, "families": ["ipv4", "ipv6"]},
              "wanb": {"up": True, "healthy": False, "active": False},
@@ -383,6 +384,9 @@ def test_view_through_uhttpd_with_full_access(tmp_path, ubusd, daemon):
     assert [row[:2] for row in peers["rows"]] == [["wg0", "backup"], ["wg0", "office"],
                                                   ["wg1", "cloud"]]
     assert peers["rows"][0][7] == "never" and peers["rows"][0][6] == "off"
+    # the transport: direct UDP shows the endpoint, the last rung its relay
+    assert [row[4] for row in peers["rows"]] == ["-", "192.0.2.1:51820",
+                                                 "TCP relay relay.example.net:443 (198.51.100.7:443)"]
     assert [row[3] for row in wans["rows"]] == ["IPv4 + IPv6", "-", "-"]  # what each WAN carries
     # LuCI's table: every cell carries its column's title for narrow screens
     for t in (peers, wans):

@@ -1,7 +1,8 @@
-"""WireGuard over TCP in the dual-WAN lab, the data plane driven directly
-(no decision core): UDP blocked on every WAN, the router's peer pointed at
-the local relay endpoint, the relay client bound to a WAN device, the lab's
-VPN server running `wgrouter relay-server`."""
+"""WireGuard over TCP in the dual-WAN lab, the lab's VPN server running
+`wgrouter relay-server`: the daemon taking the relay as its last rung and
+leaving it again; the data plane driven directly (no decision core, the
+router's peer pointed at the local relay endpoint, the relay client bound to
+a WAN device); the server's refusals."""
 
 import json
 import os
@@ -13,6 +14,7 @@ import pytest
 
 from tests.lab import faults
 from tests.lab import observe
+from tests.lab import scenarios
 from tests.lab import topology
 
 pytestmark = pytest.mark.lab
@@ -124,6 +126,84 @@ def test_udp_blocked_everywhere_tunnel_over_the_relay_follows_a_carrier_loss(lab
         cap.stop()
         if client is not None:
             client.stop()
+
+
+def routes_of_wgrouter(lab):
+    """`ip route` lines of wgrouter's host routes (proto 119) in the router."""
+    return lab.run("router", "ip", "route", "show", "proto", "119").stdout.splitlines()
+
+
+def test_wgrouter_takes_the_relay_when_udp_is_blocked_everywhere_and_returns_to_udp(lab_factory):
+    lab = lab_factory(relay_server=True)
+    # a short backoff: the ladder tries 3 candidates on 2 WANs before the relay
+    scenarios.start(lab, "wgrouter", relays=[RELAY], backoff_base=0.5, backoff_max=60)
+    cap = observe.Capture(lab)
+    ps = observe.ProbeStream(lab)
+    try:
+        assert scenarios.peer_status(lab)["transport"] == "udp"
+        t_fault = faults.udp_blocked_everywhere(lab)
+        scenarios.wait_state(lab, lambda p: p.get("transport") == "tcp-relay", 150)
+        t_relay = time.time()
+        took = ps.wait_reply_after(t_relay, 20)
+        assert took is not None, "no reply over the relay"
+        st = scenarios.peer_status(lab)
+        wan = st["wan"]
+        assert st["relay"] == RELAY and st["endpoint"] == RELAY and st["keepalive"] <= 25
+        full = scenarios.status(lab)
+        # the relay's own view: connected through the WAN's device
+        link = full["relays"][lab.router_wg][lab.keys["vpn"]["public"]]
+        assert link["connected"] and link["device"] == topology.WANS[wan]["device"] and link["rx_bytes"] > 0
+        events = [e for e in full["events"] if e["kind"] == "transport"]
+        assert events and events[-1]["now"] == "tcp-relay " + RELAY
+        assert "every UDP path failed" in events[-1]["because"]
+        # the kernel's endpoint is the relay's socket on loopback
+        assert lab.run("router", "wg", "show", lab.router_wg, "endpoints").stdout.split()[-1].startswith(
+            "127.0.0.1:")
+        # the relay's host route as an endpoint's: proto 119, through the active WAN
+        device = topology.WANS[wan]["device"]
+        assert [r for r in routes_of_wgrouter(lab) if r.startswith(VPN_A + " ") and "dev %s " % device in r]
+        assert lab.wait_for(lambda: relay_packets(cap, t_relay, device), 3)
+        other = [w for w in topology.WANS if w != wan][0]
+        assert not relay_packets(cap, t_relay + 1, topology.WANS[other]["device"])
+        print("on the relay %.1f s after the fault; first reply %.2f s later" % (t_relay - t_fault, took))
+
+        # the relay's WAN loses its carrier: the connection moves to the other WAN
+        wan = scenarios.peer_status(lab)["wan"]  # (a failback may have moved it meanwhile)
+        other = [w for w in topology.WANS if w != wan][0]
+        connects = open(lab.relay_server_log).read().count(": connected, UDP from")
+        t_cut = faults.carrier_loss(lab, wan)
+        scenarios.wait_state(lab, lambda p: p.get("wan") == other and p.get("transport") == "tcp-relay", 20)
+        moved = ps.wait_reply_after(t_cut, 20)
+        assert moved is not None, "no reply over the relay after the carrier loss"
+        assert lab.wait_for(lambda: relay_packets(cap, t_cut + 0.5, topology.WANS[other]["device"]), 3)
+        assert [r for r in routes_of_wgrouter(lab)
+                if r.startswith(VPN_A + " ") and "dev %s " % topology.WANS[other]["device"] in r]
+        # a new connection, through the other WAN's device
+        assert lab.wait_for(lambda: open(lab.relay_server_log).read().count(": connected, UDP from") > connects, 5)
+        faults.carrier_return(lab, wan)
+        print("relay through %s %.2f s after %s lost its carrier" % (other, moved, wan))
+
+        # UDP passes again: a direct try on a WAN past its hold-down ends the relay
+        t_open = faults.udp_unblocked(lab)
+        scenarios.wait_state(lab, lambda p: p.get("transport") == "udp", 60)
+        t_back = time.time()
+        events = [e for e in scenarios.status(lab)["events"] if e["kind"] == "transport"]
+        assert events[-1]["now"] == "udp" and "stopped" in events[-1]["because"]
+        assert "relays" not in scenarios.status(lab)
+        assert ps.wait_reply_after(t_back, 10) is not None
+        assert lab.wait_for(lambda: cap.tunnel_packets(t_back), 5)
+        assert not lab.run("router", "wg", "show", lab.router_wg, "endpoints").stdout.split()[-1].startswith(
+            "127.0.0.1:")
+        # the relay's connection is closed, and stays so (no flapping)
+        assert lab.wait_for(lambda: ": closed" in open(lab.relay_server_log).read(), 5)
+        time.sleep(8)
+        assert scenarios.peer_status(lab)["transport"] == "udp"
+        assert not relay_packets(cap, time.time() - 5)
+        print("back on UDP %.1f s after UDP passed again" % (t_back - t_open))
+        assert cap.leaks() == []
+    finally:
+        ps.stop()
+        cap.stop()
 
 
 _PROBER = r"""

@@ -163,6 +163,27 @@ def test_udp_blocked_on_backup_recovers_through_alternate_port(wlab):
     assert faults.dropped(lab, "wanb") > 0  # the block was real
 
 
+def test_after_the_alternate_port_the_preferred_candidate_comes_back_once_it_works(wlab):
+    lab = wlab()
+    out = scenarios.udp_blocked_backup(lab, lab.probes, lab.cap, limit=40)
+    assert out.recovered, daemon_log(lab)
+    assert scenarios.peer_status(lab)["endpoint"].endswith(":%d" % topology.VPN_ALT_PORT)
+    # the primary comes back: the tunnel fails back to it, still on port 443,
+    # then tries its preferred candidate there after the hold-down, and stays
+    t = faults.carrier_return(lab, "wan")
+    assert lab.wait_for(lambda: scenarios.peer_status(lab).get("wan") == "wan",
+                        (scenarios.LAB_HOLDDOWN + 10) * SCALE), daemon_log(lab)
+    assert lab.wait_for(lambda: scenarios.peer_status(lab).get("candidate") == 0, 40 * SCALE), daemon_log(lab)
+    back = time.time()
+    assert "preferred candidate try" in daemon_log(lab)
+    assert scenarios.peer_status(lab)["endpoint"].endswith(":%d" % topology.VPN_PORT)
+    assert lab.probes.wait_reply_after(back, 5 * SCALE) is not None
+    assert lab.wait_for(lambda: [p for p in lab.cap.tunnel_packets(since=back)
+                                 if p["dev"] == "wan" and p["dport"] == topology.VPN_PORT], 3 * SCALE)
+    assert lab.cap.leaks(since=t) == []
+    print("on the preferred candidate %.1f s after the primary came back" % (back - t))
+
+
 def test_dns_move_recovered_within_ttl_and_a_check(wlab):
     lab = wlab()
     out = scenarios.dns_move(lab, lab.probes, lab.cap)

@@ -726,7 +726,7 @@ def _reloadable_daemon(tmp_path, monkeypatch, ubusd):
     monkeypatch.setattr(ubusobj, "HELLO_TIMEOUT", 0.05)
     d = daemon.Daemon(root=str(tmp_path), cfg=config.load(str(tmp_path)), use_ubus=True)
     d.engine = types.SimpleNamespace(reconfigure=lambda cfg, now: None)
-    d.shell = types.SimpleNamespace(reconfigure=lambda cfg: None)
+    d.shell = types.SimpleNamespace(reconfigure=lambda cfg: None, relays=lambda: {})
     return d, binding
 
 

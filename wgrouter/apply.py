@@ -226,6 +226,7 @@ class Applier:
         config=None,
         kick=send_kick,
         wg=None,
+        relays=None,
     ):
         self.runner = runner
         # wg.Client(()) answers for no device: every endpoint is set with `wg set`
@@ -239,11 +240,18 @@ class Applier:
             self.peers = {peer.key: peer for peer in config.peers()}
         self.conntrack_missing = False
         self.notes = []
+        self.settings = config.settings if config is not None else model.Settings()
+        # the peers' TCP relays: one thread (wgrouter.relay.Relays), started
+        # with the first relay; owner -> (relay address, port, device, local
+        # port, the name the thread knows it by)
+        self.relays = relays
+        self.relay_links = {}
 
     def reconfigure(self, config):
         """New peers (for the kick target) and conntrack setting."""
         self.peers = {peer.key: peer for peer in config.peers()}
         self.conntrack_flush = config.settings.conntrack_flush
+        self.settings = config.settings
 
     # ------------------------------------------------------------ helpers
 
@@ -312,6 +320,8 @@ class Applier:
             return self.remove_path(action)
         if isinstance(action, model.RestartTunnel):
             return self.restart(action)
+        if isinstance(action, model.StopRelay):
+            return self.stop_relay(action)
         raise UnknownAction("action the applier does not handle: %r" % (action,))
 
     def apply_path(self, a):
@@ -346,7 +356,8 @@ class Applier:
             finally:
                 self.state.save()
             # 2. conntrack entries that pin the flow to the old path
-            if self.conntrack_flush and not self.conntrack_missing:
+            relay = a.transport == "tcp-relay"
+            if self.conntrack_flush and not self.conntrack_missing and not relay:
                 argv = ["conntrack", "-D", "-p", "udp",
                         "--orig-dst", a.address, "--orig-port-dst", str(a.port)]
                 if model.family(a.address) == 6:
@@ -358,8 +369,14 @@ class Applier:
                 except runner_mod.CommandMissing:
                     self.conntrack_missing = True
                     self.notes.append("conntrack not installed: stale flows are not flushed")
-            # 3. endpoint and keepalive; re-setting clears the cached source
-            self._set_endpoint(a)
+            # 3. endpoint and keepalive; re-setting clears the cached source.
+            # On a relay: its connection through the WAN's device first, and
+            # its local socket is the endpoint
+            if relay:
+                port = self._relay(a, steps)
+                self._set_endpoint(a, "127.0.0.1", port)
+            else:
+                self._set_endpoint(a)
             steps.append("endpoint")
             # 4. the routes this peer used before, if nobody else uses them
             try:
@@ -379,24 +396,84 @@ class Applier:
             error = str(e)
         return self._event(a, error, steps)
 
-    def _set_endpoint(self, a):
+    def _set_endpoint(self, a, address=None, port=None):
         """This one peer's endpoint and keepalive, nothing else: in process
         (update only: a peer netifd removed meanwhile is not created again),
         else `wg set`."""
+        address = a.address if address is None else address
+        port = a.port if port is None else port
         try:
-            self.wg.set_peer(a.tunnel, a.peer, a.address, a.port, a.keepalive)
+            self.wg.set_peer(a.tunnel, a.peer, address, port, a.keepalive)
             return
         except wg_mod.Unavailable:
             pass
         except wg_mod.WgError as e:
-            raise StepFailed("set endpoint %s of %s: %s" % (model.Endpoint(a.address, a.port), a.tunnel, e)) from None
+            raise StepFailed("set endpoint %s of %s: %s" % (model.Endpoint(address, port), a.tunnel, e)) from None
         self._run(
             [
                 "wg", "set", a.tunnel, "peer", a.peer,
-                "endpoint", str(model.Endpoint(a.address, a.port)),
+                "endpoint", str(model.Endpoint(address, port)),
                 "persistent-keepalive", str(a.keepalive),
             ]
         )
+
+    def _relay_name(self, owner):
+        peer = self.peers.get(owner)
+        return "%s peer %s" % (owner[0], peer.label if peer is not None else owner[1][:8])
+
+    def _relay(self, a, steps):
+        """Start the peer's relay to a.address:a.port through a.device, or
+        move its connection there; the local port WireGuard is to send to."""
+        owner = (a.tunnel, a.peer)
+        if self.relays is None:
+            from wgrouter import relay as relay_mod  # only once a peer needs a relay
+            s = self.settings
+            self.relays = relay_mod.Relays(keepalive=a.keepalive or 25, backoff_base=s.backoff_base,
+                                           backoff_max=s.backoff_max, log=wgrouter.log)
+        link = self.relay_links.get(owner)
+        if link is not None and link[:2] == (a.address, a.port):
+            if link[2] != a.device:
+                self.relays.move(link[4], a.device)
+                self.relay_links[owner] = (a.address, a.port, a.device, link[3], link[4])
+                steps.append("relay moved")
+            return link[3]
+        name = link[4] if link is not None else self._relay_name(owner)  # start replaces it
+        try:
+            port = self.relays.start(name, (a.address, a.port), a.device, keepalive=a.keepalive or None)
+        except wgrouter.Error as e:
+            self.relay_links.pop(owner, None)
+            raise StepFailed(str(e)) from None
+        self.relay_links[owner] = (a.address, a.port, a.device, port, name)
+        steps.append("relay started")
+        return port
+
+    def stop_relay(self, a):
+        """Close the peer's relay (the core has put it on UDP again, or it is gone)."""
+        steps = []
+        owner = (a.tunnel, a.peer)
+        link = self.relay_links.pop(owner, None)
+        if link is not None:
+            self.relays.stop(link[4])
+            steps.append("relay stopped")
+        return self._event(a, "", steps)
+
+    def relay_status(self):
+        """{(tunnel, key): relay.RelayStatus} of the running relays."""
+        if self.relays is None:
+            return {}
+        out = {}
+        for owner, link in self.relay_links.items():
+            st = self.relays.status(link[4])
+            if st is not None:
+                out[owner] = st
+        return out
+
+    def close(self):
+        """Stop every relay and their thread."""
+        if self.relays is not None:
+            self.relays.close()
+            self.relays = None
+        self.relay_links = {}
 
     def remove_path(self, a):
         steps = []

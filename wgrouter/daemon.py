@@ -285,7 +285,8 @@ class Daemon:
         return dict(self.snapshot, **model.status_json(None, model.DaemonStatus(
             version=wgrouter.__version__, pid=os.getpid(),
             uptime=round(time.monotonic() - self.started, 1), wakeups=self.wakeups,
-            errors=list(self.observe_errors) or None)))
+            errors=list(self.observe_errors) or None,
+            relays=(self.shell.relays() if self.shell is not None else None) or None)))
 
     # -------------------------------------------------------------- loop
 

@@ -351,6 +351,19 @@ class ApplyPath:
     keepalive: int
     old_address: typing.Optional[str] = None
     table: typing.Optional[int] = None
+    # "udp", or "tcp-relay": ``address``:``port`` is then the peer's TCP relay
+    # (udp-over-tcp framing), the host route goes to it, the shell runs the
+    # relay's connection through DEVICE and the endpoint is its local socket
+    # on 127.0.0.1
+    transport: str = "udp"
+
+
+@dataclasses.dataclass(frozen=True)
+class StopRelay:
+    """Close the peer's TCP relay (its connection and its local socket)."""
+
+    tunnel: str
+    peer: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -414,14 +427,14 @@ class Transition:
     was: str
     now: str
     because: str
-    kind: str = "state"  # "failover", "failback", "recovery", "resolve", "wan", "state"
+    kind: str = "state"  # "failover", "failback", "recovery", "resolve", "wan", "transport", "state"
 
     def __str__(self):
         who = self.tunnel if self.peer is None else "%s peer %s" % (self.tunnel, self.peer)
         return "%s: was %s, now %s, because %s" % (who, self.was, self.now, self.because)
 
 
-Action = typing.Union[ApplyPath, RemovePath, Probe, ProbeWan, Resolve, RestartTunnel, Transition]
+Action = typing.Union[ApplyPath, RemovePath, StopRelay, Probe, ProbeWan, Resolve, RestartTunnel, Transition]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -472,6 +485,8 @@ class PeerStatus:
     recovery_steps: int
     backoff_until: typing.Optional[float]
     evidence: typing.Optional[str]
+    transport: str = "udp"  # or "tcp-relay"
+    relay: typing.Optional[str] = None  # "host:port" as configured, while on a relay
 
 
 @dataclasses.dataclass(frozen=True)
@@ -519,6 +534,9 @@ class DaemonStatus:
     uptime: float
     wakeups: int
     errors: typing.Optional[typing.List[str]] = None  # observation failures; None = none
+    # the running TCP relays as their thread sees them (connection state,
+    # bytes, last error): {tunnel: {public key: {...}}}; None = none running
+    relays: typing.Optional[typing.Dict[str, typing.Dict[str, typing.Dict[str, typing.Any]]]] = None
 
 
 def status_json(status: typing.Optional[Status], daemon: typing.Optional[DaemonStatus] = None

@@ -172,6 +172,13 @@ class Shell:
         return tuple(w if w.device else dataclasses.replace(w, device=self.learned.get(w.name, ""))
                      for w in self.config.wans)
 
+    def relays(self):
+        """{tunnel: {public key: the relay's status as a dict}} of the running relays."""
+        out = {}
+        for (tunnel, key), st in self.applier.relay_status().items():
+            out.setdefault(tunnel, {})[key] = dataclasses.asdict(st)
+        return out
+
     def cleanup(self):
         """Remove every host route and rule we added (on stop); returns errors."""
         return self.applier.cleanup()
@@ -256,7 +263,7 @@ class Shell:
         """Run one action; synchronous ones return their event, async ones
         register a child in the shell's selector (or ``selector``) and return []."""
         selector = selector or self._selector
-        if isinstance(action, (model.ApplyPath, model.RemovePath, model.RestartTunnel)):
+        if isinstance(action, (model.ApplyPath, model.RemovePath, model.RestartTunnel, model.StopRelay)):
             return [self.applier.execute(action)]
         if isinstance(action, model.Transition):
             return []
@@ -419,7 +426,8 @@ class Shell:
         return events
 
     def stop(self):
-        """Kill and reap every child (no events)."""
+        """Kill and reap every child (no events), and stop the relays."""
         for child in list(self.children):
             self._forget(child)
             child.reap(kill=True)
+        self.applier.close()

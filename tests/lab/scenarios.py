@@ -169,6 +169,14 @@ def failback(lab, probes, cap, limit=60.0):
     return out
 
 
+def udp_blocked_everywhere(lab, probes, cap, limit=150.0):
+    """Both ISPs drop every UDP datagram but DNS; the peer has a TCP relay
+    (wgrouter's; the stock baseline has none and never recovers)."""
+    steady(probes)
+    t = faults.udp_blocked_everywhere(lab)
+    return _measure("udp_blocked_everywhere", probes, t, limit)
+
+
 def ipv6_carrier_loss(lab, probes, cap, limit=30.0):
     """carrier_loss with the tunnel on an IPv6 endpoint (see SETUP)."""
     steady(probes)
@@ -185,6 +193,7 @@ ALL = {
     "cgnat_nat_loss": cgnat_nat_loss,
     "failback_dhcp": failback,
     "ipv6_carrier_loss_dhcp": ipv6_carrier_loss,
+    "udp_blocked_everywhere": udp_blocked_everywhere,
 }
 
 # Lab and start options a scenario needs, for wgrouter and the baseline alike
@@ -192,6 +201,14 @@ ALL = {
 SETUP = {
     "carrier_loss_static": ({"force_link": True}, {}),
     "ipv6_carrier_loss_dhcp": ({"ipv6": True}, {"endpoint_host": topology.VPN_ADDRESSES6[0]}),
+    "udp_blocked_everywhere": ({"relay_server": True}, {}),
+}
+# Start options for wgrouter alone: the peer's relay, and a short ladder
+# backoff (3 candidates on 2 WANs come before the relay; backoff_max stays
+# long enough that a WAN left is not taken back meanwhile).
+WGROUTER_SETUP = {
+    "udp_blocked_everywhere": {"relays": ["%s:%d" % (topology.VPN_ADDRESSES[0], topology.RELAY_PORT)],
+                               "backoff_base": 0.5, "backoff_max": 60},
 }
 
 
@@ -199,6 +216,8 @@ def run(name, mode, limit=None, lab_kwargs=None, start_kwargs=None):
     """Build a fresh lab, start ``mode``, run scenario ``name``; Outcome."""
     fn = ALL[name]
     lab_setup, start_setup = SETUP.get(name, ({}, {}))
+    if mode == "wgrouter":
+        start_setup = dict(start_setup, **WGROUTER_SETUP.get(name, {}))
     with topology.Lab(**dict(lab_setup, **(lab_kwargs or {}))) as lab:
         start(lab, mode, **dict(start_setup, **(start_kwargs or {})))
         probes = observe.ProbeStream(lab)

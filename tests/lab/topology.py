@@ -804,7 +804,8 @@ add rule ip isp srcnat oifname "uplink" snat to %s
 
     def write_wgrouter_config(self, check_interval=1, failback_holddown=5, wan_keepalive=25,
                               wanb_keepalive=15, endpoints=None, probe=PROBE_TARGET,
-                              extra="", mwan3=False, dns_ttl_min=None, probe_timeout=None):
+                              extra="", mwan3=False, dns_ttl_min=None, probe_timeout=None, relays=(),
+                              backoff_base=None, backoff_max=None):
         if endpoints is None:
             endpoints = ["vpn.%s:%d" % (DOMAIN, VPN_ALT_PORT),
                          "%s:%d" % (VPN_ADDRESSES[1], VPN_PORT)]
@@ -815,7 +816,9 @@ add rule ip isp srcnat oifname "uplink" snat to %s
                                   if v is not None]
              + ([("mwan3", "1")] if mwan3 else [])
              + ([("dns_ttl_min", str(dns_ttl_min))] if dns_ttl_min is not None else [])
-             + ([("probe_timeout", str(probe_timeout))] if probe_timeout is not None else [])),
+             + ([("probe_timeout", str(probe_timeout))] if probe_timeout is not None else [])
+             + [(k, str(v)) for k, v in (("backoff_base", backoff_base), ("backoff_max", backoff_max))
+                if v is not None]),
             ("wan", "wan", [*self._device_option("wan"), ("keepalive", str(wan_keepalive)),
                             ("track_ip", [ISPA_INET]), ("dns_server", [DNS_SERVER])]
              + ([("table", str(WANS["wan"]["table"]))] if mwan3 else [])),
@@ -825,7 +828,7 @@ add rule ip isp srcnat oifname "uplink" snat to %s
             ("tunnel", self.router_wg, [("probe", probe)]),
             ("peer", None, [("tunnel", self.router_wg),
                             ("public_key", self.keys["vpn"]["public"]),
-                            ("endpoint", list(endpoints))]),
+                            ("endpoint", list(endpoints))] + ([("relay", list(relays))] if relays else [])),
         ]
         self._write_config("wgrouter", ucifile.render(sections) + extra)
 

@@ -46,7 +46,7 @@ class Engine:
         self.names = wnames.Names(self.ctx)
         self.paths = wpaths.Paths(self.ctx, self.wans, self.names)
         self.health = whealth.Health(self.ctx, self.wans, self.names, self.paths)
-        self._removals: typing.List[model.RemovePath] = []
+        self._removals: typing.List[model.Action] = []
         self._next_check = now + self.ctx.check_interval()
         self._handlers = {
             model.Hotplug: self._on_hotplug, model.KernelChanged: self._on_link,
@@ -83,6 +83,7 @@ class Engine:
             self.health.check()
         for ts in self.ctx.tunnels.values():
             self.paths.evaluate(ts)
+        self.health.trials()
         self.names.resolves()
         return model.Decision(actions=tuple(out), deadline=self._deadline())
 
@@ -173,6 +174,15 @@ class Engine:
                 ps.peer = peer
                 if ps.candidate >= len(peer.endpoints):
                     ps.candidate = 0
+                if ps.trial is not None and ps.trial >= len(peer.endpoints):
+                    ps.trial = None
+                if ps.relay is not None and ps.relay >= len(peer.relays):
+                    # its relay is gone from the configuration: back to UDP
+                    self._removals.append(model.StopRelay(tunnel=peer.tunnel, peer=peer.public_key))
+                    self.ctx.transition(peer.tunnel, peer.label, state.TRANSPORT_RELAY, state.TRANSPORT_UDP,
+                                        "its relay was removed from the configuration", "transport")
+                    ps.relay = ps.trial = ps.trial_at = None
+                    ps.force = "relay removed"
                 peers[peer.key] = ps
         for key, ps in self.ctx.peers.items():
             if key not in peers:

@@ -44,7 +44,8 @@ class Health:
         for ts in self.ctx.tunnels.values():
             for ps in self.ctx.tunnel_peers(ts):
                 st = self.ctx.obs.peers.get(ps.peer.key)
-                if st is None or ts.wan is None or ps.applied is None or not ts.present:
+                if st is None or ts.wan is None or ps.applied is None or not ts.present or ps.trial is not None:
+                    # (a direct UDP try is judged by its own probe)
                     ps.sample = None if st is None else (st.rx, st.tx, now)
                     continue
                 verdict, evidence = self._judge(ps, st)
@@ -154,13 +155,67 @@ class Health:
         ps.last_step = None
         ps.backoff_until = 0.0
         ps.evidence = ""
+        ps.tried.clear()
 
     def _ladder(self, ps: state.PeerState) -> typing.List[str]:
+        if self.names.on_relay(ps):
+            # the relay's client reconnects by itself; the next relay, another WAN, a restart
+            return [state.STEP_RELAY, state.STEP_WAN, state.STEP_RESTART]
         return ([state.STEP_RERESOLVE] + [state.STEP_CANDIDATE] * (len(ps.peer.endpoints) - 1)
                 + [state.STEP_WAN, state.STEP_RESTART])
 
+    def untried(self, ts: state.TunnelState, ps: state.PeerState) -> typing.List[str]:
+        """The direct UDP paths of the peer not failed yet since its last
+        success: "WAN candidate N" of every usable WAN and every candidate
+        whose family that WAN carries."""
+        out = []
+        for wan in self.ctx.config.wans:
+            st = self.ctx.obs.wans.get(wan.name)
+            if not self.paths.usable_for(ts, wan.name) or st is None:
+                continue
+            for i in range(len(ps.peer.endpoints)):
+                if st.carries(self.names.candidate_family(ps, i)) and (wan.name, i) not in ps.tried:
+                    out.append("%s candidate %d" % (wan.name, i))
+        return out
+
+    def _next_untried(self, ts: state.TunnelState, ps: state.PeerState) -> typing.Optional[int]:
+        """The next candidate after the current one not tried on the tunnel's WAN yet."""
+        n = len(ps.peer.endpoints)
+        st = self.ctx.obs.wans.get(ts.wan)
+        for k in range(1, n):
+            i = (ps.candidate + k) % n
+            if (ts.wan, i) not in ps.tried and (st is None or st.carries(self.names.candidate_family(ps, i))):
+                return i
+        return None
+
+    def _to_relay(self, ts: state.TunnelState, ps: state.PeerState) -> bool:
+        """The last rung: every direct UDP path failed; the peer goes to a relay."""
+        if ps.relay is not None or not ps.peer.relays or ts.wan is None or self.untried(ts, ps):
+            return False
+        tried = ", ".join("%s candidate %d" % t for t in sorted(ps.tried))
+        ps.relay, ps.trial, ps.trial_fails = 0, None, 0
+        ps.trial_at = self.ctx.now + self._try_interval(0)
+        ps.force = state.STEP_RELAY
+        relay = ps.peer.relays[0]
+        self.ctx.transition(ps.peer.tunnel, ps.peer.label, state.TRANSPORT_UDP, "%s %s" % (
+            state.TRANSPORT_RELAY, relay), "every UDP path failed (%s); relay through %s" % (tried, ts.wan),
+            "transport")
+        self._ladder_done(ps, "%s (%s via %s)" % (state.STEP_RELAY, relay, ts.wan), ps.evidence)
+        ps.last_step = state.STEP_RELAY
+        return True
+
     def recover(self, ts: state.TunnelState, ps: state.PeerState) -> None:
         s = self.ctx.config.settings
+        # A peer with a relay tries each UDP path once on its way there: a
+        # re-resolve only as the first step, no candidate tried on this WAN
+        # already, and no restart before the relay.
+        direct = bool(ps.peer.relays) and not self.names.on_relay(ps) and ts.wan is not None
+        again = direct and (ps.steps_done > 0 or (ts.wan, ps.candidate) in ps.tried)
+        if not self.names.on_relay(ps) and ts.wan is not None:
+            ps.tried.add((ts.wan, ps.candidate))
+            if self._to_relay(ts, ps):
+                ps.ladder = 0
+                return
         ladder = self._ladder(ps)
         for _ in range(len(ladder)):
             name = ladder[ps.ladder % len(ladder)]
@@ -170,6 +225,9 @@ class Health:
                 continue  # a restart is heavy: at most one per backoff_max
             if name == state.STEP_WAN and not self.paths.other_wan(ts):
                 continue
+            if direct and (name == state.STEP_RESTART or (name == state.STEP_RERESOLVE and again) or (
+                    name == state.STEP_CANDIDATE and self._next_untried(ts, ps) is None)):
+                continue
             break
         detail = name
         if name == state.STEP_RERESOLVE:
@@ -177,6 +235,10 @@ class Health:
             if host is not None:
                 self.names.refresh_now(host)
             ps.force = name
+        elif name == state.STEP_CANDIDATE and direct and self._next_untried(ts, ps) is not None:
+            ps.candidate = self._next_untried(ts, ps)
+            ps.force = name
+            detail = "%s (candidate %d, %s)" % (name, ps.candidate, ps.peer.endpoints[ps.candidate])
         elif name == state.STEP_CANDIDATE:
             n = len(ps.peer.endpoints)
             st = self.ctx.obs.wans.get(ts.wan) if ts.wan else None
@@ -186,6 +248,10 @@ class Health:
                     break
             ps.force = name
             detail = "%s (candidate %d, %s)" % (name, ps.candidate, ps.peer.endpoints[ps.candidate])
+        elif name == state.STEP_RELAY:
+            ps.relay = (ps.relay + 1) % len(ps.peer.relays)
+            ps.force = name
+            detail = "%s (%s)" % (name, ps.peer.relays[ps.relay])
         elif name == state.STEP_WAN:
             count = ts.suspect_count.get(ts.wan, 0)
             ts.suspect[ts.wan] = self.ctx.now + min(s.backoff_max * 2 ** min(count, 30), state.SUSPECT_HOLD_MAX)
@@ -210,6 +276,122 @@ class Health:
         ps.last_step = step.split(" (")[0]
         ps.state = state.RECOVERING
 
+    # ------------------------------------------------ direct UDP while on a relay
+
+    def _try_interval(self, fails: int) -> float:
+        """Seconds to the next direct UDP try after ``fails`` failed ones."""
+        s = self.ctx.config.settings
+        base = max(s.failback_holddown, state.UDP_TRY_MIN)
+        return min(base * 2.0 ** min(fails, 30), max(s.backoff_max, base))
+
+    def trials(self) -> None:
+        """Peers on a relay try a direct UDP candidate now and then, and
+        peers on a later candidate their preferred one: its path is applied
+        with a probe behind it, the relay (or the candidate) is kept to go
+        back to.  Only on a WAN usable for its failback hold-down."""
+        now = self.ctx.now
+        for ts in self.ctx.tunnels.values():
+            if ts.wan is None or not ts.present:
+                continue
+            for ps in self.ctx.tunnel_peers(ts):
+                if ps.trial is not None and (ps.probe_until is None or ps.probe_wan != ts.wan):
+                    self._trial_done(ts, ps, False, "the try ended with a change of %s" % ts.wan)
+                    continue
+                if ps.trial is not None or ps.applied is None or ps.probe_until is not None or ps.probe_failed:
+                    continue
+                if self.names.on_relay(ps):
+                    if ps.applied.transport != state.TRANSPORT_RELAY:
+                        continue
+                elif ps.candidate == 0 or ps.state != state.UP or ps.steps_done:
+                    ps.trial_at = None
+                    continue
+                elif ps.trial_at is None:
+                    # on a later candidate and healthy: its first try of the preferred one
+                    ps.trial_fails = 0
+                    ps.trial_at = now + self._try_interval(0)
+                if ps.trial_at is None or now < ps.trial_at:
+                    continue
+                start = self.paths.hold_start(ts, ts.wan)
+                hold = self.wans.holddown(ts.wan, now)
+                if start is None or now - start < hold or not self.paths.usable_for(ts, ts.wan):
+                    continue
+                self._trial_start(ts, ps, "%s usable for %s (hold-down %s)" % (
+                    ts.wan, state.fmt(now - start), state.fmt(hold)))
+
+    def _fallback(self, ps: state.PeerState) -> str:
+        """What a try goes back to when it fails: the relay, or the candidate."""
+        if ps.relay is not None:
+            return "%s %s" % (state.TRANSPORT_RELAY, ps.peer.relays[ps.relay])
+        return "%s %s" % (state.TRANSPORT_UDP, ps.peer.endpoints[ps.candidate])
+
+    def _trial_start(self, ts: state.TunnelState, ps: state.PeerState, why: str) -> None:
+        s = self.ctx.config.settings
+        now = self.ctx.now
+        st = self.ctx.obs.wans.get(ts.wan)
+        # on a relay: the candidates in turn, one per try; on a later
+        # candidate: the preferred one; of a family the WAN carries
+        n = len(ps.peer.endpoints) if ps.relay is not None else 1
+        index = None
+        for k in range(n):
+            i = (ps.trial_fails + k) % n
+            if st is None or st.carries(self.names.candidate_family(ps, i)):
+                index = i
+                break
+        ps.trial = index
+        path = self.paths.desired(ts, ps, self.ctx.config.wan(ts.wan)) if index is not None else None
+        if path is None:
+            ps.trial = None
+            ps.trial_at = now + self._try_interval(ps.trial_fails)
+            return
+        self.paths.apply(ps, path)
+        self.ctx.transition(ps.peer.tunnel, ps.peer.label, self._fallback(ps),
+                            "%s %s (trying)" % (state.TRANSPORT_UDP, ps.peer.endpoints[index]),
+                            "%s try: %s" % ("direct UDP" if ps.relay is not None else "preferred candidate", why),
+                            "transport" if ps.relay is not None else "state")
+        ps.probe_wan = ts.wan
+        st = self.ctx.obs.peers.get(ps.peer.key)
+        ps.trial_mark = (st.latest_handshake if st else 0.0, now)
+        if ps.peer.probe:
+            self.ctx.out.append(model.Probe(tunnel=ps.peer.tunnel, peer=ps.peer.public_key, target=ps.peer.probe,
+                                            source=ts.tunnel.source_for(ps.peer.probe), timeout=s.probe_timeout))
+            ps.probe_until = now + s.probe_timeout + state.ANSWER_GRACE
+        else:
+            # no probe target: a new handshake over UDP is the evidence
+            ps.probe_until = now + state.TRIAL_WAIT
+
+    def _trial_done(self, ts: state.TunnelState, ps: state.PeerState, ok: bool, evidence: str) -> None:
+        """The try ended: on the tried candidate for good, or back to the relay (or the candidate)."""
+        ps.probe_until = None
+        index, ps.trial = ps.trial, None
+        relay = ps.relay
+        st = self.ctx.obs.peers.get(ps.peer.key)
+        tried = ps.applied
+        if ok and tried is not None and st is not None and st.endpoint != str(model.Endpoint(tried.address, tried.port)):
+            # WireGuard took the peer's endpoint back (to the relay's socket):
+            # what answered came that way
+            ok, evidence = False, "%s, but not from there (endpoint %s)" % (evidence, st.endpoint)
+        udp = "%s %s" % (state.TRANSPORT_UDP, ps.peer.endpoints[index])
+        kind = "transport" if relay is not None else "state"
+        if ok:
+            fallback = self._fallback(ps)
+            ps.relay, ps.trial_at, ps.trial_fails, ps.candidate = None, None, 0, index
+            if relay is not None:
+                self.ctx.out.append(model.StopRelay(tunnel=ps.peer.tunnel, peer=ps.peer.public_key))
+                self.ctx.transition(ps.peer.tunnel, ps.peer.label, "%s (trying)" % udp, state.TRANSPORT_UDP,
+                                    "%s on %s; relay %s stopped" % (evidence, ts.wan, ps.peer.relays[relay]), kind)
+            else:
+                self.ctx.transition(ps.peer.tunnel, ps.peer.label, "%s (trying)" % udp, udp,
+                                    "%s on %s; %s left" % (evidence, ts.wan, fallback), kind)
+            self._recovered(ps, evidence)
+            return
+        ps.trial_fails += 1
+        delay = self._try_interval(ps.trial_fails)
+        ps.trial_at = self.ctx.now + delay
+        ps.force = "back from the try"
+        self.ctx.transition(ps.peer.tunnel, ps.peer.label, "%s (trying)" % udp, self._fallback(ps),
+                            "%s; next try in %s" % (evidence, state.fmt(delay)), kind)
+        self.paths.evaluate(ts)
+
     def on_probe_result(self, ev: model.ProbeResult) -> None:
         ps = self.ctx.peers.get((ev.tunnel, ev.peer))
         if ps is None or ps.probe_until is None:
@@ -217,6 +399,11 @@ class Health:
         ps.probe_until = None
         ts = self.ctx.tunnels[ps.peer.tunnel]
         if ps.probe_wan != ts.wan:
+            return
+        if ps.trial is not None:
+            ps.probe_until = self.ctx.now  # _trial_done clears it
+            self._trial_done(ts, ps, bool(ev.ok), "probe to %s %s" % (
+                ps.peer.probe, "answered" if ev.ok else "failed%s" % state.detail(ev.error)))
             return
         if ev.ok:
             self.ctx.wan_tracks[ts.wan].proven[self.paths.peer_family(ps)] = self.ctx.now
@@ -251,7 +438,17 @@ class Health:
         """A peer probe without an answer in time failed."""
         now = self.ctx.now
         for ps in self.ctx.peers.values():
-            if ps.probe_until is not None and now >= ps.probe_until:
+            if ps.probe_until is not None and now >= ps.probe_until and ps.trial is not None:
+                ts = self.ctx.tunnels[ps.peer.tunnel]
+                st, mark = self.ctx.obs.peers.get(ps.peer.key), ps.trial_mark
+                if ps.peer.probe or st is None or mark is None:
+                    self._trial_done(ts, ps, False, "probe to %s unanswered" % ps.peer.probe)
+                else:
+                    new = bool(st.latest_handshake) and st.latest_handshake != mark[0] and \
+                        st.latest_handshake >= mark[1]
+                    self._trial_done(ts, ps, new, "a handshake over UDP" if new else
+                                     "no handshake within %s" % state.fmt(state.TRIAL_WAIT))
+            elif ps.probe_until is not None and now >= ps.probe_until:
                 ps.probe_until = None
                 ts = self.ctx.tunnels[ps.peer.tunnel]
                 if ps.probe_wan == ts.wan:
@@ -260,6 +457,8 @@ class Health:
                     self._verdict(ts, ps)
 
     def deadlines(self) -> typing.Iterator[typing.Optional[float]]:
-        """When a peer probe's answer is late."""
+        """When a peer probe's answer is late, and the next direct UDP try of a peer on a relay."""
         for ps in self.ctx.peers.values():
             yield ps.probe_until
+            if ps.trial is None and ps.trial_at is not None and (ps.relay is not None or ps.candidate):
+                yield ps.trial_at

@@ -15,18 +15,33 @@ class Names:
     def __init__(self, ctx: state.Context):
         self.ctx = ctx
 
+    @staticmethod
+    def on_relay(ps: state.PeerState) -> bool:
+        """The peer's path is its TCP relay (not a direct UDP try meanwhile)."""
+        return ps.relay is not None and ps.trial is None
+
+    def endpoint(self, ps: state.PeerState) -> model.Endpoint:
+        """Where the peer's path goes: its relay, else its current (or tried) candidate."""
+        if self.on_relay(ps):
+            return ps.peer.relays[ps.relay]
+        return ps.peer.endpoints[ps.candidate if ps.trial is None else ps.trial]
+
     def current_host(self, ps: state.PeerState) -> typing.Optional[str]:
-        """The host name of the peer's current candidate, None for an IP literal."""
-        host = ps.peer.endpoints[ps.candidate].host
+        """The host name of the peer's current candidate (or relay), None for an IP literal."""
+        host = self.endpoint(ps).host
         return None if state.parse_ip(host) is not None else state.hostkey(host)
 
     def uses(self, ps: state.PeerState, host: str) -> bool:
-        return any(state.hostkey(e.host) == host for e in ps.peer.endpoints)
+        return any(state.hostkey(e.host) == host for e in ps.peer.endpoints + ps.peer.relays)
 
     def address(self, ps: state.PeerState):
-        """(address, source, endpoint) of the peer's current candidate."""
-        endpoint = ps.peer.endpoints[ps.candidate]
-        source = "config" if ps.candidate == 0 else "candidate %d" % ps.candidate
+        """(address, source, endpoint) of the peer's current candidate (or relay)."""
+        endpoint = self.endpoint(ps)
+        if self.on_relay(ps):
+            source = "relay" if ps.relay == 0 else "relay %d" % ps.relay
+        else:
+            index = ps.candidate if ps.trial is None else ps.trial
+            source = "config" if index == 0 else "candidate %d" % index
         ip = state.parse_ip(endpoint.host)
         if ip is not None:
             return str(ip), source, endpoint
@@ -38,9 +53,9 @@ class Names:
                     pin[1] in hs.answers or not self._settled(hs)):
                 # A healthy peer keeps the address that works until the
                 # change is confirmed (or while the name flips).
-                return pin[1], "dns" if ps.candidate == 0 else source, endpoint
-            return hs.address, "dns" if ps.candidate == 0 else source, endpoint
-        if ps.candidate == 0 and ps.adopted is not None:
+                return pin[1], "dns" if source == "config" else source, endpoint
+            return hs.address, "dns" if source == "config" else source, endpoint
+        if source == "config" and ps.adopted is not None:
             return ps.adopted, "kernel", endpoint
         return None, None, endpoint
 
@@ -63,6 +78,17 @@ class Names:
         if index == 0 and ps.adopted is not None:
             return model.family(ps.adopted)
         return 4
+
+    def path_family(self, ps: state.PeerState) -> int:
+        """4 or 6: the family of where the peer's path goes (its relay, else its candidate)."""
+        if not self.on_relay(ps):
+            return self.candidate_family(ps, ps.candidate if ps.trial is None else ps.trial)
+        host = self.endpoint(ps).host
+        ip = state.parse_ip(host)
+        if ip is not None:
+            return ip.version
+        hs = self.ctx.hosts.get(state.hostkey(host))
+        return model.family(hs.address) if hs is not None and hs.address is not None else 4
 
     def on_resolved(self, ev: model.Resolved) -> None:
         host = state.hostkey(ev.host)

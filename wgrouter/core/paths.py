@@ -103,10 +103,10 @@ class Paths:
         """4 or 6: the family of the peer's path (applied, else its candidate's)."""
         if ps.applied is not None:
             return model.family(ps.applied.address)
-        return self.names.candidate_family(ps, ps.candidate)
+        return self.names.path_family(ps)
 
     def tunnel_families(self, ts: state.TunnelState) -> typing.Set[int]:
-        return {self.names.candidate_family(ps, ps.candidate) for ps in self.ctx.tunnel_peers(ts)}
+        return {self.names.path_family(ps) for ps in self.ctx.tunnel_peers(ts)}
 
     def bad_for(self, ts: state.TunnelState, wan: str) -> bool:
         """The WAN failed its probe in a family this tunnel uses (or as a whole)."""
@@ -253,6 +253,10 @@ class Paths:
             if choice != ts.wan:
                 for ps in peers:
                     ps.probe_until, ps.probe_failed = None, False
+                    if ps.peer.relays and ps.relay is None and (choice, ps.candidate) in ps.tried:
+                        # on its way to the relay: a candidate not failed on this WAN yet
+                        ps.candidate = next((i for i in range(len(ps.peer.endpoints))
+                                             if (choice, i) not in ps.tried), ps.candidate)
                     if ps.state == state.DOWN:
                         ps.state = state.STARTING
                     if not ts.reason:
@@ -280,18 +284,21 @@ class Paths:
         for ps in peers:
             if have_stats and ps.peer.key not in self.ctx.obs.peers:
                 continue  # not configured in the kernel: `wg set` would create it
-            desired = self._desired(ts, ps, wan)
+            desired = self.desired(ts, ps, wan)
             if desired is None:
                 continue
             if desired == ps.applied and not ps.force:
                 continue
             if desired == ps.failed and now < ps.apply_retry_at and not ps.force:
                 continue
-            self._apply(ps, desired)
+            self.apply(ps, desired)
 
-    def _desired(self, ts: state.TunnelState, ps: state.PeerState, wan: model.Wan) -> typing.Optional[model.ApplyPath]:
+    def desired(self, ts: state.TunnelState, ps: state.PeerState, wan: model.Wan) -> typing.Optional[model.ApplyPath]:
+        """The path the peer should have on ``wan``: to its candidate (or
+        the candidate tried meanwhile), or to its relay while on one."""
         st = self.ctx.obs.wans.get(wan.name)
-        if st is not None and st.up:
+        relay = self.names.on_relay(ps)
+        if st is not None and st.up and ps.relay is None:
             self._fit_candidate(ps, wan.name, st)
         address, _, endpoint = self.names.address(ps)
         if address is None:
@@ -301,11 +308,14 @@ class Paths:
             return None  # _fit_candidate found none this WAN carries; said so
         gateway = None if st is None else st.gateway6 if family == 6 else st.gateway
         keepalive = wan.keepalive if wan.keepalive is not None else ps.peer.keepalive
+        if relay:
+            keepalive = min(keepalive or state.RELAY_KEEPALIVE, state.RELAY_KEEPALIVE)
         return model.ApplyPath(
             tunnel=ps.peer.tunnel, peer=ps.peer.public_key, wan=wan.name, device=self.ctx.device(wan),
             gateway=gateway, address=address, port=endpoint.port,
             keepalive=keepalive, old_address=None,
-            table=wan.table if self.ctx.config.settings.mwan3 else None)
+            table=wan.table if self.ctx.config.settings.mwan3 else None,
+            transport=state.TRANSPORT_RELAY if relay else state.TRANSPORT_UDP)
 
     def _carries(self, ts: state.TunnelState, wan: str) -> bool:
         st = self.ctx.obs.wans.get(wan)
@@ -333,7 +343,7 @@ class Paths:
             self.ctx.transition(ps.peer.tunnel, ps.peer.label, ps.state, "not applied",
                              "%s has no IPv%d path and no other endpoint candidate" % (wan, family), "state")
 
-    def _apply(self, ps: state.PeerState, path: model.ApplyPath) -> None:
+    def apply(self, ps: state.PeerState, path: model.ApplyPath) -> None:
         host = self.names.current_host(ps)
         ps.pin = (host, path.address) if host is not None else None
         self.ctx.out.append(dataclasses.replace(path, old_address=ps.last_address))
@@ -345,9 +355,12 @@ class Paths:
         if ps.state == state.DOWN:
             ps.state = state.STARTING
 
-    def remove_paths(self, ps: state.PeerState) -> typing.List[model.RemovePath]:
-        out = [model.RemovePath(tunnel=ps.peer.tunnel, peer=ps.peer.public_key, address=address, table=table)
-               for address, table in sorted(ps.routes, key=lambda r: (r[0], r[1] or 0))]
+    def remove_paths(self, ps: state.PeerState) -> typing.List[model.Action]:
+        out: typing.List[model.Action] = []
+        if ps.relay is not None:
+            out.append(model.StopRelay(tunnel=ps.peer.tunnel, peer=ps.peer.public_key))
+        out.extend(model.RemovePath(tunnel=ps.peer.tunnel, peer=ps.peer.public_key, address=address, table=table)
+                   for address, table in sorted(ps.routes, key=lambda r: (r[0], r[1] or 0)))
         ps.routes.clear()
         ps.applied = None
         return out

@@ -79,11 +79,28 @@ SUSPECT_HOLD_MAX = 3600.0
 # unless its ifup hotplug event arrives earlier.
 RESTART_SETTLE = 10.0
 
+# s, ceiling of a peer's keepalive while it is on a TCP relay: well under the
+# relay server's receive timeout (tcp2udp's shipped 130 s), and the relay
+# client takes more than two keepalive intervals of silence for a dead one.
+RELAY_KEEPALIVE = 25
+# s floor between two tries of direct UDP while a peer is on a TCP relay;
+# the first comes max(failback_holddown, this) after the relay started, each
+# failed one doubles the wait up to backoff_max.  A try moves the peer's
+# traffic off the relay for up to one probe, so it is rare.
+UDP_TRY_MIN = 10.0
+# s a direct UDP try of a peer without a probe target waits for a handshake:
+# WireGuard's REKEY_TIMEOUT (5 s) and a second to spare.
+TRIAL_WAIT = 6.0
+
 # Recovery ladder step names, as logged in Transitions and the snapshot.
 STEP_RERESOLVE = "re-resolve and re-set endpoint"
 STEP_CANDIDATE = "next endpoint candidate"
 STEP_WAN = "another WAN"
 STEP_RESTART = "restart tunnel"
+# The last rung, only after every UDP candidate on every usable WAN failed.
+STEP_RELAY = "tcp relay"
+
+TRANSPORT_UDP, TRANSPORT_RELAY = "udp", "tcp-relay"
 
 UP, SUSPECT, RECOVERING, DOWN, STARTING = "up", "suspect", "recovering", "down", "starting"
 
@@ -175,6 +192,14 @@ class PeerState:
     no_family: typing.Optional[str] = None  # WAN already said to lack the candidates' family
     pin: typing.Optional[typing.Tuple[str, str]] = None  # (host, address) last applied from DNS
     rx_mark: typing.Optional[typing.Tuple[int, float, float]] = None  # rx, handshake, time at the last step
+    # (wan, candidate) whose direct UDP path failed since the last success:
+    # all of them on every usable WAN is what sends the peer to its relay
+    tried: typing.Set[typing.Tuple[str, int]] = dataclasses.field(default_factory=set)
+    relay: typing.Optional[int] = None  # index into peer.relays while on a TCP relay
+    trial: typing.Optional[int] = None  # candidate tried directly meanwhile, while the try is out
+    trial_at: typing.Optional[float] = None  # next direct UDP try
+    trial_fails: int = 0
+    trial_mark: typing.Optional[typing.Tuple[float, float]] = None  # handshake, time when the try began
 
 
 @dataclasses.dataclass

@@ -66,6 +66,8 @@ def build(ctx: state.Context, wans: wwan.Wans, names: wnames.Names, next_check: 
                 recovery_steps=ps.steps_done,
                 backoff_until=ps.backoff_until + shift if ps.backoff_until > now else None,
                 evidence=ps.evidence or None,
+                transport=state.TRANSPORT_RELAY if names.on_relay(ps) else state.TRANSPORT_UDP,
+                relay=str(peer.relays[ps.relay]) if names.on_relay(ps) else None,
             )
         tunnels[name] = model.TunnelStatus(
             wan=ts.wan,

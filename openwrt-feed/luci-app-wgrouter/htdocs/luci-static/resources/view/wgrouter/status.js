@@ -321,7 +321,10 @@ return view.extend({
 					label,
 					orDash(p.state),
 					orDash(p.wan),
-					orDash(p.endpoint),
+					/* on the last rung the endpoint is the peer's TCP relay */
+					p.transport == 'tcp-relay'
+						? _('TCP relay %s (%s)').format(p.relay, orDash(p.endpoint))
+						: orDash(p.endpoint),
 					orDash(p.endpoint_source),
 					p.keepalive ? _('%d s').format(p.keepalive) : _('off'),
 					age(p.handshake_age),
