@@ -406,6 +406,9 @@ class _QuietShell:
     def execute(self, action):
         return []
 
+    def relays(self):
+        return {}
+
 
 def test_a_step_builds_its_status_only_when_someone_takes_it(tmp_path, monkeypatch):
     """The snapshot (the whole status as JSON) is most of an idle step's work;

@@ -330,7 +330,6 @@ def test_idle_ubus_standin_blocks_its_whole_turn_and_serves_calls_meanwhile(tmp_
     """The bench's binding stand-in: loop(timeout) is one blocking wait that
     a served call does not end (python-ubus ``ubus_python_loop``), the
     objects of a connection are its own, and the name cannot be added twice."""
-    import os
     import time
     from tests.lab import idlebus
     path = str(tmp_path / "ubus.sock")
@@ -338,9 +337,14 @@ def test_idle_ubus_standin_blocks_its_whole_turn_and_serves_calls_meanwhile(tmp_
     client = idlebus.BusProcess(None, path)
     ubus = _idle_ubus()
     deadline = time.monotonic() + 5
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    ubus.connect(socket_path=path)
+    while True:  # the socket file exists from bind(), before listen()
+        try:
+            ubus.connect(socket_path=path)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
     ubus.add("wgrouter", {"status": {"method": lambda h, data: h.reply({"ok": 1}), "signature": {}}})
     assert "wgrouter" in ubus.objects("wgrouter")
     answers = []
