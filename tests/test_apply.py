@@ -25,9 +25,9 @@ CONFIG = model.Config(
 )
 
 
-def path(wan="wan", address="198.51.100.7", table=None, peer=KEY, tunnel="wg0", old=None, keepalive=25):
+def path(wan="wan", address="198.51.100.7", table=None, peer=KEY, tunnel="wg0", keepalive=25):
     device, gateway = {"wan": ("eth1", "10.1.0.1"), "wanb": ("wwan0", None)}[wan]
-    return model.ApplyPath(tunnel, peer, wan, device, gateway, address, 51820, keepalive, old_address=old, table=table)
+    return model.ApplyPath(tunnel, peer, wan, device, gateway, address, 51820, keepalive, table=table)
 
 
 class Kicks(list):
@@ -84,7 +84,7 @@ def test_failover_same_address_replaces_without_delete(env):
     applier = make()
     applier.execute(path("wan"))
     fake.calls.clear()
-    event = applier.execute(path("wanb", old="198.51.100.7"))
+    event = applier.execute(path("wanb"))
     assert event.data["ok"]
     assert [c[:3] for c in fake.commands("ip")] == [["ip", "route", "replace"]]
     assert saved(state)["routes"]["198.51.100.7 main"]["device"] == "wwan0"
@@ -95,16 +95,18 @@ def test_new_address_deletes_old_route_after_endpoint(env):
     applier = make()
     applier.execute(path(address="198.51.100.7"))
     fake.calls.clear()
-    event = applier.execute(path(address="203.0.113.9", old="198.51.100.7"))
+    event = applier.execute(path(address="203.0.113.9"))
     assert event.data["ok"]
     assert [c[0] for c in fake.calls] == ["ip", "conntrack", "wg", "ip"]
     assert fake.calls[3] == ["ip", "route", "del", "198.51.100.7/32", "proto", "119"]
     assert set(saved(state)["routes"]) == {"203.0.113.9 main"}
 
 
-def test_old_address_we_did_not_add_is_left_alone(env):
+def test_a_route_we_did_not_add_is_left_alone(env):
+    # a fresh record: whatever route the system has to another address
+    # (198.51.100.7, say) is not ours to delete
     fake, kicks, state, make = env
-    make().execute(path(address="203.0.113.9", old="198.51.100.7"))
+    make().execute(path(address="203.0.113.9"))
     assert [c for c in fake.calls if c[:3] == ["ip", "route", "del"]] == []
 
 
@@ -572,7 +574,7 @@ def test_an_adopted_earlier_route_becomes_ours_on_the_next_apply(env):
     fake, kicks, state, make = env
     key = _legacy_state(state)
     applier = make()
-    applier.execute(path("wanb", old="198.51.100.7"))
+    applier.execute(path("wanb"))
     # replace takes the old route's place whatever its protocol: no delete
     assert [c[:3] for c in fake.commands("ip")] == [["ip", "route", "replace"]]
     assert saved(state)["routes"][key]["proto"] == apply.ROUTE_PROTO

@@ -336,9 +336,9 @@ class ApplyPath:
     DEVICE` (in ``table`` when set), `wg set TUNNEL peer KEY endpoint
     ENDPOINT:PORT persistent-keepalive N` (re-setting the endpoint clears the
     cached source address), deletes conntrack entries of the UDP flow to
-    ENDPOINT:PORT that are not on DEVICE, deletes the host route to
-    ``old_address`` when it differs, then sends one packet through the tunnel
-    so that a handshake starts.
+    ENDPOINT:PORT that are not on DEVICE, deletes the host route it had
+    recorded for the peer's previous address (applied.json), then sends one
+    packet through the tunnel so that a handshake starts.
     """
 
     tunnel: str
@@ -349,7 +349,6 @@ class ApplyPath:
     address: str  # endpoint IP
     port: int
     keepalive: int
-    old_address: typing.Optional[str] = None
     table: typing.Optional[int] = None
     # "udp", or "tcp-relay": ``address``:``port`` is then the peer's TCP relay
     # (udp-over-tcp framing), the host route goes to it, the shell runs the

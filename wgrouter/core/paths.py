@@ -66,7 +66,7 @@ class Paths:
         ps = self.ctx.peers.get((action.tunnel, action.peer))
         if ps is None:
             return
-        path = dataclasses.replace(action, old_address=None)
+        path = action
         applying = "applying %s via %s" % (model.Endpoint(path.address, path.port), path.wan)
         if ev.ok:
             if ps.applied == path:
@@ -313,7 +313,7 @@ class Paths:
         return model.ApplyPath(
             tunnel=ps.peer.tunnel, peer=ps.peer.public_key, wan=wan.name, device=self.ctx.device(wan),
             gateway=gateway, address=address, port=endpoint.port,
-            keepalive=keepalive, old_address=None,
+            keepalive=keepalive,
             table=wan.table if self.ctx.config.settings.mwan3 else None,
             transport=state.TRANSPORT_RELAY if relay else state.TRANSPORT_UDP)
 
@@ -346,7 +346,7 @@ class Paths:
     def apply(self, ps: state.PeerState, path: model.ApplyPath) -> None:
         host = self.names.current_host(ps)
         ps.pin = (host, path.address) if host is not None else None
-        self.ctx.out.append(dataclasses.replace(path, old_address=ps.last_address))
+        self.ctx.out.append(path)
         if ps.last_address is not None and ps.last_address != path.address and ps.last_table == path.table:
             ps.routes.discard((ps.last_address, ps.last_table))  # the shell deletes it
         ps.routes.add((path.address, path.table))

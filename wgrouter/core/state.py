@@ -170,7 +170,7 @@ class PeerState:
     state: str = STARTING
     candidate: int = 0  # index into peer.endpoints
     adopted: typing.Optional[str] = None  # kernel endpoint adopted until DNS answers
-    applied: typing.Optional[model.ApplyPath] = None  # old_address None
+    applied: typing.Optional[model.ApplyPath] = None
     applied_at: typing.Optional[float] = None
     failed: typing.Optional[model.ApplyPath] = None  # last path the shell failed to apply
     apply_failures: int = 0
