@@ -175,6 +175,10 @@ class PeerState:
     no_family: typing.Optional[str] = None  # WAN already said to lack the candidates' family
     pin: typing.Optional[typing.Tuple[str, str]] = None  # (host, address) last applied from DNS
     rx_mark: typing.Optional[typing.Tuple[int, float, float]] = None  # rx, handshake, time at the last step
+    heard_at: typing.Optional[float] = None  # latest time the far end was heard from (rx grew, probe answered)
+    quiet_probe_at: typing.Optional[float] = None  # when the last probe of a quiet peer went out
+    quiet_probe: bool = False  # the probe out is a quiet peer's, not a suspect's
+    quiet_failed: typing.Optional[typing.Tuple[str, str]] = None  # (wan, why): suspect until heard again
 
 
 @dataclasses.dataclass
