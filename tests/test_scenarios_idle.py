@@ -14,7 +14,6 @@ import time
 import pytest
 
 from tests.conftest import require_lab
-from tests.lab import faults
 from tests.lab import observe
 from tests.lab import scenarios
 from tests.lab import topology
@@ -71,16 +70,6 @@ def rx_bytes(lab):
     return sum(int(line.split("\t")[1]) for line in r.stdout.splitlines() if "\t" in line)
 
 
-def server_answer_on(cap, dev, since):
-    """Time of the first WireGuard packet from the server reaching the router on ``dev``."""
-    ports = (topology.VPN_PORT, topology.VPN_ALT_PORT)
-    servers = topology.VPN_ADDRESSES + topology.VPN_ADDRESSES6
-    for p in cap.packets(since):
-        if p["dev"] == dev and p["proto"] == 17 and p["src"] in servers and p["sport"] in ports:
-            return p["time"]
-    return None
-
-
 @pytest.fixture
 def idle_lab():
     require_lab()
@@ -125,16 +114,10 @@ def test_idle_tunnel_silent_failure_recovered_within_keepalive_plus_5s_without_f
         KEEPALIVE + 8, rx0, rx1, daemon_log(lab))
     assert forks(lab.fork_log, 0), "the recorder saw not even the start's commands"
 
-    t = faults.silent_failure(lab, "wan")
-    answer = None
-    end = time.time() + IDLE_BOUND + 30
-    while answer is None and time.time() < end:
-        answer = server_answer_on(lab.cap, "wanb", t)
-        time.sleep(0.2)
-    assert answer is not None, "not recovered within %ds: %r\n%s" % (
-        IDLE_BOUND + 30, scenarios.peer_status(lab), daemon_log(lab))
-    print("idle silent failure: recovered %.2f s after the fault" % (answer - t))
-    assert answer - t <= IDLE_BOUND, (answer - t, daemon_log(lab))
+    out = scenarios.silent_failure_idle(lab, lab.cap, limit=IDLE_BOUND + 30, idle=0)
+    t = out.fault_time
+    assert out.recovered, (out, scenarios.peer_status(lab), daemon_log(lab))
+    assert out.seconds <= IDLE_BOUND, (out, daemon_log(lab))
     assert scenarios.peer_status(lab)["wan"] == "wanb"
     assert observe.tunnel_works(lab, timeout=5 * SCALE)
     assert lab.cap.leaks(since=t) == []

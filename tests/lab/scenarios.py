@@ -213,3 +213,33 @@ def run(name, mode, limit=None, lab_kwargs=None, start_kwargs=None):
             for watcher in (probes, probes6, cap):
                 if watcher is not None:
                     watcher.stop()
+
+
+def server_packet_on(cap, dev, since):
+    """Time of the first WireGuard packet from the server that reaches the
+    router on ``dev`` after ``since`` (None if none yet)."""
+    ports = (topology.VPN_PORT, topology.VPN_ALT_PORT)
+    servers = topology.VPN_ADDRESSES + topology.VPN_ADDRESSES6
+    for p in cap.packets(since):
+        if p["dev"] == dev and p["proto"] == 17 and p["src"] in servers and p["sport"] in ports:
+            return p["time"]
+    return None
+
+
+def silent_failure_idle(lab, cap, limit=60.0, idle=None):
+    """An idle tunnel: nothing is sent through it (no ProbeStream; the server
+    has no keepalive).  After ``idle`` s of quiet (default the keepalive
+    interval and 8 s, so that the router has had to probe it) the primary's
+    upstream dies silently.  Figure: seconds from the fault to the first
+    WireGuard packet from the server reaching the router on the backup, the
+    moment the tunnel answers there again; measuring by a stream of pings
+    would make the tunnel busy."""
+    time.sleep(lab.keepalive + 8.0 if idle is None else idle)
+    t = faults.silent_failure(lab, "wan")
+    end = t + limit
+    while time.time() < end:
+        at = server_packet_on(cap, "wanb", t)
+        if at is not None:
+            return Outcome("silent_failure_idle", True, at - t, limit, t)
+        time.sleep(0.2)
+    return Outcome("silent_failure_idle", False, limit, limit, t)
