@@ -23,6 +23,7 @@ import tarfile
 import tempfile
 import time
 
+from tests.lab import observe
 from tests.lab import scenarios
 from tests.lab import topology
 
@@ -114,6 +115,61 @@ DEFAULTS_SCENARIOS = {
     "carrier_loss_defaults": "carrier_loss_dhcp",
 }
 SHIPPED = {"check_interval": None, "probe_timeout": None, "failback_holddown": None}
+
+# An idle tunnel (nothing sent through it, the server without keepalive) at
+# the shipped defaults: tests/lab/scenarios.py's silent_failure_idle, the
+# fault right after a probe's answer, timed to the server's first packet on
+# the backup.  Target: the keepalive (25 s on
+# the lab's wan) plus 5 s.  Stock acts only on a handshake older than 150 s.
+IDLE_SILENT = "silent_failure_idle_defaults"
+IDLE_SILENT_LIMIT = 60.0
+
+
+def bench_silent_failure_idle(runs, baseline_runs):
+    limit = IDLE_SILENT_LIMIT
+    keepalive = set()
+
+    def one(mode, start_kwargs):
+        with topology.Lab() as lab:
+            keepalive.add(lab.keepalive)
+            scenarios.start(lab, mode, **start_kwargs)
+            cap = observe.Capture(lab)
+            try:
+                # stock never probes: its fault comes a keepalive interval and 8 s into the quiet
+                out = scenarios.silent_failure_idle(lab, cap, limit=limit,
+                                                    idle=None if mode == "wgrouter" else lab.keepalive + 8.0)
+                leaks = len(cap.leaks(since=out.fault_time))
+            finally:
+                cap.stop()
+        log("  %s %s: %s %.3f s, leaks %d (fault %s s after a probe's answer)" % (
+            IDLE_SILENT, mode, "recovered" if out.recovered else "NOT recovered", out.seconds, leaks,
+            out.notes.get("fault_after_answer_s")))
+        return out, leaks
+
+    w = [one("wgrouter", dict(SHIPPED)) for _ in range(runs)]
+    b = [one("baseline", {"watchdog_interval": 60, "stale_after": 150}) for _ in range(baseline_runs)]
+    seconds = [o.seconds for o, _ in w]
+    baseline_recovered = bool(b) and all(o.recovered for o, _ in b)
+    from wgrouter import model
+    settings = model.Settings()
+    res = {
+        "scenario": "silent_failure_idle",
+        "settings": {k: getattr(settings, k) for k in SHIPPED},
+        "keepalive_s": sorted(keepalive)[0] if keepalive else None,
+        "wgrouter_s": _median(seconds),
+        "wgrouter_recovered": all(o.recovered for o, _ in w),
+        "wgrouter_runs_s": [round(x, 3) for x in seconds],
+        "baseline_s": _median([o.seconds for o, _ in b]) if baseline_recovered else None,
+        "baseline_recovered": baseline_recovered,
+        "baseline_median_or_limit_s": _median([o.seconds for o, _ in b]),
+        "runs": runs,
+        "baseline_runs": baseline_runs,
+        "min_s": round(min(seconds), 3),
+        "max_s": round(max(seconds), 3),
+        "limit_s": limit,
+        "leaked_packets": {"wgrouter": sum(n for _, n in w), "baseline": sum(n for _, n in b)},
+    }
+    return res
 
 
 # ------------------------------------------------------------------ memory
@@ -584,12 +640,12 @@ def main(argv=None):
             earlier = json.load(f)
         # scenarios no longer defined (renamed) go; the rest are kept
         earlier["scenarios"] = {k: v for k, v in earlier["scenarios"].items()
-                                if k in scenarios.ALL or k in DEFAULTS_SCENARIOS}
+                                if k in scenarios.ALL or k in DEFAULTS_SCENARIOS or k == IDLE_SILENT}
         earlier["generated_partial"] = results["generated"]
         results = earlier
     names = [n for n in args.only.split(",") if n] if args.only is not None else list(scenarios.ALL)
     if args.only is None:
-        names += list(DEFAULTS_SCENARIOS)
+        names += list(DEFAULTS_SCENARIOS) + [IDLE_SILENT]
     check_cost = args.only is None or CHECK_COST in names
     idle_defaults = args.only is None or IDLE_DEFAULTS in names
     names = [n for n in names if n not in (CHECK_COST, IDLE_DEFAULTS)]
@@ -598,6 +654,9 @@ def main(argv=None):
     names = [n for n in names if n != bench_relay.NAME]
     for name in names:
         log("scenario %s" % name)
+        if name == IDLE_SILENT:
+            results["scenarios"][name] = bench_silent_failure_idle(args.runs, args.baseline_runs)
+            continue
         if name in DEFAULTS_SCENARIOS:
             results["scenarios"][name] = bench_scenario(name, args.runs, args.baseline_runs,
                                                         DEFAULTS_SCENARIOS[name], dict(SHIPPED))

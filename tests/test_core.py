@@ -1489,3 +1489,133 @@ def test_round_robin_answers_holding_the_address_in_use_keep_it():
             asked += 1
             pending.append(resolved(r.host, [B, A] if asked % 2 else [A, B], ttl=1))
     assert asked >= 5 and applies == []
+
+
+# ------------------------------------------------------------ quiet peers
+
+QUIET_PEER = (model.Peer("wg0", "office", KEY, (model.Endpoint(IP1),), ("10.9.0.0/24",), 25, "10.9.0.1"),)
+ECHO_BYTES = 80  # one echo through WireGuard: 44 B of IPv4 padded to 48, plus 32
+
+
+class IdleWorld:
+    """An idle tunnel: the far end sends nothing but its handshake answers
+    and echo replies.  Answers come when the shell would give them: an echo
+    in 50 ms, a lost one at its timeout."""
+
+    def __init__(self, rig):
+        self.rig = rig
+        self.dead = set()  # WANs whose upstream silently drops everything
+        self.retrying = False  # the far end retries its handshake every 5 s (its answers to us got lost)
+        self.retry_at = None
+        self.path = None
+        self.pending = []  # (time, event, rx bytes it brings)
+        self.probes = []  # times of in-tunnel probes
+        self.wan_probes = []
+        self.applies = []
+
+    def _answer(self, t, ok, event):
+        timeout = self.rig.config.settings.probe_timeout
+        self.pending.append((t + (0.05 if ok else timeout), event, ECHO_BYTES if ok else 0))
+
+    def run(self, seconds):
+        end = self.rig.t + seconds
+        while self.rig.t < end:
+            at = min([self.rig.engine.next_check] + [p[0] for p in self.pending])
+            due = [p for p in self.pending if p[0] <= at]
+            self.pending = [p for p in self.pending if p[0] > at]
+            for _, _, rx in due:
+                self.rig.traffic(rx=rx)
+            if self.retrying and self.path in self.dead:
+                # its initiation reaches us (downstream works); our response is lost
+                if self.retry_at is None:
+                    self.retry_at = at
+                while self.retry_at <= at:
+                    self.rig.traffic(rx=148, tx=92)
+                    self.retry_at += 5.0
+            d = self.rig.step(*[ev for _, ev, _ in due], at=at)
+            for a in d.actions:
+                if isinstance(a, model.ApplyPath):
+                    self.path = a.wan
+                    self.applies.append((self.rig.t, a.wan))
+                    if a.wan not in self.dead:  # the kick's handshake is answered
+                        self.rig.traffic(rx=92, tx=148 + ECHO_BYTES, handshake=int(self.rig.t))
+                elif isinstance(a, model.Probe):
+                    self.probes.append(self.rig.t)
+                    self.rig.traffic(tx=ECHO_BYTES)
+                    self._answer(self.rig.t, self.path not in self.dead, probe(self.path not in self.dead))
+                elif isinstance(a, model.ProbeWan):
+                    self.wan_probes.append((self.rig.t, a.wan))
+                    self._answer(self.rig.t, a.wan not in self.dead, wan_probe(a.wan, a.wan not in self.dead))
+
+
+def test_quiet_peer_is_probed_once_per_keepalive_interval_and_stays_up():
+    rig = Rig(peers=QUIET_PEER)
+    world = IdleWorld(rig)
+    world.run(100)
+    gaps = [b - a for a, b in zip(world.probes, world.probes[1:])]
+    assert len(world.probes) == 3 and world.probes[0] - world.applies[0][0] >= 25, world.probes
+    interval = model.Settings().check_interval * (1 + 0.05)
+    assert all(25 <= g <= 25 + interval + 0.1 for g in gaps), gaps
+    assert world.wan_probes == [] and [wan for _, wan in world.applies] == ["wan"]
+    assert rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["peers"][KEY]["state"] == "up"
+    assert not [t for t in transitions(rig.step(dt=0.1)) if t.kind == "recovery"]
+
+
+def test_quiet_peer_with_traffic_or_without_probe_target_is_not_probed():
+    peers = (dataclasses.replace(QUIET_PEER[0], probe=None),)
+    rig = Rig(peers=peers)
+    world = IdleWorld(rig)
+    world.run(100)
+    assert world.probes == []
+    rig = Rig(peers=QUIET_PEER)
+    world = IdleWorld(rig)
+    rig.step()
+    for _ in range(60):
+        rig.traffic(rx=100, tx=100)
+        world.run(1.5)
+    assert world.probes == []  # heard from on every check
+
+
+@pytest.mark.parametrize("retrying", [False, True], ids=["silent", "peer_retries_its_handshake"])
+@pytest.mark.parametrize("phase", [0.0, 0.3, 7.0, 13.0, 24.9])
+def test_silent_failure_of_an_idle_tunnel_moves_within_keepalive_plus_5s(phase, retrying):
+    rig = Rig(peers=QUIET_PEER)
+    world = IdleWorld(rig)
+    world.retrying = retrying
+    world.run(60)
+    last = world.probes[-1]
+    world.run(last + 0.05 + phase - rig.t)  # the fault comes `phase` s after the last answer
+    world.dead.add("wan")
+    died = rig.t
+    world.run(60)
+    moved = [t for t, wan in world.applies if wan == "wanb"]
+    assert moved and moved[0] - died <= 25 + 5, (moved, died, world.probes)
+    assert [w for _, w in world.wan_probes if _ >= died][:1] == ["wan"]
+    snap = rig.engine.snapshot(rig.t)["tunnels"]["wg0"]
+    assert snap["wan"] == "wanb" and snap["peers"][KEY]["state"] == "up"
+
+
+def test_one_lost_echo_of_a_quiet_peer_is_confirmed_before_anything_moves():
+    rig = Rig(peers=QUIET_PEER)
+    rig.step()
+    rig.check(handshake=int(rig.t))
+    while True:
+        d = rig.check()
+        if of(d, model.Probe):
+            break
+    assert not of(d, model.ProbeWan)  # a quiet peer's echo alone
+    d = rig.step(probe(False), dt=1)
+    (pw,) = of(d, model.ProbeWan)
+    (p,) = of(d, model.Probe)
+    assert pw.wan == "wan" and p.target == "10.9.0.1"
+    assert rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["peers"][KEY]["state"] == "suspect"
+    # the second echo and the WAN answer: nothing moves, the peer is up
+    d = rig.step(probe(True), wan_probe("wan", True), dt=0.1)
+    assert not of(d, model.ApplyPath)
+    snap = rig.engine.snapshot(rig.t)["tunnels"]["wg0"]
+    assert snap["wan"] == "wan" and snap["peers"][KEY]["state"] == "up"
+    # and it stays up at the next checks, probed again a keepalive later
+    for _ in range(3):
+        d = rig.check()
+        assert not of(d, model.ProbeWan)
+    assert rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["peers"][KEY]["state"] == "up"

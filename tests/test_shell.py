@@ -46,7 +46,7 @@ def kernel_calls(monkeypatch):
 @pytest.fixture
 def sh(tmp_path):
     fake = FakeRunner()
-    s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path), wg=FORKED)
+    s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path), wg=FORKED, icmp=False)
     yield s, fake
     s.stop()
 
@@ -181,7 +181,7 @@ def test_probe_wan_without_targets_or_ping(sh):
 
 def test_expire_kills_overdue_children(tmp_path):
     fake = FakeRunner().on(["ping"], rc=0, delay=30)
-    s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path), clock=time.monotonic, wg=FORKED)
+    s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path), clock=time.monotonic, wg=FORKED, icmp=False)
     sel = selectors.DefaultSelector()
     s.execute(model.Probe("wg0", KEY, "10.9.0.1", None, 1.0), sel)
     s.execute(model.ProbeWan("wan", "eth1", ("1.1.1.1", "8.8.8.8"), 3.0), sel)
@@ -202,7 +202,7 @@ def test_expire_kills_overdue_children(tmp_path):
 def test_deadlines_survive_a_wall_clock_step(tmp_path):
     wall = [1e9]  # a router booting at its build date, NTP steps later
     fake = FakeRunner().on(["ping"], rc=0, delay=30)
-    s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path), clock=lambda: wall[0] + time.monotonic(), wg=FORKED)
+    s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path), clock=lambda: wall[0] + time.monotonic(), wg=FORKED, icmp=False)
     sel = selectors.DefaultSelector()
     s.execute(model.Probe("wg0", KEY, "10.9.0.1", None, 1.0), sel)
     before = s.deadline()
@@ -237,7 +237,7 @@ def test_reconfigure_and_cleanup(sh, kernel_calls):
 
 def test_state_path_option(tmp_path):
     fake = FakeRunner()
-    s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path), state_path=str(tmp_path / "applied.json"), wg=FORKED)
+    s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path), state_path=str(tmp_path / "applied.json"), wg=FORKED, icmp=False)
     s.applier.kick = None
     s.execute(model.ApplyPath("wg0", KEY, "wan", "eth1", "10.1.0.1", "198.51.100.7", 51820, 0), None)
     with open(tmp_path / "applied.json") as f:
@@ -256,10 +256,14 @@ def test_stop_kills_children(sh):
 
 LAB_CODE = r"""
 import json, selectors, time
-from wgrouter import model, shell
+from wgrouter import model, runner, shell
+class NoSpawn(runner.Runner):
+    def spawn(self, argv, cwd=None):
+        raise AssertionError("forked %r" % (argv,))
 config = model.Config(model.Settings(), (model.Wan("wan", "w1"), model.Wan("wanb", "w2")),
                       (model.Tunnel("nosuchwg", ()),))
-s = shell.Shell(config, root=ROOT)
+# in process, nothing spawned; or with `ping` forked
+s = shell.Shell(config, root=ROOT, icmp=ICMP, runner=NoSpawn() if ICMP else None)
 sel = selectors.DefaultSelector()
 out = {}
 def run(action):
@@ -284,7 +288,8 @@ print(json.dumps(out))
 
 
 @pytest.mark.lab
-def test_real_ping_in_namespace(tmp_path):
+@pytest.mark.parametrize("icmp", [True, False], ids=["in_process", "forked"])
+def test_real_ping_in_namespace(tmp_path, icmp):
     reason = netns_unavailable()
     if reason:
         pytest.skip(reason)
@@ -298,7 +303,7 @@ def test_real_ping_in_namespace(tmp_path):
         router.ip("route", "add", "default", "via", "10.1.0.1", "dev", "w1")
         isp.ip("addr", "add", "10.1.0.1/24", "dev", "isp0")
         isp.ip("link", "set", "isp0", "up")
-        out = router.python("ROOT = %r\n" % str(tmp_path) + LAB_CODE)
+        out = router.python("ROOT = %r\nICMP = %r\n" % (str(tmp_path), icmp) + LAB_CODE)
     assert out["wan_ok"] == [["wan_probe", True]]
     assert out["wan_one_dead"] == [["wan_probe", True]]
     assert out["wan_dead"] == [["wan_probe", False]]
@@ -350,7 +355,7 @@ def test_observe_puts_handshakes_on_the_monotonic_clock(tmp_path, kernel_calls, 
     wall = [1700000010.0]  # the kernel's latest_handshake is unix time
     fake = FakeRunner().on(["wg", "show", "all", "dump"], out=DUMP)  # handshake at 1700000000
     s = shell.Shell(CONFIG, runner=fake, root=str(tmp_path), clock=lambda: mono[0], wall=lambda: wall[0],
-                    wg=FORKED)
+                    wg=FORKED, icmp=False)
     _, peers, _ = s.observe(True)
     assert peers[("wg0", KEY)].latest_handshake == 990.0  # 10 s old, on the engine's clock
     mono[0] += 5
@@ -393,7 +398,7 @@ class ForkFails(FakeRunner):
 
 
 def test_fork_failure_is_an_error_not_an_exception(tmp_path, kernel_calls):
-    s = shell.Shell(CONFIG, runner=ForkFails(), root=str(tmp_path), wg=FORKED)
+    s = shell.Shell(CONFIG, runner=ForkFails(), root=str(tmp_path), wg=FORKED, icmp=False)
     wans, peers, tunnels = s.observe(True)
     assert peers == {} and tunnels is None and "Cannot allocate memory" in s.wg_error
     sel = selectors.DefaultSelector()
@@ -413,7 +418,7 @@ def test_a_wan_without_device_learns_it_from_netifds_ifup(tmp_path, kernel_calls
     DEVICE of its ifup event fills it in, and a respawned daemon keeps it."""
     cfg = model.Config(CONFIG.settings, (CONFIG.wans[0], model.Wan("wwan", "")), CONFIG.tunnels)
     (tmp_path / "var/run/wgrouter").mkdir(parents=True)
-    s = shell.Shell(cfg, runner=FakeRunner(), root=str(tmp_path), wg=FORKED)
+    s = shell.Shell(cfg, runner=FakeRunner(), root=str(tmp_path), wg=FORKED, icmp=False)
     wans, _, _ = s.observe(True)
     assert wans["wwan"].device == ""  # down until netifd says which device
     hotplug = [model.Event("hotplug", {"action": "ifdown", "interface": "wwan", "device": "x"}),
@@ -425,6 +430,6 @@ def test_a_wan_without_device_learns_it_from_netifds_ifup(tmp_path, kernel_calls
     assert [w.device for w in kernel_calls[-1][0]] == ["eth1", "phy0-sta0"]  # a configured one stays
     assert wans["wwan"].device == "phy0-sta0"
     s.stop()
-    again = shell.Shell(cfg, runner=FakeRunner(), root=str(tmp_path), wg=FORKED)
+    again = shell.Shell(cfg, runner=FakeRunner(), root=str(tmp_path), wg=FORKED, icmp=False)
     assert [w.device for w in again.config_wans()] == ["eth1", "phy0-sta0"]
     again.stop()

@@ -127,7 +127,8 @@ class Daemon:
         # monitor nor cuts a hold-down short.  People see wall time.
         self.shell = wshell.Shell(
             self.config, root=self.root, restart_cmd=self.restart_cmd,
-            state_path=runfiles.path(self.root, runfiles.STATE), clock=time.monotonic, selector=self.sel)
+            state_path=runfiles.path(self.root, runfiles.STATE), clock=time.monotonic, selector=self.sel,
+            report=log)
         for problem in self.shell.problems:
             log(problem)
         now = time.monotonic()

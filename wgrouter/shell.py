@@ -1,8 +1,8 @@
 """The thin shell: observe the kernel and WireGuard, execute the core's actions.
 
 Synchronous actions (routes, endpoints, restarts) go through ``Applier``;
-probes and resolutions run as async children whose stdout the daemon's one
-selectors loop watches.  A key's ``data`` is a callable returning the
+probes and resolutions run as async children whose stdout (or socket: an
+echo or a query in process) the daemon's one selectors loop watches.  A key's ``data`` is a callable returning the
 events of that child once it has finished.
 
 Steady state forks no process: each check reads the tunnels' peers in
@@ -22,6 +22,7 @@ import wgrouter
 from wgrouter import apply as apply_mod
 from wgrouter import kernel
 from wgrouter import model
+from wgrouter import ping
 from wgrouter import resolve
 from wgrouter import runfiles
 from wgrouter import runner as runner_mod
@@ -81,14 +82,20 @@ class Shell:
     ``wg`` reads and sets peers in process (a ``wg.Client``; one answering
     for no device, ``wg.Client(())``, leaves everything to `wg` through
     ``runner``).
+
+    ``icmp``: probes send their echo from a raw socket in process
+    (``wgrouter.ping``); False, or a raw socket refused, forks `ping`
+    through ``runner``.  ``report`` says once why it had to fork.
     """
 
     def __init__(
         self, config, runner=None, root="/", restart_cmd=("ifup",), state_path=None, clock=time.monotonic,
-        wg=None, selector=None, wall=None,
+        wg=None, selector=None, wall=None, icmp=True, report=None,
     ):
         self.runner = runner or runner_mod.Runner()
         self.wg = wg if wg is not None else wg_mod.Client()
+        self.icmp = icmp
+        self.report = report
         self.root = root
         self.clock = clock  # the core's clock
         self.wall = wall or time.time  # the kernel's handshake stamps are on this one
@@ -279,24 +286,32 @@ class Shell:
         def event(ok, error=""):
             return [model.ProbeResult(tunnel=a.tunnel, peer=a.peer, ok=ok, error=error or "")]
 
-        argv = ping_argv(a.target, a.source or a.tunnel, a.timeout, device=a.tunnel)
-        try:
-            proc = self.runner.spawn(argv)
-        except (runner_mod.CannotStart, OSError) as e:  # missing, or fork failed (ENOMEM)
-            return event(False, str(e))
-
         def finish(rc, out, err):
             return event(rc == 0, "" if rc == 0 else (err.strip() or "no answer from %s" % a.target))
 
-        child = Child(
-            proc,
-            time.monotonic() + a.timeout + PING_GRACE,
-            finish,
-            lambda: event(False, "probe of %s timed out" % a.target),
-            name="probe %s %s" % (a.tunnel, a.target),
-        )
+        try:
+            child = self._ping(a.target, a.source or a.tunnel, a.tunnel, a.timeout, finish,
+                               lambda: event(False, "probe of %s timed out" % a.target),
+                               "probe %s %s" % (a.tunnel, a.target))
+        except (runner_mod.CannotStart, OSError) as e:  # missing, fork failed (ENOMEM), not sent
+            return event(False, str(e))
         self._start(child, selector)
         return []
+
+    def _ping(self, target, source, device, timeout, finish, on_timeout, name, group=None):
+        """One echo to ``target`` from ``source`` (a device or an address,
+        as ping_argv's -I), as a child the loop watches: in process unless
+        the raw socket is refused, then a forked `ping`."""
+        if self.icmp:
+            try:
+                return ping.Echo(target, source, device, time.monotonic() + timeout, finish, on_timeout,
+                                 name=name, group=group)
+            except ping.NoRawSocket as e:
+                self.icmp = False
+                if self.report is not None:
+                    self.report("%s: %s; probes fork ping from now on" % (name, e))
+        proc = self.runner.spawn(ping_argv(target, source, timeout, device=device))
+        return Child(proc, time.monotonic() + timeout + PING_GRACE, finish, on_timeout, name=name, group=group)
 
     def _probe_wan(self, a, selector):
         def event(ok, error=""):
@@ -333,19 +348,15 @@ class Shell:
             group.done = True
             return event(False, "; ".join(errors + ["timed out"]))
 
-        deadline = time.monotonic() + a.timeout + PING_GRACE
         started = 0
         for target in a.targets:
             try:
-                proc = self.runner.spawn(ping_argv(target, a.device, a.timeout))
-            except (runner_mod.CannotStart, OSError) as e:  # missing, or fork failed (ENOMEM)
+                child = self._ping(target, a.device, None, a.timeout, finisher(target), on_timeout,
+                                   "wan probe %s %s" % (a.wan, target), group=group)
+            except (runner_mod.CannotStart, OSError) as e:  # missing, fork failed (ENOMEM), not sent
                 group.pending -= 1
-                errors.append(str(e))
+                errors.append("%s: %s" % (target, e) if isinstance(e, OSError) else str(e))
                 continue
-            child = Child(
-                proc, deadline, finisher(target), on_timeout,
-                name="wan probe %s %s" % (a.wan, target), group=group,
-            )
             self._start(child, selector)
             started += 1
         if not started:

@@ -239,3 +239,45 @@ def run(name, mode, limit=None, lab_kwargs=None, start_kwargs=None):
             for watcher in (probes, probes6, cap):
                 if watcher is not None:
                     watcher.stop()
+
+
+def server_packet_on(cap, dev, since):
+    """Time of the first WireGuard packet from the server that reaches the
+    router on ``dev`` after ``since`` (None if none yet)."""
+    ports = (topology.VPN_PORT, topology.VPN_ALT_PORT)
+    servers = topology.VPN_ADDRESSES + topology.VPN_ADDRESSES6
+    for p in cap.packets(since):
+        if p["dev"] == dev and p["proto"] == 17 and p["src"] in servers and p["sport"] in ports:
+            return p["time"]
+    return None
+
+
+def silent_failure_idle(lab, cap, limit=60.0, idle=None):
+    """An idle tunnel: nothing is sent through it (no ProbeStream; the server
+    has no keepalive).  The primary's upstream dies silently after ``idle``
+    s of quiet, or by default right after the server's answer to the
+    router's next probe (seen on wan, within the keepalive interval and
+    10 s): the worst moment, a whole interval before the next probe.
+    Figure: seconds from the fault to the first WireGuard packet from the
+    server reaching the router on the backup, the moment the tunnel answers
+    there again; measuring by a stream of pings would make the tunnel busy."""
+    if idle is None:
+        since, notes = time.time(), {}
+        end = since + lab.keepalive + 10.0
+        while time.time() < end and server_packet_on(cap, "wan", since) is None:
+            time.sleep(0.05)
+        answered = server_packet_on(cap, "wan", since)
+        if answered is None:
+            raise topology.LabError("the idle tunnel got no probe answer within %gs" % (lab.keepalive + 10.0))
+        notes["fault_after_answer_s"] = round(time.time() - answered, 3)
+    else:
+        time.sleep(idle)
+        notes = {}
+    t = faults.silent_failure(lab, "wan")
+    end = t + limit
+    while time.time() < end:
+        at = server_packet_on(cap, "wanb", t)
+        if at is not None:
+            return Outcome("silent_failure_idle", True, at - t, limit, t, notes)
+        time.sleep(0.2)
+    return Outcome("silent_failure_idle", False, limit, limit, t, notes)

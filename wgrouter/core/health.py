@@ -13,6 +13,20 @@ from wgrouter.core import paths as wpaths
 from wgrouter.core import state
 from wgrouter.core import wan as wwan
 
+# The verdict on a peer heard from by nobody for a keepalive interval: probe
+# it through the tunnel.  WireGuard answers a keepalive with nothing (Linux
+# drivers/net/wireguard/receive.c: an empty packet returns before
+# wg_timers_data_received), so an idle tunnel gives no other evidence until
+# its handshake is stale, 150 s on; one echo per keepalive interval bounds a
+# silent failure by that interval plus a check and the probes.
+QUIET = "quiet"
+# A peer whose answers no longer reach it (our upstream dead, its own intact)
+# retries its handshake every REKEY_TIMEOUT (5 s) with an initiation of 148 B
+# (wireguard-go device/timers.go, Linux drivers/net/wireguard/timers.c): rx
+# that such retries explain, without a handshake completing, is no answer.
+INITIATION_BYTES = 148
+REKEY_TIMEOUT = 5.0
+
 
 class Health:
     """Monitors and recovers every ``state.PeerState``."""
@@ -33,7 +47,11 @@ class Health:
             if mark is None or ps.applied is None or ps.applied_at is None or mark[2] <= ps.applied_at:
                 continue
             handshake = st.latest_handshake != mark[1] and st.latest_handshake > ps.applied_at
-            if st.rx > mark[0] or handshake:
+            grew = st.rx - mark[0]
+            if ps.quiet_probe or ps.quiet_failed is not None:
+                # a quiet peer in question: its handshake retries are no proof
+                grew -= INITIATION_BYTES * (math.ceil(max(0.0, now - mark[2]) / REKEY_TIMEOUT) + 1)
+            if grew > 0 or handshake:
                 wt = self.ctx.wan_tracks.get(ps.applied.wan)
                 if wt is not None:
                     wt.proven[model.family(ps.applied.address)] = now
@@ -48,12 +66,15 @@ class Health:
                     # (a direct UDP try is judged by its own probe)
                     ps.sample = None if st is None else (st.rx, st.tx, now)
                     continue
-                verdict, evidence = self._judge(ps, st)
+                heard = self._heard(ps, st)
+                verdict, evidence = self._judge(ps, st, heard)
                 ps.sample = (st.rx, st.tx, now)
                 if verdict == state.UP:
                     self._recovered(ps, evidence)
                 elif verdict == state.SUSPECT:
                     self._suspect(ts, ps, evidence, probed)
+                elif verdict == QUIET:
+                    self._probe_quiet(ts, ps, evidence)
         # A WAN marked unhealthy (or unhealthy for one family) is probed
         # every check (cheap), so that its failback hold-down can start as
         # soon as it answers again.
@@ -74,7 +95,24 @@ class Health:
                     if families:
                         self.wans.probe(wan, probed, families)
 
-    def _judge(self, ps: state.PeerState, st: model.PeerStats) -> typing.Tuple[str, str]:
+    def _heard(self, ps: state.PeerState, st: model.PeerStats) -> bool:
+        """True if the far end answered since the last check: a handshake
+        completed, or it sent more than its handshake retries explain.
+        Keeps ``heard_at``."""
+        since = max(ps.heard_at or 0.0, ps.applied_at or 0.0)
+        if st.latest_handshake and st.latest_handshake > since:
+            ps.heard_at = st.latest_handshake
+            return True
+        if ps.sample is None or st.rx < ps.sample[0]:
+            return False
+        rx0, _, t0 = ps.sample
+        retries = INITIATION_BYTES * (math.ceil(max(0.0, self.ctx.now - t0) / REKEY_TIMEOUT) + 1)
+        if st.rx - rx0 > retries:
+            ps.heard_at = max(ps.heard_at or 0.0, t0)  # received at some moment after t0
+            return True
+        return False
+
+    def _judge(self, ps: state.PeerState, st: model.PeerStats, heard: bool) -> typing.Tuple[str, str]:
         s = self.ctx.config.settings
         now = self.ctx.now
         age = now - st.latest_handshake if st.latest_handshake else None
@@ -87,17 +125,62 @@ class Health:
                 drx, dtx, elapsed = st.rx - rx0, st.tx - tx0, max(0.0, now - t0)
         # Keepalives sent in the interval, counting one more for the edges.
         allowance = state.KEEPALIVE_BYTES * (math.ceil(elapsed / keepalive) + 1) if keepalive else 0
-        if drx > 0:
+        waiting = ps.quiet_probe and ps.probe_until is not None
+        failed = ps.quiet_failed is not None and ps.applied is not None and ps.quiet_failed[0] == ps.applied.wan
+        if drx > 0 and (heard or not (waiting or failed)):
             return state.UP, "received %d B" % drx
+        if waiting:
+            return "idle", "probe of a quiet peer out"
+        if failed:
+            return state.SUSPECT, ps.quiet_failed[1]
         if dtx > allowance:
             return state.SUSPECT, "sent %d B in %s, received nothing" % (dtx, state.fmt(elapsed))
         if age is not None and age < s.handshake_timeout:
+            quiet = self._quiet_for(ps, keepalive)
+            if quiet is not None:
+                return QUIET, "nothing received for %s with keepalive %ds" % (state.fmt(quiet), keepalive)
             return state.UP, "handshake %s ago" % state.fmt(age)
         if age is not None and keepalive:
             return state.SUSPECT, "handshake %s old with keepalive %ds" % (state.fmt(age), keepalive)
         if age is None and ps.applied_at is not None and now - ps.applied_at >= s.handshake_timeout:
             return state.SUSPECT, "no handshake %s after the path was applied" % state.fmt(now - ps.applied_at)
         return "idle", "no traffic"
+
+    def _quiet_for(self, ps: state.PeerState, keepalive: int) -> typing.Optional[float]:
+        """Seconds a peer with a keepalive and a probe target has not been
+        heard from, once that is a keepalive interval and its last probe as
+        old: at most one probe per interval.  None if none is due."""
+        if not keepalive or not ps.peer.probe:
+            return None
+        heard = max([t for t in (ps.heard_at, ps.applied_at) if t is not None] or [self.ctx.now])
+        since = max(heard, ps.quiet_probe_at if ps.quiet_probe_at is not None else heard)
+        if self.ctx.now - since < keepalive:
+            return None
+        return self.ctx.now - heard
+
+    def _probe_quiet(self, ts: state.TunnelState, ps: state.PeerState, evidence: str) -> None:
+        """One echo through the tunnel of a quiet peer; no WAN probe and no
+        change of state unless it fails."""
+        if ps.probe_until is not None or ps.probe_failed:
+            return
+        ps.evidence = evidence
+        ps.probe_wan = ts.wan
+        ps.quiet_probe = True
+        ps.quiet_probe_at = self.ctx.now
+        self._send_probe(ts, ps)
+
+    def _send_probe(self, ts: state.TunnelState, ps: state.PeerState) -> None:
+        s = self.ctx.config.settings
+        self.ctx.out.append(model.Probe(tunnel=ps.peer.tunnel, peer=ps.peer.public_key, target=ps.peer.probe,
+                                        source=ts.tunnel.source_for(ps.peer.probe), timeout=s.probe_timeout))
+        ps.probe_until = self.ctx.now + s.probe_timeout + state.ANSWER_GRACE
+
+    def _quiet_failed(self, ts: state.TunnelState, ps: state.PeerState, why: str) -> None:
+        """A quiet peer's probe failed: suspect it (WAN probe, a second echo,
+        then the ladder) until it is heard from again."""
+        evidence = ps.evidence + why
+        ps.quiet_failed = (ts.wan, evidence)
+        self._suspect(ts, ps, evidence, set())
 
     def _suspect(self, ts: state.TunnelState, ps: state.PeerState, evidence: str, probed: typing.Set[str]) -> None:
         if ps.probe_until is not None or ps.probe_failed:
@@ -110,16 +193,13 @@ class Health:
                              "latest answer of %s" % (evidence, self.names.current_host(ps)), "resolve")
         if self.ctx.now < ps.backoff_until:
             return
-        s = self.ctx.config.settings
         ps.evidence = evidence
         wan = self.ctx.config.wan(ts.wan)
         if self.wans.track_ips(wan):
             self.wans.probe(wan, probed, [self.paths.peer_family(ps)])
         ps.probe_wan = ts.wan
         if ps.peer.probe:
-            self.ctx.out.append(model.Probe(tunnel=ps.peer.tunnel, peer=ps.peer.public_key, target=ps.peer.probe,
-                                         source=ts.tunnel.source_for(ps.peer.probe), timeout=s.probe_timeout))
-            ps.probe_until = self.ctx.now + s.probe_timeout + state.ANSWER_GRACE
+            self._send_probe(ts, ps)
         else:
             ps.evidence += "; no probe target"
             ps.probe_failed = True
@@ -147,6 +227,8 @@ class Health:
     def _recovered(self, ps: state.PeerState, evidence: str) -> None:
         ps.probe_failed = False
         ps.probe_until = None
+        ps.quiet_probe = False
+        ps.quiet_failed = None
         if ps.state in (state.SUSPECT, state.RECOVERING) or ps.steps_done:
             self.ctx.transition(ps.peer.tunnel, ps.peer.label, ps.last_step or ps.state, state.UP, evidence, "recovery")
         ps.state = state.UP
@@ -397,6 +479,7 @@ class Health:
         if ps is None or ps.probe_until is None:
             return  # stale: the path changed since the probe was sent
         ps.probe_until = None
+        quiet, ps.quiet_probe = ps.quiet_probe, False
         ts = self.ctx.tunnels[ps.peer.tunnel]
         if ps.probe_wan != ts.wan:
             return
@@ -407,7 +490,10 @@ class Health:
             return
         if ev.ok:
             self.ctx.wan_tracks[ts.wan].proven[self.paths.peer_family(ps)] = self.ctx.now
+            ps.heard_at = self.ctx.now
             self._recovered(ps, "probe to %s answered" % ps.peer.probe)
+        elif quiet:
+            self._quiet_failed(ts, ps, "; probe to %s failed%s" % (ps.peer.probe, state.detail(ev.error)))
         else:
             ps.evidence += "; probe to %s failed%s" % (ps.peer.probe, state.detail(ev.error))
             ps.probe_failed = True
@@ -450,8 +536,11 @@ class Health:
                                      "no handshake within %s" % state.fmt(state.TRIAL_WAIT))
             elif ps.probe_until is not None and now >= ps.probe_until:
                 ps.probe_until = None
+                quiet, ps.quiet_probe = ps.quiet_probe, False
                 ts = self.ctx.tunnels[ps.peer.tunnel]
-                if ps.probe_wan == ts.wan:
+                if quiet and ps.probe_wan == ts.wan:
+                    self._quiet_failed(ts, ps, "; probe to %s unanswered" % ps.peer.probe)
+                elif ps.probe_wan == ts.wan:
                     ps.evidence += "; probe to %s unanswered" % ps.peer.probe
                     ps.probe_failed = True
                     self._verdict(ts, ps)

@@ -200,6 +200,10 @@ class PeerState:
     trial_at: typing.Optional[float] = None  # next direct UDP try
     trial_fails: int = 0
     trial_mark: typing.Optional[typing.Tuple[float, float]] = None  # handshake, time when the try began
+    heard_at: typing.Optional[float] = None  # latest time the far end was heard from (rx grew, probe answered)
+    quiet_probe_at: typing.Optional[float] = None  # when the last probe of a quiet peer went out
+    quiet_probe: bool = False  # the probe out is a quiet peer's, not a suspect's
+    quiet_failed: typing.Optional[typing.Tuple[str, str]] = None  # (wan, why): suspect until heard again
 
 
 @dataclasses.dataclass
