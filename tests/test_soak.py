@@ -7,10 +7,9 @@ bus.  A failure names its seed; replay it with
 (WGROUTER_SOAK_MINUTES changes the length; ``make soak`` is the long run.)
 
 It runs only when asked for (``make test-soak``, or WGROUTER_SOAK=1 or a
-seed in the environment): some seeds still fail one check (a wall-clock
-step after a SIGKILL respawn: the handshake age of a stamp from before the
-step), not yet sorted out between the check and the daemon, and a test that
-fails by the seed it draws would make ``make test`` fail at random.
+seed in the environment): too few seeds have been run to say that a random
+one passes, and a test that fails by the seed it draws would make
+``make test`` fail at random.
 """
 
 import os
