@@ -40,11 +40,6 @@ sys.path.insert(0, TOP)
 # Used when SOURCE_DATE_EPOCH is not set: 2024-01-01 00:00:00 UTC.
 DEFAULT_EPOCH = 1704067200
 
-RELEASE = "1"
-LICENSE = "GPL-2.0-only"
-MAINTAINER = "wgrouter developers"
-URL = "https://github.com/wgrouter/wgrouter"
-
 # Standard modules that OpenWrt ships outside python3-light
 # (openwrt/packages lang/python/python3/files/python3-package-*.mk).
 STDLIB_SPLIT = {
@@ -98,11 +93,29 @@ SUBPACKAGE_MODULES = {"mqtt": "wgrouter-mqtt"}
 # Tools the daemon runs; the python3 interpreter itself.
 BASE_DEPENDS = ["libc", "python3-light", "wireguard-tools", "ip-full", "conntrack"]
 
-# The feed Makefiles are the one source of each package's description.
+# The feed Makefiles are the one source of each package's description,
+# release, licence, maintainer and URL.
 FEED_MAKEFILES = {
     "wgrouter": os.path.join(HERE, "wgrouter", "Makefile"),
     "luci-app-wgrouter": os.path.join(HERE, "luci-app-wgrouter", "Makefile"),
 }
+
+
+def makefile_var(path, name):
+    """The value of the first ``NAME:=VALUE`` in a Makefile (indented ones,
+    inside a ``define``, count too)."""
+    with open(path) as f:
+        for line in f:
+            key, sep, value = line.strip().partition(":=")
+            if sep and key == name:
+                return value.strip()
+    raise KeyError("%s: no %s:=" % (path, name))
+
+
+RELEASE = makefile_var(FEED_MAKEFILES["wgrouter"], "PKG_RELEASE")
+LICENSE = makefile_var(FEED_MAKEFILES["wgrouter"], "PKG_LICENSE")
+MAINTAINER = makefile_var(FEED_MAKEFILES["wgrouter"], "PKG_MAINTAINER")
+URL = makefile_var(FEED_MAKEFILES["wgrouter"], "URL")
 
 
 # The scripts the SDK generates (include/package-pack.mk): the router's

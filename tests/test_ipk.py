@@ -157,6 +157,10 @@ def test_control_fields(main_ipk):
     assert fields["Version"] == VERSION
     assert fields["Architecture"] == "all"
     assert fields["License"] == "GPL-2.0-only"
+    # written once, in the feed Makefile the SDK builds from
+    makefile = open(FEED_MAKEFILE).read()
+    for field, var in (("License", "PKG_LICENSE"), ("Maintainer", "PKG_MAINTAINER"), ("URL", "URL")):
+        assert "%s:=%s\n" % (var, fields[field]) in makefile, field
     assert fields["Section"] == "net"
     assert fields["Source"]
     assert fields["Description"]
