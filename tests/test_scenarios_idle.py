@@ -17,6 +17,7 @@ from tests.conftest import require_lab
 from tests.lab import observe
 from tests.lab import scenarios
 from tests.lab import topology
+from tests.test_scenarios import daemon_log
 
 pytestmark = pytest.mark.lab
 
@@ -89,14 +90,6 @@ def idle_lab():
         if cap is not None:
             cap.stop()
         lab.__exit__(None, None, None)
-
-
-def daemon_log(lab):
-    try:
-        with open(lab.wgrouter_log) as f:
-            return f.read()
-    except OSError:
-        return ""
 
 
 def test_idle_tunnel_silent_failure_recovered_within_keepalive_plus_5s_without_forking(idle_lab):
