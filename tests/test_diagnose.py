@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import os
 import socket
 import sys
 
@@ -9,11 +10,13 @@ import pytest
 
 from tests import fakebus
 from tests.fakerunner import FakeRunner
+import wgrouter
 from wgrouter import diagnose
 from wgrouter import model
 from wgrouter import uci
 from wgrouter import wg
 from wgrouter import wgdump
+from wgrouter.diagnose import facts as diagnose_facts
 
 NOW = 1_800_000_000
 KEY = "mS4HfFcrxugJidRgt8Ad6MMJTD4Zkh1Z7nTBT1aPGlQ="
@@ -578,11 +581,11 @@ def test_resolver_child_runs_this_package_copy():
     fake = FakeRunner()
     fake.on([sys.executable], out='{"addresses": ["192.0.2.10"], "ttl": 5}\n')
     wan = model.Wan("wan", "eth1", dns_servers=("192.0.2.53", "192.0.2.54"))
-    answer = diagnose._resolve(fake, "vpn.example.net", wan)
+    answer = diagnose_facts._resolve(fake, "vpn.example.net", wan)
     assert answer == {"addresses": ["192.0.2.10"], "via": "wan (192.0.2.53, 192.0.2.54)"}
     [argv] = fake.calls
-    assert argv[1] == "-c" and repr(diagnose.os.path.dirname(diagnose.os.path.dirname(
-        diagnose.__file__))) in argv[2]
+    assert argv[1] == "-c" and repr(os.path.dirname(os.path.dirname(
+        wgrouter.__file__))) in argv[2]
     assert argv[argv.index("--device") + 1] == "eth1"
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "--server"] == ["192.0.2.53", "192.0.2.54"]
 

@@ -104,18 +104,17 @@ def wan_states(wans, links, addrs, routes, mwan3=False):
     return states
 
 
+def dumps():
+    """(links, addrs, routes): a fresh netlink dump of each."""
+    return netlink.dump_links(), netlink.dump_addrs(), netlink.dump_routes()
+
+
 def observe_wans(wans, mwan3=False):
     """{wan name: WanState} for ``wans`` (tuple of model.Wan), from fresh dumps.
 
     ``mwan3`` changes nothing by itself: the WAN's ``table`` says where its
     default route lives."""
-    return wan_states(
-        wans,
-        netlink.dump_links(),
-        netlink.dump_addrs(),
-        netlink.dump_routes(),
-        mwan3=mwan3,
-    )
+    return wan_states(wans, *dumps(), mwan3=mwan3)
 
 
 def tunnels_present(names) -> frozenset:

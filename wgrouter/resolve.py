@@ -387,6 +387,15 @@ def start_query(action, port=None, timeout=SERVER_TIMEOUT, now=None):
         raise ResolveFailed(str(e))
 
 
+def read_reply(out):
+    """(last line, its JSON or None) of what a resolver child printed."""
+    line = out.strip().splitlines()[-1] if out.strip() else ""
+    try:
+        return line, json.loads(line)
+    except ValueError:
+        return line, None
+
+
 def _outcome(action, limit):
     """finish() and on_timeout() turning a resolver's JSON line into events."""
 
@@ -394,11 +403,7 @@ def _outcome(action, limit):
         return [model.ResolveFailed(host=action.host, wan=action.wan, error=error)]
 
     def finish(rc, out, err):
-        line = out.strip().splitlines()[-1] if out.strip() else ""
-        try:
-            reply = json.loads(line)
-        except ValueError:
-            reply = None
+        line, reply = read_reply(out)
         if not isinstance(reply, dict):
             return failed("resolver exited %d: %s" % (rc, (err.strip() or out.strip())[-200:]))
         addresses, ttl = reply.get("addresses"), reply.get("ttl", 0)

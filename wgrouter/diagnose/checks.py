@@ -1,35 +1,21 @@
-"""`wgrouter diagnose`: the WireGuard troubleshooting checklist as one command.
-
-``gather`` reads the system (netlink dumps, `wg show all dump`, `ip route
-get`, `conntrack -L`, sysctls under /proc/sys, DNS through each WAN,
-<root>/etc/config/firewall) into a ``Facts``; ``evaluate`` is pure: config,
-facts and ``now`` in, a list of findings out.  Nothing here writes to the
-system: no route, rule, wg, conntrack or sysctl change.
+"""The checks of `wgrouter diagnose`, pure: config, ``facts.Facts`` and
+``now`` in, findings out.
 
 A finding is a dict {"check", "status" ("ok"|"warn"|"fail"), "tunnel",
-"peer", "summary", "evidence", "fix"}; ``run`` returns {"findings": [...],
-"worst": status}, the ubus reply; ``main`` prints it and returns the exit
-code 0 (ok), 1 (warn) or 2 (fail).
+"peer", "summary", "evidence", "fix"}; ``evaluate`` runs every check.
 """
 
-import dataclasses
 import ipaddress
-import json
-import os
 import socket
-import sys
-import time
-import typing
 
-import wgrouter
+from wgrouter import apply
+from wgrouter import kernel
 from wgrouter import model
-from wgrouter import wgdump
+from wgrouter.diagnose import facts as facts_mod
 
 OK = "ok"
 WARN = "warn"
 FAIL = "fail"
-_RANK = {OK: 0, WARN: 1, FAIL: 2}
-EXIT_CODES = {OK: 0, WARN: 1, FAIL: 2}
 
 # Outer headers WireGuard adds to every inner packet: IP (20 or 40) + UDP 8
 # + WireGuard data header 16 + Poly1305 tag 16.
@@ -38,10 +24,6 @@ OVERHEAD_V6 = 80
 # The smallest MTU an IPv6 inner packet may see (RFC 8200); a tunnel below it
 # cannot carry IPv6 at all.
 IPV6_MIN_MTU = 1280
-# A peer with keepalive on sends at least every keepalive seconds and WireGuard
-# re-handshakes every 120 s (REKEY_AFTER_TIME) while traffic flows; a session
-# is dead after 180 s (REJECT_AFTER_TIME) without a new handshake.
-REJECT_AFTER_TIME = 180
 # Common NAT UDP mapping timeouts are 30-120 s; a keepalive above 25 s may
 # let the mapping expire between two keepalives.
 NAT_SAFE_KEEPALIVE = 25
@@ -50,248 +32,6 @@ NAT_RANGES = tuple(ipaddress.ip_network(n) for n in (
     "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"))
 # rp_filter values: 0 off, 1 strict, 2 loose; the kernel uses max(all, dev).
 RP_STRICT = 1
-# Seconds one resolver child may take per server (UDP then TCP) plus start-up.
-RESOLVE_SERVER_TIMEOUT = 2.0
-RESOLVE_OVERHEAD = 3.0
-FIREWALL = "etc/config/firewall"
-# Key of the DNS answer asked through /etc/resolv.conf (WANs with neither
-# dns_server nor servers learned by netifd).
-SYSTEM_RESOLVER = "(system)"
-
-
-# ------------------------------------------------------------------ facts
-
-
-@dataclasses.dataclass
-class Facts:
-    """What ``gather`` saw; every field has a harmless default so tests
-    build only what a check needs."""
-
-    links: list = dataclasses.field(default_factory=list)  # netlink.dump_links()
-    addrs: list = dataclasses.field(default_factory=list)  # netlink.dump_addrs()
-    wans: dict = dataclasses.field(default_factory=dict)  # name -> model.WanState
-    wg: dict = dataclasses.field(default_factory=dict)  # device -> wgdump.Device
-    wg_error: typing.Optional[str] = None
-    # endpoint address -> {"dev", "gateway", "prefsrc", "type", "error", "text"}
-    routes: dict = dataclasses.field(default_factory=dict)
-    kernel_routes: list = dataclasses.field(default_factory=list)  # netlink.dump_routes()
-    # host name -> {wan name: {"addresses": [...]} or {"error": str}}
-    dns: dict = dataclasses.field(default_factory=dict)
-    # (address, port) -> {"entries": [dict], "error": str|None}
-    conntrack: dict = dataclasses.field(default_factory=dict)
-    sysctl: dict = dataclasses.field(default_factory=dict)  # "net.ipv4.ip_forward" -> "1"
-    # firewall: list of uci.Section, or None when the file does not exist
-    firewall: typing.Optional[list] = None
-    firewall_error: typing.Optional[str] = None
-
-
-def parse_route_get(rc, out, err):
-    """`ip route get ADDR` -> {"dev", "gateway", "prefsrc", "type", "error", "text"}."""
-    text = out.strip().splitlines()[0] if out.strip() else ""
-    result = {"dev": None, "gateway": None, "prefsrc": None, "type": "unicast", "error": None,
-              "text": text}
-    if rc != 0:
-        result["error"] = (err.strip() or out.strip() or "ip route get exited %d" % rc)
-        result["type"] = None
-        return result
-    words = text.split()
-    if words and words[0] in ("unreachable", "prohibit", "blackhole", "throw", "local",
-                              "broadcast", "multicast"):
-        result["type"] = words[0]
-    for i, word in enumerate(words[:-1]):
-        if word == "dev":
-            result["dev"] = words[i + 1]
-        elif word == "via":
-            result["gateway"] = words[i + 1]
-        elif word == "src":
-            result["prefsrc"] = words[i + 1]
-    return result
-
-
-def parse_conntrack(out):
-    """Entries of `conntrack -L` output: [{"src", "dst", "sport", "dport",
-    "reply_src", "reply_dst", "mark", "line"}]."""
-    entries = []
-    for line in out.splitlines():
-        words = line.split()
-        if not words or "=" not in line:
-            continue
-        seen = {}
-        entry = {"line": line.strip(), "mark": None}
-        for word in words:
-            key, eq, value = word.partition("=")
-            if not eq:
-                continue
-            count = seen.get(key, 0)
-            seen[key] = count + 1
-            if key == "mark":
-                entry["mark"] = value
-            elif count == 0 and key in ("src", "dst", "sport", "dport"):
-                entry[key] = value
-            elif count == 1 and key in ("src", "dst", "sport", "dport"):
-                entry["reply_" + key] = value
-        if "src" in entry and "dst" in entry:
-            entries.append(entry)
-    return entries
-
-
-def read_sysctls(names, base="/proc/sys"):
-    values = {}
-    for name in names:
-        path = os.path.join(base, name.replace(".", "/"))
-        try:
-            with open(path) as f:
-                values[name] = f.read().strip()
-        except OSError:
-            values[name] = None
-    return values
-
-
-def _sysctl_names(config, links):
-    names = ["net.ipv4.ip_forward", "net.ipv4.conf.all.rp_filter"]
-    present = {link["ifname"] for link in links}
-    for wan in config.wans:
-        if wan.device in present:
-            names.append("net.ipv4.conf.%s.rp_filter" % wan.device)
-    return names
-
-
-def _dumps():
-    from wgrouter import netlink
-    return (netlink.dump_links(), netlink.dump_addrs(),
-            netlink.dump_routes())
-
-
-def _resolve(runner, host, wan=None, python=None, servers=None):
-    """Ask DNS for ``host`` with the resolver child: through ``wan`` (its
-    ``servers``, by default its dns_servers, bound to its device), or the
-    system resolver when None."""
-    from wgrouter import resolve
-    if servers is None:
-        servers = list(wan.dns_servers) if wan is not None else []
-    # -c with an explicit path: the child imports this very copy of the
-    # package whatever the working directory and PYTHONPATH are.
-    home = os.path.dirname(os.path.dirname(os.path.abspath(wgrouter.__file__)))
-    code = ("import sys; sys.path.insert(0, %r); from wgrouter import resolve; "
-            "sys.exit(resolve.main())" % home)
-    argv = [python or sys.executable, "-c", code, "--timeout", "%g" % RESOLVE_SERVER_TIMEOUT]
-    if servers:
-        argv += ["--device", wan.device]
-        for server in servers:
-            argv += ["--server", server]
-    argv.append(host)
-    limit = 2 * RESOLVE_SERVER_TIMEOUT * max(1, len(servers) or len(resolve.nameservers())) + RESOLVE_OVERHEAD
-    result = runner.run(argv, timeout=limit)
-    line = result.out.strip().splitlines()[-1] if result.out.strip() else ""
-    try:
-        reply = json.loads(line)
-    except ValueError:
-        reply = None
-    via = "%s (%s)" % (wan.name, ", ".join(servers)) if servers else "the system resolver"
-    if isinstance(reply, dict) and isinstance(reply.get("addresses"), list):
-        return {"addresses": [str(a) for a in reply["addresses"]], "via": via}
-    error = reply.get("error") if isinstance(reply, dict) else None
-    return {"error": error or (result.err.strip() or "resolver exited %d" % result.rc)[-200:],
-            "via": via}
-
-
-def gather(root, config, runner, dumps=None, sysctls=None):
-    """Read everything ``evaluate`` needs.  ``dumps()`` -> (links, addrs,
-    routes) and ``sysctls(names)`` -> {name: value} default to netlink and
-    /proc/sys of the namespace we run in."""
-    from wgrouter import kernel
-    from wgrouter import runner as runner_mod
-    from wgrouter import uci
-
-    facts = Facts()
-    links, addrs, routes = (dumps or _dumps)()
-    facts.links, facts.addrs, facts.kernel_routes = links, addrs, routes
-    facts.wans = kernel.wan_states(config.wans, links, addrs, routes, mwan3=config.settings.mwan3)
-    present = {link["ifname"] for link in links}
-
-    try:
-        r = runner.run(["wg", "show", "all", "dump"])
-        if r.rc == 0:
-            # wireguard-go's UAPI sockets are shared by every namespace:
-            # keep only devices that exist here.
-            facts.wg = {k: v for k, v in wgdump.parse_devices(r.out).items() if k in present}
-        else:
-            facts.wg_error = r.err.strip() or "wg show exited %d" % r.rc
-    except runner_mod.CommandMissing as e:
-        facts.wg_error = str(e)
-    except wgrouter.Error as e:
-        facts.wg_error = str(e)
-
-    endpoints = set()
-    for tunnel in config.tunnels:
-        dev = facts.wg.get(tunnel.name)
-        for peer in tunnel.peers:
-            info = dev.peers.get(peer.public_key) if dev else None
-            if info and info.endpoint:
-                try:
-                    endpoints.add(model.split_endpoint(info.endpoint) + (dev.fwmark,))
-                except ValueError:
-                    pass
-    for address, port, fwmark in sorted(endpoints):
-        argv = ["ip"] + (["-6"] if ":" in address else []) + ["route", "get", address]
-        if fwmark:
-            argv += ["mark", "0x%x" % fwmark]
-        try:
-            r = runner.run(argv)
-            facts.routes[address] = parse_route_get(r.rc, r.out, r.err)
-        except runner_mod.CommandMissing as e:
-            facts.routes[address] = parse_route_get(127, "", str(e))
-        argv = ["conntrack", "-L", "-p", "udp", "--orig-dst", address, "--orig-port-dst", str(port)]
-        if ":" in address:
-            argv[2:2] = ["-f", "ipv6"]
-        try:
-            r = runner.run(argv)
-            if r.rc == 0:
-                facts.conntrack[(address, port)] = {"entries": parse_conntrack(r.out), "error": None}
-            else:
-                lines = r.err.strip().splitlines()
-                error = lines[-1] if lines else "conntrack exited %d" % r.rc
-                facts.conntrack[(address, port)] = {"entries": [], "error": error}
-        except runner_mod.CommandMissing as e:
-            facts.conntrack[(address, port)] = {"entries": [], "error": str(e)}
-
-    from wgrouter import resolve
-    hosts = sorted({e.host for p in config.peers() for e in p.endpoints if not model.is_ip(e.host)})
-    for host in hosts:
-        answers = {}
-        system = False
-        for wan in config.wans:
-            state = facts.wans.get(wan.name)
-            if state is None or not state.up:
-                answers[wan.name] = {"error": "WAN is down, not asked", "via": wan.name, "skipped": True}
-                continue
-            servers = list(resolve.servers_for(wan.name, wan.dns_servers, root))
-            if not servers:
-                system = True  # one unbound query below serves every such WAN
-                continue
-            try:
-                answers[wan.name] = _resolve(runner, host, wan, servers=servers)
-            except runner_mod.CommandMissing as e:
-                answers[wan.name] = {"error": str(e), "via": wan.name}
-        if system:
-            try:
-                answers[SYSTEM_RESOLVER] = _resolve(runner, host)
-            except runner_mod.CommandMissing as e:
-                answers[SYSTEM_RESOLVER] = {"error": str(e), "via": "the system resolver"}
-        facts.dns[host] = answers
-
-    facts.sysctl = (sysctls or read_sysctls)(_sysctl_names(config, links))
-
-    path = os.path.join(root, FIREWALL)
-    if os.path.exists(path):
-        try:
-            facts.firewall = uci.load(path)
-        except (OSError, wgrouter.Error) as e:
-            facts.firewall_error = str(e)
-    return facts
-
-
-# ------------------------------------------------------------------ checks
 
 
 def finding(check, status, summary, evidence="", fix=None, tunnel=None, peer=None):
@@ -328,15 +68,20 @@ def _link(facts, name):
     return None
 
 
+def _names(facts):
+    """{ifindex: device name} of the links dump."""
+    return {link["ifindex"]: link["ifname"] for link in facts.links}
+
+
 def _local_subnets(facts, exclude=()):
     """[(network, device, address)] of the router's own addresses."""
-    names = {link["ifindex"]: link["ifname"] for link in facts.links}
+    names = _names(facts)
     out = []
     for a in facts.addrs:
         dev = names.get(a["ifindex"])
         if dev is None or dev in exclude or dev == "lo" or a.get("address") is None:
             continue
-        if a.get("scope", 0) not in (0,):  # global addresses only (not link/host scope)
+        if a.get("scope", 0) != kernel.RT_SCOPE_UNIVERSE:  # not link or host scope
             continue
         net = ipaddress.ip_network("%s/%d" % (a["address"], a["prefixlen"]), strict=False)
         if net.is_loopback:
@@ -462,20 +207,19 @@ _NETIFD_PROTO = 4  # RTPROT_STATIC: every route netifd adds (netifd system-linux
 
 
 def _proto_name(number):
-    from wgrouter import apply
     if number == apply.ROUTE_PROTO:
         return "%d (%s)" % (number, apply.ROUTE_PROTO_NAME)
     return _PROTO_NAMES.get(number, str(number))
 
 
 def _route_text(facts, route):
-    dev = _device_name(facts.links, route["oif"]) if route.get("oif") else None
+    dev = _names(facts).get(route["oif"]) if route.get("oif") else None
     words = ["%s/%d" % (route["dst"], route["dst_len"])]
     if route.get("gateway"):
         words += ["via", route["gateway"]]
     if dev:
         words += ["dev", dev]
-    if route.get("table") not in (None, 254):
+    if route.get("table") not in (None, kernel.RT_MAIN):
         words += ["table", str(route["table"])]
     words += ["proto", _proto_name(route["protocol"]), "metric", str(route.get("metric", 0))]
     return " ".join(words)
@@ -485,7 +229,6 @@ def check_host_routes(peer, address, facts):
     """Whose host routes pin the endpoint: wgrouter's carry its own route
     protocol, netifd's are proto static (its host dependency, left in place
     by nohostroute 0); anything else was added by someone else."""
-    from wgrouter import apply
     who = dict(tunnel=peer.tunnel, peer=peer.label)
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
     full = 128 if family == socket.AF_INET6 else 32
@@ -515,13 +258,6 @@ def check_host_routes(peer, address, facts):
             "; ".join(_route_text(facts, r) for r in other),
             "remove it if it was added by hand (ip route del %s/%d proto ...)" % (address, full), **who))
     return results
-
-
-def _device_name(links, ifindex):
-    for link in links:
-        if link.get("ifindex") == ifindex:
-            return link.get("ifname")
-    return None
 
 
 def check_route(config, peer, info, facts):
@@ -604,8 +340,7 @@ def check_conntrack(config, peer, info, facts, wan_in_use):
     for name, state in facts.wans.items():
         if state.address:
             by_address[state.address] = name
-    names = {link["ifindex"]: link["ifname"] for link in facts.links}
-    local = {a["address"]: names.get(a["ifindex"]) for a in facts.addrs if a.get("address")}
+    local = {a["address"] for a in facts.addrs if a.get("address")}
     bad = []
     shown = []
     for e in entries:
@@ -735,10 +470,10 @@ def _true(value):
 
 def check_firewall(config, facts):
     if facts.firewall_error:
-        return [finding("firewall", WARN, "cannot read /%s" % FIREWALL, facts.firewall_error,
+        return [finding("firewall", WARN, "cannot read /%s" % facts_mod.FIREWALL, facts.firewall_error,
                         "fix the syntax error")]
     if facts.firewall is None:
-        return [finding("firewall", WARN, "no /%s: firewall checks skipped" % FIREWALL, "", None)]
+        return [finding("firewall", WARN, "no /%s: firewall checks skipped" % facts_mod.FIREWALL, "", None)]
     zones = [s for s in facts.firewall if s.type == "zone"]
     forwardings = [s for s in facts.firewall if s.type == "forwarding"]
     results = []
@@ -895,65 +630,3 @@ def evaluate(config, facts, now):
     results.extend(check_firewall(config, facts))
     results.extend(check_mtu(config, facts, used))
     return results
-
-
-def worst(findings):
-    status = OK
-    for f in findings:
-        if _RANK[f["status"]] > _RANK[status]:
-            status = f["status"]
-    return status
-
-
-def report(findings):
-    return {"findings": findings, "worst": worst(findings)}
-
-
-# ------------------------------------------------------------------ entry points
-
-
-def run(root, config=None, runner=None, now=None):
-    """The diagnosis as the ubus reply dict.  Loads the config when None."""
-    from wgrouter import runner as runner_mod
-    if config is None:
-        from wgrouter import config as config_mod
-        try:
-            config = config_mod.load(root)
-        except wgrouter.Error as e:
-            return report([finding("config", FAIL, "the configuration does not load", str(e),
-                                   "wgrouter check-config, then fix what it names")])
-    runner = runner or runner_mod.Runner()
-    try:
-        facts = gather(root, config, runner)
-    except (OSError, wgrouter.Error) as e:
-        return report([finding("diagnose", FAIL, "cannot read the system state", str(e),
-                               "run as root on the router")])
-    return report(evaluate(config, facts, time.time() if now is None else now))
-
-
-def format_text(result):
-    lines = []
-    for f in result["findings"]:
-        where = f["tunnel"] or ""
-        if f["peer"]:
-            where += " peer %s" % f["peer"]
-        line = "[%s]%s %s%s: %s" % (f["status"], " " * (4 - len(f["status"])), f["check"],
-                                    " (%s)" % where if where else "", f["summary"])
-        if f["fix"]:
-            line += " -- fix: %s" % f["fix"]
-        lines.append(line)
-        if f["evidence"] and f["status"] != OK:
-            lines.append("       evidence: %s" % f["evidence"])
-    counts = {s: sum(1 for f in result["findings"] if f["status"] == s) for s in (OK, WARN, FAIL)}
-    lines.append("%d ok, %d warn, %d fail: %s" % (counts[OK], counts[WARN], counts[FAIL],
-                                                 result["worst"]))
-    return "\n".join(lines)
-
-
-def main(root, as_json=False):
-    result = run(root)
-    if as_json:
-        print(json.dumps(result, indent=2, sort_keys=True))
-    else:
-        print(format_text(result))
-    return EXIT_CODES[result["worst"]]
