@@ -13,6 +13,7 @@ import struct
 
 import wgrouter
 from wgrouter import model
+from wgrouter import runner
 
 
 class NoRawSocket(wgrouter.Error):
@@ -99,25 +100,20 @@ def _same(family, a, b):
         return False
 
 
-class Echo:
+class Echo(runner.Watched):
     """One echo request to ``target``, answered in the daemon's loop.
 
-    It quacks like runner.Child (fileobj, read, reap, deadline, finish,
-    on_timeout, group), so the shell watches, times out and reaps it the
-    same way: ``reap()`` gives rc 0 for an answer, 1 with the reason else.
-    Raises NoRawSocket when the socket cannot be opened, OSError when the
-    request cannot be sent (no route, refused by the firewall).
+    The shell watches, times out and reaps it as it does a forked `ping`
+    (runner.Watched): ``reap()`` gives rc 0 for an answer, 1 with the reason
+    else.  Raises NoRawSocket when the socket cannot be opened, OSError when
+    the request cannot be sent (no route, refused by the firewall).
     """
 
     def __init__(self, target, source, device, deadline, finish, on_timeout, name="", group=None):
         global _seq
+        super().__init__(deadline, finish, on_timeout, name, group)
         self.family = model.family(target)
         self.target = target
-        self.deadline = deadline
-        self.finish = finish
-        self.on_timeout = on_timeout
-        self.name = name
-        self.group = group
         self.answered = False
         self.error = ""
         if self.family == 4:

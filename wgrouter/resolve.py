@@ -18,6 +18,7 @@ import time
 
 import wgrouter
 from wgrouter import model
+from wgrouter import runner
 
 
 class ResolveFailed(wgrouter.Error):
@@ -247,7 +248,7 @@ def main(argv=None):
 # ------------------------------------------------------------- in process
 
 
-class Query:
+class Query(runner.Watched):
     """A non-blocking A query, answered in the daemon's own selectors loop.
 
     A name that has no A record is asked again for AAAA: IPv4 first, since
@@ -258,8 +259,8 @@ class Query:
     starting a child costs ~0.1 CPU s per lookup, which TTL-honouring
     refreshes would turn into most of the idle budget.  The query goes to
     every server at once from one socket bound to the WAN device; the first
-    definite answer wins.  It quacks like runner.Child, so the shell
-    watches, times out and reaps it the same way.
+    definite answer wins.  The shell watches, times out and reaps it as it
+    does a child process (runner.Watched).
     """
 
     def __init__(self, action, deadline, finish, on_timeout, port=53):
@@ -268,11 +269,7 @@ class Query:
         import dns.message
         import dns.rdatatype
 
-        self.finish = finish
-        self.on_timeout = on_timeout
-        self.deadline = deadline
-        self.group = None
-        self.name = "resolve %s" % action.host
+        super().__init__(deadline, finish, on_timeout, name="resolve %s" % action.host)
         self.query = dns.message.make_query(action.host, dns.rdatatype.A)
         self.port = port
         self.reply = None

@@ -104,23 +104,37 @@ def _text(data):
     return data.decode("utf-8", "replace") if data else ""
 
 
-class Child:
-    """An async child process the selectors loop watches.
+class Watched:
+    """What the shell's selectors loop watches until it is done: a child
+    process, or a request answered in process (ping.Echo).
 
-    ``finish(rc, out, err)`` turns its outcome into events; ``on_timeout()``
-    gives the events for a child killed at its hard ``deadline``
-    (time.monotonic()).  ``group`` ties the children of one action together
+    The loop waits for ``fileobj`` to be readable and calls ``read()`` until
+    it says False, then ``reap()`` gives (rc, out, err) and ``finish(rc,
+    out, err)`` turns that into events; ``on_timeout()`` gives the events
+    for one killed (``reap(kill=True)``) at its hard ``deadline``
+    (time.monotonic()).  ``group`` ties those of one action together
     (ProbeWan: one ping per target, one answer is enough).
     """
 
-    def __init__(self, proc, deadline, finish, on_timeout, name="", group=None):
-        self.proc = proc
+    def __init__(self, deadline, finish, on_timeout, name="", group=None):
         self.deadline = deadline
         self.finish = finish
         self.on_timeout = on_timeout
         self.name = name
         self.group = group
+
+
+class Child(Watched):
+    """An async child process: its stdout is what the loop watches."""
+
+    def __init__(self, proc, deadline, finish, on_timeout, name="", group=None):
+        super().__init__(deadline, finish, on_timeout, name, group)
+        self.proc = proc
         self.out = bytearray()
+
+    @property
+    def fileobj(self):
+        return self.proc.stdout
 
     def read(self) -> bool:
         """Read what stdout has; False at end of file."""

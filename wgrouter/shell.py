@@ -62,11 +62,6 @@ class _Group:
         self.done = False
 
 
-def _fileobj(child):
-    """What the selector watches: a child's stdout, or an in-process query's socket."""
-    return getattr(child, "fileobj", None) or child.proc.stdout
-
-
 class Shell:
     """Observation and action for the daemon.
 
@@ -379,7 +374,7 @@ class Shell:
 
     def _start(self, child, selector):
         self._selector = selector
-        fileobj = _fileobj(child)
+        fileobj = child.fileobj
         os.set_blocking(fileobj.fileno(), False)
         self.children.append(child)
         selector.register(fileobj, selectors.EVENT_READ, lambda: self._readable(child))
@@ -389,7 +384,7 @@ class Shell:
             self.children.remove(child)
         if self._selector is not None:
             try:
-                self._selector.unregister(_fileobj(child))
+                self._selector.unregister(child.fileobj)
             except (KeyError, ValueError):
                 pass
 
