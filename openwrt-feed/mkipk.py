@@ -327,12 +327,35 @@ def control_text(name, version, depends, data, source, section, mtime):
 
 # ------------------------------------------------------------ packages
 
-def strip_docstrings(tree):
-    """Drop the docstrings of the module, its functions and its plain classes,
-    as ``python -OO`` does (only help() reads them).  Keep them on classes with
-    a base class: wgrouter's exceptions use their docstring as the message."""
+def plain_classes(paths):
+    """Names of the package's classes that are no exception: those without a
+    base class, and those whose bases are all such (by the name they are
+    known by; a name also given to another class that is not counts as not)."""
+    bases = {}
+    for path in paths:
+        with open(path, "rb") as f:
+            for node in ast.walk(ast.parse(f.read(), path)):
+                if isinstance(node, ast.ClassDef):
+                    bases.setdefault(node.name, []).extend(_names(node.bases))
+    plain = set()
+    while True:
+        more = {name for name, of in bases.items() if name not in plain and set(of) <= plain}
+        if not more:
+            return frozenset(plain)
+        plain |= more
+
+
+def _names(bases):
+    return [ast.unparse(b).rpartition(".")[2] for b in bases]
+
+
+def strip_docstrings(tree, plain=frozenset()):
+    """Drop the docstrings of the module, its functions and its classes, as
+    ``python -OO`` does (only help() reads them).  Keep them on classes that
+    may be exceptions (a base that is not one of the ``plain`` classes):
+    wgrouter's exceptions use their docstring as the message."""
     for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef) and node.bases:
+        if isinstance(node, ast.ClassDef) and not set(_names(node.bases)) <= plain:
             continue
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) \
                 and node.body:
@@ -357,21 +380,22 @@ def strip_annotations(tree):
     return tree
 
 
-def pyc_bytes(source, dfile):
+def pyc_bytes(source, dfile, plain=frozenset()):
     """An unchecked-hash .pyc (PEP 552) of ``source``.
 
     Unchecked hash: no source mtime inside, and the router never rewrites it
     (there is no source to compare with, and site-packages may be read-only).
     """
-    tree = strip_annotations(strip_docstrings(ast.parse(source, dfile)))
+    tree = strip_annotations(strip_docstrings(ast.parse(source, dfile), plain))
     code = compile(tree, dfile, "exec", dont_inherit=True)
     flags = 0b01  # hash-based, not checked
     return (importlib.util.MAGIC_NUMBER + struct.pack("<I", flags)
             + importlib.util.source_hash(source) + marshal.dumps(code))
 
 
-def compiled(tree, mods, site, sources):
-    """Add the modules to ``tree`` under ``site``/wgrouter as .pyc (or .py)."""
+def compiled(tree, mods, site, sources, plain):
+    """Add the modules to ``tree`` under ``site``/wgrouter as .pyc (or .py);
+    ``plain``: plain_classes() of the whole package."""
     dest = site.strip("/") + "/wgrouter/"
     for name, path in mods.items():
         with open(path, "rb") as f:
@@ -379,7 +403,7 @@ def compiled(tree, mods, site, sources):
         if sources:
             tree.add(dest + name + ".py", source, 0o644)
         else:
-            tree.add(dest + name + ".pyc", pyc_bytes(source, "/" + dest + name + ".py"), 0o644)
+            tree.add(dest + name + ".pyc", pyc_bytes(source, "/" + dest + name + ".py", plain), 0o644)
 
 
 def build(out, python, sources=False, top=TOP):
@@ -389,11 +413,12 @@ def build(out, python, sources=False, top=TOP):
     version = "%s-%s" % (wgrouter.__version__, RELEASE)
     site = "usr/lib/python%s/site-packages" % python
     split = split_modules(os.path.join(top, "wgrouter"))
+    plain = plain_classes(path for mods in split.values() for path in mods.values())
     built = []
 
     data = Tree()
     data.add_tree(os.path.join(top, "files"))
-    compiled(data, split["wgrouter"], site, sources)
+    compiled(data, split["wgrouter"], site, sources, plain)
     conffiles = ["/etc/config/wgrouter"] if "etc/config/wgrouter" in data.files else []
     depends = BASE_DEPENDS + [d for d in python_depends(split["wgrouter"].values())
                               if d not in BASE_DEPENDS]
@@ -405,7 +430,7 @@ def build(out, python, sources=False, top=TOP):
 
     for name in sorted(set(split) - {"wgrouter"}):
         data = Tree()
-        compiled(data, split[name], site, sources)
+        compiled(data, split[name], site, sources, plain)
         depends = ["libc", "wgrouter (=%s)" % version] + python_depends(split[name].values())
         control = control_text(name, version, depends, data, "feeds/wgrouter/wgrouter",
                                "net", mtime)
