@@ -61,10 +61,10 @@ def _wan_of_device(config, device):
     return None
 
 
-def _link(facts, name):
+def _mtu(facts, name):
     for link in facts.links:
         if link["ifname"] == name:
-            return link
+            return link.get("mtu")
     return None
 
 
@@ -371,15 +371,13 @@ def check_allowed_ips(config, facts):
     """Overlaps between peers, and with the router's LAN/WAN subnets."""
     results = []
     owners = []  # (network, tunnel, peer label)
-    for tunnel in config.tunnels:
-        dev = facts.wg.get(tunnel.name)
-        for peer in tunnel.peers:
-            info = dev.peers.get(peer.public_key) if dev else None
-            prefixes = list(info.allowed_ips) if info else list(peer.allowed_ips)
-            for p in prefixes:
-                net = _net(p)
-                if net is not None:
-                    owners.append((net, tunnel.name, peer.label))
+    for peer in config.peers():
+        info = facts.peer(peer)
+        prefixes = list(info.allowed_ips) if info else list(peer.allowed_ips)
+        for p in prefixes:
+            net = _net(p)
+            if net is not None:
+                owners.append((net, peer.tunnel, peer.label))
     for i, (a, ta, pa) in enumerate(owners):
         for b, tb, pb in owners[i + 1:]:
             if a.version != b.version or not a.overlaps(b) or (ta, pa) == (tb, pb):
@@ -539,14 +537,12 @@ def check_mtu(config, facts, in_use):
     is the set of WAN names some peer of the tunnel uses now."""
     results = []
     for tunnel in config.tunnels:
-        link = _link(facts, tunnel.name)
-        if link is None or not link.get("mtu"):
+        mtu = _mtu(facts, tunnel.name)
+        if not mtu:
             continue
-        mtu = link["mtu"]
-        dev = facts.wg.get(tunnel.name)
         v6 = False
         for peer in tunnel.peers:
-            info = dev.peers.get(peer.public_key) if dev else None
+            info = facts.peer(peer)
             endpoint = info.endpoint if info else None
             if endpoint and endpoint.startswith("["):
                 v6 = True
@@ -555,9 +551,9 @@ def check_mtu(config, facts, in_use):
         overhead = OVERHEAD_V6 if v6 else OVERHEAD_V4
         wans = []
         for wan in config.wans:
-            wl = _link(facts, wan.device)
-            if wl is not None and wl.get("mtu"):
-                wans.append((wan, wl["mtu"]))
+            wan_mtu = _mtu(facts, wan.device)
+            if wan_mtu:
+                wans.append((wan, wan_mtu))
         if not wans:
             continue
         worst = min(m for _, m in wans)

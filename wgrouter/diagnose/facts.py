@@ -51,6 +51,11 @@ class Facts:
     firewall: typing.Optional[list] = None
     firewall_error: typing.Optional[str] = None
 
+    def peer(self, peer):
+        """The wg.PeerInfo of the configured ``peer`` (model.Peer), or None."""
+        dev = self.wg.get(peer.tunnel)
+        return dev.peers.get(peer.public_key) if dev else None
+
 
 def parse_route_get(rc, out, err):
     """`ip route get ADDR` -> {"dev", "gateway", "prefsrc", "type", "error", "text"}."""
@@ -175,15 +180,13 @@ def gather(root, config, runner, dumps=None, sysctls=None):
         facts.wg_error = str(e)
 
     endpoints = set()
-    for tunnel in config.tunnels:
-        dev = facts.wg.get(tunnel.name)
-        for peer in tunnel.peers:
-            info = dev.peers.get(peer.public_key) if dev else None
-            if info and info.endpoint:
-                try:
-                    endpoints.add(model.split_endpoint(info.endpoint) + (dev.fwmark,))
-                except ValueError:
-                    pass
+    for peer in config.peers():
+        info = facts.peer(peer)
+        if info and info.endpoint:
+            try:
+                endpoints.add(model.split_endpoint(info.endpoint) + (facts.wg[peer.tunnel].fwmark,))
+            except ValueError:
+                pass
     for address, port, fwmark in sorted(endpoints):
         argv = ["ip"] + (["-6"] if ":" in address else []) + ["route", "get", address]
         if fwmark:

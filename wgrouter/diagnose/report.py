@@ -8,7 +8,11 @@ EXIT_CODES = {OK: 0, WARN: 1, FAIL: 2}
 
 
 def worst(findings):
-    return max((f["status"] for f in findings), key=EXIT_CODES.__getitem__, default=OK)
+    status = OK
+    for f in findings:
+        if EXIT_CODES[f["status"]] > EXIT_CODES[status]:
+            status = f["status"]
+    return status
 
 
 def report(findings):
