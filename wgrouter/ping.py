@@ -121,7 +121,7 @@ class Echo(runner.Watched):
         else:
             af, proto = socket.AF_INET6, socket.IPPROTO_ICMPV6
         try:
-            self.sock = socket.socket(af, socket.SOCK_RAW, proto)
+            self.sock = self.fileobj = socket.socket(af, socket.SOCK_RAW, proto)
         except PermissionError as e:
             raise NoRawSocket("raw %s socket: %s" % ("ICMP" if self.family == 4 else "ICMPv6",
                                                     e.strerror or e)) from None
@@ -138,10 +138,6 @@ class Echo(runner.Watched):
         except OSError:
             self.sock.close()
             raise
-
-    @property
-    def fileobj(self):
-        return self.sock
 
     def read(self):
         """Take what the socket holds; False once the request is answered

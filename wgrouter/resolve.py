@@ -287,6 +287,7 @@ class Query(runner.Watched):
             # a local resolver picks its own uplink: do not bind to the WAN
             self.sock.close()
             self.sock = _socket(self.servers[0], None, socket.SOCK_DGRAM)
+        self.fileobj = self.sock
         self.sock.setblocking(False)
         self.v6 = v6
         self.pending = self._send()
@@ -315,10 +316,6 @@ class Query(runner.Watched):
         self.query = dns.message.make_query(self.query.question[0].name, dns.rdatatype.AAAA)
         self.pending = self._send()
         return self.pending > 0
-
-    @property
-    def fileobj(self):
-        return self.sock
 
     def read(self):
         """Take one datagram; False once there is a definite outcome."""

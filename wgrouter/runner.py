@@ -106,14 +106,14 @@ def _text(data):
 
 class Watched:
     """What the shell's selectors loop watches until it is done: a child
-    process, or a request answered in process (ping.Echo).
+    process, or a request answered in process (ping.Echo, resolve.Query).
 
-    The loop waits for ``fileobj`` to be readable and calls ``read()`` until
-    it says False, then ``reap()`` gives (rc, out, err) and ``finish(rc,
-    out, err)`` turns that into events; ``on_timeout()`` gives the events
-    for one killed (``reap(kill=True)``) at its hard ``deadline``
-    (time.monotonic()).  ``group`` ties those of one action together
-    (ProbeWan: one ping per target, one answer is enough).
+    The loop waits for ``fileobj`` (a pipe or a socket, set by the subclass)
+    to be readable and calls ``read()`` until it says False; then ``reap()``
+    gives (rc, out, err) and ``finish(rc, out, err)`` turns that into events.
+    ``on_timeout()`` gives the events for one killed (``reap(kill=True)``) at
+    its hard ``deadline`` (time.monotonic()).  ``group`` ties those of one
+    action together (ProbeWan: one ping per target, one answer is enough).
     """
 
     def __init__(self, deadline, finish, on_timeout, name="", group=None):
@@ -130,11 +130,8 @@ class Child(Watched):
     def __init__(self, proc, deadline, finish, on_timeout, name="", group=None):
         super().__init__(deadline, finish, on_timeout, name, group)
         self.proc = proc
+        self.fileobj = proc.stdout
         self.out = bytearray()
-
-    @property
-    def fileobj(self):
-        return self.proc.stdout
 
     def read(self) -> bool:
         """Read what stdout has; False at end of file."""
