@@ -105,7 +105,7 @@ class Shell:
         self.wans = None
         self.wg_error = ""
         self.kernel_error = ""
-        self.children = []  # running runner.Child objects
+        self.children = []  # running runner.Watched objects (Child, ping.Echo, resolve.Query)
         self._handshakes = {}  # (tunnel, key) -> (kernel's unix time, the same on clock)
         self._selector = selector  # where children's output is watched (the daemon's loop)
         # for tests: where endpoint name queries go
