@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import ipaddress
 import random
 import typing
@@ -228,8 +229,15 @@ class TunnelState:
 
 
 def parse_ip(text: typing.Optional[str]):
-    if not text:
-        return None
+    return _parse_ip(text) if text else None
+
+
+# Every check asks about the same few addresses (each peer's candidates and
+# endpoint, each WAN's): parsing one costs more than the rest of its use, and
+# ipaddress objects are immutable, so the answers are kept (bounded: a name
+# that resolves to ever new addresses cannot grow it).
+@functools.lru_cache(maxsize=256)
+def _parse_ip(text: str):
     try:
         return ipaddress.ip_address(text.strip("[]"))
     except ValueError:
