@@ -308,6 +308,8 @@ class Context:
         self.wan_tracks: typing.Dict[str, WanTrack] = {}
         self.tunnels: typing.Dict[str, TunnelState] = {}
         self.peers: typing.Dict[typing.Tuple[str, str], PeerState] = {}
+        self._peers_of: typing.Optional[dict] = None  # the dict _by_tunnel was built from
+        self._by_tunnel: typing.Dict[str, typing.Tuple[PeerState, ...]] = {}
         self.hosts: typing.Dict[str, HostState] = {}
         self.ring: typing.Deque[typing.Tuple[float, model.Transition]] = collections.deque(
             maxlen=max(1, config.settings.events)
@@ -350,8 +352,16 @@ class Context:
         st = self.obs.wans.get(wan.name)
         return (st.device if st is not None and st.device else None) or wan.device
 
-    def tunnel_peers(self, ts: TunnelState) -> typing.List[PeerState]:
-        return [self.peers[p.key] for p in ts.tunnel.peers if p.key in self.peers]
+    def tunnel_peers(self, ts: TunnelState) -> typing.Tuple[PeerState, ...]:
+        # asked many times a step; the answer changes only when reconfigure
+        # gives ``peers`` a new dict
+        if self._peers_of is not self.peers:
+            self._peers_of, self._by_tunnel = self.peers, {}
+        found = self._by_tunnel.get(ts.tunnel.name)
+        if found is None:
+            found = self._by_tunnel[ts.tunnel.name] = tuple(
+                self.peers[p.key] for p in ts.tunnel.peers if p.key in self.peers)
+        return found
 
     def managed(self) -> bool:
         return bool(self.peers)
