@@ -370,14 +370,22 @@ GET_REPLY = "\n".join([
 
 class UapiServer:
     """/RUN/IFACE.sock answering like wireguard-go's IpcHandle: one
-    operation per line "get=1"/"set=1", a reply ending in errno=N and a blank line."""
+    operation per line "get=1"/"set=1", a reply ending in errno=N and a blank
+    line, operation after operation on one connection until the client
+    closes it (wireguard-go device/uapi.go, IpcHandle's loop).
+    ``one_per_connection`` hangs up after each reply instead, as an
+    implementation that serves one operation per connection would."""
 
-    def __init__(self, run_dir, ifname, get_reply=GET_REPLY, set_errno=0, chunk=None):
+    def __init__(self, run_dir, ifname, get_reply=GET_REPLY, set_errno=0, chunk=None,
+                 one_per_connection=False):
         self.path = os.path.join(run_dir, ifname + ".sock")
         self.get_reply = get_reply
         self.set_errno = set_errno
         self.chunk = chunk
+        self.one_per_connection = one_per_connection
         self.requests = []
+        self.connections = 0
+        self.open = []
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.bind(self.path)
         self.sock.listen(4)
@@ -390,25 +398,38 @@ class UapiServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            self.connections += 1
+            self.open.append(conn)
             with conn:
-                data = b""
-                while not data.endswith(b"\n\n"):
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                text = data.decode()
-                self.requests.append(text)
-                if text == "get=1\n\n":
-                    reply = self.get_reply.encode()
-                else:
-                    reply = ("errno=%d\n\n" % self.set_errno).encode()
-                step = self.chunk or len(reply)
-                for i in range(0, len(reply), step):  # the reply may come in pieces
-                    conn.sendall(reply[i:i + step])
+                while self._one(conn) and not self.one_per_connection:
+                    pass
+
+    def _one(self, conn):
+        data = b""
+        while not data.endswith(b"\n\n"):
+            chunk = conn.recv(4096)
+            if not chunk:
+                return False
+            data += chunk
+        text = data.decode()
+        self.requests.append(text)
+        if text == "get=1\n\n":
+            reply = self.get_reply.encode()
+        else:
+            reply = ("errno=%d\n\n" % self.set_errno).encode()
+        step = self.chunk or len(reply)
+        for i in range(0, len(reply), step):  # the reply may come in pieces
+            conn.sendall(reply[i:i + step])
+        return True
 
     def close(self):
+        """The process is gone: its listening socket and every connection."""
         self.sock.close()
+        for conn in self.open:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
 
 @pytest.fixture
@@ -443,6 +464,53 @@ def test_uapi_set_one_peer_update_only(uapi_dir):
     assert server.requests == [
         "set=1\npublic_key=%s\nupdate_only=true\nendpoint=[2001:db8::7]:443\n"
         "persistent_keepalive_interval=15\n\n" % RAW[1].hex()]
+
+
+def test_uapi_keeps_one_connection_per_device(uapi_dir):
+    run_dir, serve = uapi_dir
+    server = serve("wg0")
+    u = wg.Uapi(run_dir)
+    for _ in range(3):
+        assert len(u.get("wg0")) == 2
+    u.set_peer("wg0", KEYS[1], "192.0.2.1", 51820, 25)
+    assert server.connections == 1
+    assert len(server.requests) == 4
+    u.close()
+
+
+def test_uapi_new_connection_when_the_kept_one_is_gone(uapi_dir, tmp_path):
+    run_dir, serve = uapi_dir
+    # an implementation that hangs up after every reply
+    server = serve("wg0", one_per_connection=True)
+    u = wg.Uapi(run_dir)
+    assert len(u.get("wg0")) == 2
+    assert len(u.get("wg0")) == 2
+    assert server.connections == 2
+    # the implementation restarted: its socket is a new one
+    server.close()
+    os.unlink(server.path)
+    again = serve("wg0")
+    assert len(u.get("wg0")) == 2
+    assert again.connections == 1
+    # and gone for good: not userspace any more
+    again.close()
+    os.unlink(again.path)
+    with pytest.raises(wg.Unavailable):
+        u.get("wg0")
+    u.close()
+
+
+def test_uapi_drops_a_connection_whose_reply_was_cut(uapi_dir):
+    run_dir, serve = uapi_dir
+    server = serve("wg0", get_reply="public_key=" + RAW[0].hex() + "\n")  # no errno, no end
+    u = wg.Uapi(run_dir, timeout=0.3)
+    with pytest.raises(wg.WgError):
+        u.get("wg0")
+    # the rest of that reply must never be taken for the next one
+    server.get_reply = GET_REPLY
+    assert len(u.get("wg0")) == 2
+    assert server.connections == 2
+    u.close()
 
 
 def test_uapi_errno(uapi_dir):

@@ -97,40 +97,84 @@ MAX_REPLY = 1 << 20  # thousands of peers; a reply never ending is not one
 
 
 class Uapi:
-    """Userspace WireGuard through its unix socket."""
+    """Userspace WireGuard through its unix socket.
+
+    One connection per device is kept open between requests: IpcHandle
+    serves operation after operation on a connection until it is closed
+    (wireguard-go device/uapi.go, its ``for`` loop), so a check costs one
+    write and one read instead of a socket, a connect and a close.  A kept
+    connection that fails (the implementation restarted, or one that serves
+    a single operation and hangs up) is dropped and the request is sent
+    once more on a new one; a connection whose reply was not read to its
+    end is never used again.
+    """
 
     name = "uapi"
 
     def __init__(self, run_dir=RUN_DIR, timeout=TIMEOUT):
         self.run_dir = run_dir
         self.timeout = timeout
+        self._socks = {}  # device -> the connection kept open to it
 
     def path(self, ifname):
         return os.path.join(self.run_dir, ifname + ".sock")
 
+    def _connect(self, ifname):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self.path(ifname))
+        except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as e:
+            sock.close()
+            # no socket, or one its process left behind: not userspace
+            raise Unavailable("%s: no UAPI socket (%s)" % (ifname, e.strerror)) from None
+        except OSError as e:
+            sock.close()
+            raise WgError("%s: UAPI: %s" % (ifname, e)) from None
+        return sock
+
+    def _exchange(self, ifname, sock, text):
+        """The reply's bytes, up to its blank line; b"" when the connection
+        was closed before any of it came."""
+        sock.sendall(text.encode())
+        data = bytearray()
+        # the body has no blank line: the one after errno= ends the reply
+        while not data.endswith(b"\n\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+            if len(data) > MAX_REPLY:
+                raise WgError("%s: UAPI reply too long" % ifname)
+        return bytes(data)
+
     def _request(self, ifname, text):
         """Send one operation; returns the reply's lines without errno."""
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = self._socks.pop(ifname, None)
+        kept = sock is not None
+        if sock is None:
+            sock = self._connect(ifname)
         try:
-            sock.settimeout(self.timeout)
             try:
-                sock.connect(self.path(ifname))
-            except (FileNotFoundError, ConnectionRefusedError, NotADirectoryError) as e:
-                # no socket, or one its process left behind: not userspace
-                raise Unavailable("%s: no UAPI socket (%s)" % (ifname, e.strerror)) from None
-            sock.sendall(text.encode())
-            data = bytearray()
-            # the body has no blank line: the one after errno= ends the reply
-            while not data.endswith(b"\n\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-                if len(data) > MAX_REPLY:
-                    raise WgError("%s: UAPI reply too long" % ifname)
+                data = self._exchange(ifname, sock, text)
+            except OSError:
+                if not kept:
+                    raise
+                data = b""
+            if not data and kept:
+                # the kept connection had gone: once more on a new one
+                sock.close()
+                sock = self._connect(ifname)
+                data = self._exchange(ifname, sock, text)
         except OSError as e:
+            sock.close()
             raise WgError("%s: UAPI: %s" % (ifname, e)) from None
-        finally:
+        except BaseException:
+            sock.close()
+            raise
+        if data.endswith(b"\n\n"):
+            self._socks[ifname] = sock  # read to its end: fit for the next
+        else:
             sock.close()
         lines = data.decode("utf-8", "replace").split("\n")
         while lines and not lines[-1]:
@@ -154,7 +198,9 @@ class Uapi:
         self._request(ifname, text)
 
     def close(self):
-        pass
+        for sock in self._socks.values():
+            sock.close()
+        self._socks.clear()
 
 
 def parse_uapi(lines):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import ipaddress
 import random
 import typing
@@ -228,8 +229,15 @@ class TunnelState:
 
 
 def parse_ip(text: typing.Optional[str]):
-    if not text:
-        return None
+    return _parse_ip(text) if text else None
+
+
+# Every check asks about the same few addresses (each peer's candidates and
+# endpoint, each WAN's): parsing one costs more than the rest of its use, and
+# ipaddress objects are immutable, so the answers are kept (bounded: a name
+# that resolves to ever new addresses cannot grow it).
+@functools.lru_cache(maxsize=256)
+def _parse_ip(text: str):
     try:
         return ipaddress.ip_address(text.strip("[]"))
     except ValueError:
@@ -300,6 +308,8 @@ class Context:
         self.wan_tracks: typing.Dict[str, WanTrack] = {}
         self.tunnels: typing.Dict[str, TunnelState] = {}
         self.peers: typing.Dict[typing.Tuple[str, str], PeerState] = {}
+        self._peers_of: typing.Optional[dict] = None  # the dict _by_tunnel was built from
+        self._by_tunnel: typing.Dict[str, typing.Tuple[PeerState, ...]] = {}
         self.hosts: typing.Dict[str, HostState] = {}
         self.ring: typing.Deque[typing.Tuple[float, model.Transition]] = collections.deque(
             maxlen=max(1, config.settings.events)
@@ -342,8 +352,16 @@ class Context:
         st = self.obs.wans.get(wan.name)
         return (st.device if st is not None and st.device else None) or wan.device
 
-    def tunnel_peers(self, ts: TunnelState) -> typing.List[PeerState]:
-        return [self.peers[p.key] for p in ts.tunnel.peers if p.key in self.peers]
+    def tunnel_peers(self, ts: TunnelState) -> typing.Tuple[PeerState, ...]:
+        # asked many times a step; the answer changes only when reconfigure
+        # gives ``peers`` a new dict
+        if self._peers_of is not self.peers:
+            self._peers_of, self._by_tunnel = self.peers, {}
+        found = self._by_tunnel.get(ts.tunnel.name)
+        if found is None:
+            found = self._by_tunnel[ts.tunnel.name] = tuple(
+                self.peers[p.key] for p in ts.tunnel.peers if p.key in self.peers)
+        return found
 
     def managed(self) -> bool:
         return bool(self.peers)
