@@ -42,11 +42,38 @@ def peer_status(rig):
     return rig.engine.snapshot(rig.t)["tunnels"]["wg0"]["peers"][KEY]
 
 
-def to_relay(**kw):
-    kw.setdefault("backoff_max", 300.0)  # a WAN left stays suspect meanwhile
-    rig = Rig(config=relay_config(backoff_base=1.0, check_interval=10.0, **kw))
+def started(config):
+    """A rig on ``config`` after its first step and its first check."""
+    rig = Rig(config=config)
     rig.step()
     rig.check()
+    return rig
+
+
+def carrying(rig):
+    """A check at which the peer's path carries: traffic both ways, a fresh handshake."""
+    return rig.check(rx=500, tx=500, handshake=rig.t)
+
+
+def carried(rig):
+    """The path the peer was moved to carries at the next check: the peer is up there."""
+    carrying(rig)
+    assert peer_status(rig)["state"] == "up"
+
+
+def until_try(rig, kind, limit=40):
+    """Checks on a carrying path until the core tries a better one (a ``kind``
+    transition to "... (trying)"); that check's decision."""
+    for _ in range(limit):
+        d = carrying(rig)
+        if any(t.now.endswith("(trying)") for t in transitions(d, kind)):
+            return d
+    raise AssertionError("no %s try in %d checks" % (kind, limit))
+
+
+def to_relay(**kw):
+    kw.setdefault("backoff_max", 300.0)  # a WAN left stays suspect meanwhile
+    rig = started(relay_config(backoff_base=1.0, check_interval=10.0, **kw))
     steps, d = fail_until(rig, on_relay, limit=80)
     return rig, steps, d
 
@@ -78,9 +105,7 @@ def test_the_relay_comes_only_after_every_candidate_on_every_wan_failed():
 
 
 def test_without_a_relay_the_ladder_never_leaves_udp():
-    rig = Rig(config=make_config(backoff_base=1.0, backoff_max=8.0, check_interval=10.0))
-    rig.step()
-    rig.check()
+    rig = started(make_config(backoff_base=1.0, backoff_max=8.0, check_interval=10.0))
     for _ in range(40):
         d = rig.check(tx=5000)
         answers = [wan_probe(p.wan, True) for p in of(d, model.ProbeWan)]
@@ -106,24 +131,14 @@ def trial_rig():
     # tries from max(hold-down, UDP_TRY_MIN) = 30 s, doubling up to backoff_max
     rig, _, d = to_relay(failback_holddown=30.0, backoff_max=120.0)
     (ap,) = of(d, model.ApplyPath)
-    # the relay carries: the peer is up on it
-    rig.check(rx=500, tx=500, handshake=rig.t)
-    assert peer_status(rig)["state"] == "up"
+    carried(rig)  # the relay carries: the peer is up on it
     return rig, ap
-
-
-def until_trial(rig, limit=40):
-    for _ in range(limit):
-        d = rig.check(rx=500, tx=500, handshake=rig.t)
-        if any(t.now.endswith("(trying)") for t in transitions(d, "transport")):
-            return d
-    raise AssertionError("no direct UDP try")
 
 
 def test_direct_udp_is_tried_at_a_low_rate_and_the_relay_kept_while_it_fails():
     rig, ap = trial_rig()
     started = rig.t
-    d = until_trial(rig)
+    d = until_try(rig, "transport")
     # not before the hold-down (30 s) and the floor between tries
     assert rig.t - started >= 30.0 - 10.0
     (udp,) = of(d, model.ApplyPath)
@@ -138,14 +153,14 @@ def test_direct_udp_is_tried_at_a_low_rate_and_the_relay_kept_while_it_fails():
     (relay,) = of(d, model.ApplyPath)
     assert relay.transport == "tcp-relay" and not of(d, model.StopRelay)
     assert peer_status(rig)["transport"] == "tcp-relay"
-    d = until_trial(rig)
+    d = until_try(rig, "transport")
     # a failed try doubles the wait for the next
     assert rig.t - first >= 2 * 30.0 - 10.0
 
 
 def test_a_direct_handshake_on_a_healthy_wan_ends_the_relay():
     rig, ap = trial_rig()
-    d = until_trial(rig)
+    d = until_try(rig, "transport")
     (udp,) = of(d, model.ApplyPath)
     rig.stats[("wg0", KEY)] = dataclasses.replace(rig.stats[("wg0", KEY)], endpoint="%s:%d" % (
         udp.address, udp.port))
@@ -165,7 +180,7 @@ def test_a_direct_handshake_on_a_healthy_wan_ends_the_relay():
 
 def test_an_answer_that_came_over_the_relay_does_not_end_it():
     rig, ap = trial_rig()
-    until_trial(rig)
+    until_try(rig, "transport")
     # WireGuard roamed back to the relay's local socket: what answered came over it
     rig.stats[("wg0", KEY)] = dataclasses.replace(rig.stats[("wg0", KEY)], endpoint="127.0.0.1:40000")
     d = rig.step(probe(True), dt=1)
@@ -179,15 +194,13 @@ def test_no_try_while_the_wan_is_within_its_holddown():
     for _ in range(30):
         for track in rig.engine.ctx.wan_tracks.values():
             track.usable_since = rig.t  # just came back, every time
-        d = rig.check(rx=500, tx=500, handshake=rig.t)
+        d = carrying(rig)
         assert not [t for t in transitions(d, "transport") if "(trying)" in t.now]
 
 
 def test_a_relay_name_is_resolved_like_an_endpoint_name():
-    rig = Rig(config=relay_config(relays=(model.Endpoint("relay.example.net", 443),), backoff_base=1.0,
-                                  backoff_max=8.0, check_interval=10.0))
-    rig.step()
-    rig.check()
+    rig = started(relay_config(relays=(model.Endpoint("relay.example.net", 443),), backoff_base=1.0,
+                               backoff_max=8.0, check_interval=10.0))
 
     def relay_resolve(d):
         return [r for r in of(d, model.Resolve) if r.host == "relay.example.net"]
@@ -224,27 +237,17 @@ def test_relay_is_not_taken_for_an_ip_literal_endpoint_used_by_netifd():
 
 def on_the_443_candidate():
     """A peer without a relay that found its way to candidate 1 (port 443) and is up there."""
-    rig = Rig(config=make_config(backoff_base=1.0, check_interval=10.0, failback_holddown=30.0))
-    rig.step()
-    rig.check()
-    steps, d = fail_until(rig, lambda d: [a for a in of(d, model.ApplyPath) if a.port == 443])
-    rig.check(rx=500, tx=500, handshake=rig.t)
-    assert peer_status(rig)["state"] == "up" and peer_status(rig)["candidate"] == 1
+    rig = started(make_config(backoff_base=1.0, check_interval=10.0, failback_holddown=30.0))
+    fail_until(rig, lambda d: [a for a in of(d, model.ApplyPath) if a.port == 443])
+    carried(rig)
+    assert peer_status(rig)["candidate"] == 1
     return rig
-
-
-def until_candidate_try(rig, limit=40):
-    for _ in range(limit):
-        d = rig.check(rx=500, tx=500, handshake=rig.t)
-        if any(t.now.endswith("(trying)") for t in transitions(d, "state")):
-            return d
-    raise AssertionError("no try of the preferred candidate")
 
 
 def test_a_peer_on_a_later_candidate_goes_back_to_the_preferred_one_once_it_answers():
     rig = on_the_443_candidate()
     since = rig.t
-    d = until_candidate_try(rig)
+    d = until_try(rig, "state")
     assert rig.t - since >= 30.0 - 10.0  # the hold-down first
     (udp,) = of(d, model.ApplyPath)
     assert udp.port == 51820 and of(d, model.Probe)
@@ -254,7 +257,7 @@ def test_a_peer_on_a_later_candidate_goes_back_to_the_preferred_one_once_it_answ
     assert back.now == "udp %s:443" % IP1 and "next try in" in back.because
     assert [a.port for a in of(d, model.ApplyPath)] == [443]
     assert peer_status(rig)["candidate"] == 1
-    d = until_candidate_try(rig)
+    d = until_try(rig, "state")
     (udp,) = of(d, model.ApplyPath)
     rig.stats[("wg0", KEY)] = dataclasses.replace(rig.stats[("wg0", KEY)], endpoint="%s:51820" % IP1)
     d = rig.step(probe(True), dt=1)
@@ -265,5 +268,5 @@ def test_a_peer_on_a_later_candidate_goes_back_to_the_preferred_one_once_it_answ
     assert st["candidate"] == 0 and st["state"] == "up" and st["transport"] == "udp"
     # on the preferred candidate: no more tries
     for _ in range(20):
-        d = rig.check(rx=500, tx=500, handshake=rig.t)
+        d = carrying(rig)
         assert not [t for t in transitions(d) if "trying" in t.now]

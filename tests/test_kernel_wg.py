@@ -161,29 +161,35 @@ def pair(request):
         p.teardown()
 
 
-def test_kernel_has_wireguard_matches_ip_link(pair):
-    # the fixture built wgc with 'ip link add type wireguard', so the probe must agree
-    assert wgdev.kernel_has_wireguard() is True
-    assert "wireguard" in sh(pair.cli, "ip", "-d", "link", "show", "wgc")
-
-
-def test_same_endpoint_set_clears_cached_source(pair):
-    # 1. the tunnel comes up over B: B's source gets cached
+def start_on_b(pair):
+    """The tunnel comes up over B, the route to the server: B's source gets cached."""
     pair.ping()
     assert int(sh(pair.cli, "wg", "show", "wgc", "latest-handshakes").split()[1]) > 0
     a, b = pair.counters()
     assert a == 0 and b > 0, "initial path should be B, saw A=%d B=%d" % (a, b)
 
-    # 2. routing now prefers A, but the kernel keeps sending from the cached B
-    #    (the source rule keeps B routable over c2, so nothing invalidates it)
+
+def route_via_a(pair):
+    """Routing now prefers A: (packets from A, packets from B) of the next pings."""
     pair.reset_counters()
     sh(pair.cli, "ip", "route", "replace", SERVER, "via", GW_A, "dev", "c1")
     assert pair.route_source() == A
     pair.ping()
-    a, b = pair.counters()
+    return pair.counters()
+
+
+def cached_on_b(pair):
+    """Up over B, then routed via A, and the kernel keeps sending from the
+    cached B (the source rule keeps B routable over c2, so nothing
+    invalidates it)."""
+    start_on_b(pair)
+    a, b = route_via_a(pair)
     assert a == 0 and b > 0, "expected the cached source B, saw A=%d B=%d" % (a, b)
 
-    # 3. re-setting the very same endpoint drops the cache: next packets use A
+
+def test_same_endpoint_set_clears_cached_source(pair):
+    cached_on_b(pair)
+    # re-setting the very same endpoint drops the cache: next packets use A
     pair.reset_counters()
     sh(pair.cli, "wg", "set", "wgc", "peer", pair.server_key,
        "endpoint", "%s:%d" % (SERVER, PORT))
@@ -200,11 +206,6 @@ def test_without_source_rules_a_device_change_moves_the_source(pair):
     # OPENWRT.md: (IPv4) the kernel drops the cached source itself when the
     # route's output device differs from the cached one; only source rules
     # (mwan3, ip4table) keep a stale source alive
-    pair.ping()
-    a, b = pair.counters()
-    assert a == 0 and b > 0, "initial path should be B, saw A=%d B=%d" % (a, b)
-    pair.reset_counters()
-    sh(pair.cli, "ip", "route", "replace", SERVER, "via", GW_A, "dev", "c1")
-    pair.ping()
-    a, b = pair.counters()
+    start_on_b(pair)
+    a, b = route_via_a(pair)
     assert a > 0 and b == 0, "expected A without any wg set, saw A=%d B=%d" % (a, b)

@@ -1,6 +1,7 @@
 """WireGuard over TCP (wgrouter/relay.py): the framing byte for byte, the
 client and the server on loopback (no root, no lab)."""
 
+import contextlib
 import os
 import random
 import shutil
@@ -60,17 +61,27 @@ def target():
     s.close()
 
 
-@pytest.fixture
-def server(target):
+@contextlib.contextmanager
+def serving(target, listen=("127.0.0.1", 0), **kw):
+    """A RelayServer on ``listen`` forwarding to ``target``, served from a
+    thread while in the block; its log lines in ``.logs``."""
     logs = Logs()
-    srv = relay.RelayServer([("127.0.0.1", 0)], target.getsockname(), recv_timeout=30, log=logs)
+    srv = relay.RelayServer([listen], target.getsockname(), log=logs, **kw)
     srv.logs = logs
     t = threading.Thread(target=srv.serve, daemon=True)
     t.start()
-    yield srv
-    srv.stop()
-    t.join(5)
-    srv.close()
+    try:
+        yield srv
+    finally:
+        srv.stop()
+        t.join(5)
+        srv.close()
+
+
+@pytest.fixture
+def server(target):
+    with serving(target, recv_timeout=30) as srv:
+        yield srv
 
 
 @pytest.fixture
@@ -202,15 +213,10 @@ def test_initiation_sent_while_connecting_goes_out_once_connected(relays, target
     first = initiation()
     peer.sendto(first, ("127.0.0.1", port))
     assert wait_for(lambda: relays.status("p").dropped == 1)
-    srv = relay.RelayServer([addr], target.getsockname(), log=Logs())
-    t = threading.Thread(target=srv.serve, daemon=True)
-    t.start()
     try:
-        assert target.recvfrom(65535)[0] == first
+        with serving(target, addr):
+            assert target.recvfrom(65535)[0] == first
     finally:
-        srv.stop()
-        t.join(5)
-        srv.close()
         peer.close()
 
 
@@ -263,39 +269,23 @@ def test_server_closes_a_client_with_a_bad_frame_and_only_that_one(server, targe
 
 
 def test_server_bounds_its_clients(target):
-    logs = Logs()
-    srv = relay.RelayServer([("127.0.0.1", 0)], target.getsockname(), max_clients=2, log=logs)
-    t = threading.Thread(target=srv.serve, daemon=True)
-    t.start()
-    try:
+    with serving(target, max_clients=2) as srv:
         a, b = tcp_client(srv), tcp_client(srv)
         assert wait_for(lambda: len(srv.clients) == 2)
         c = tcp_client(srv)
         assert c.recv(10) == b""
-        assert wait_for(lambda: srv.refused == 1) and logs.has("refused, 2 clients already")
+        assert wait_for(lambda: srv.refused == 1) and srv.logs.has("refused, 2 clients already")
         for s in (a, b, c):
             s.close()
-    finally:
-        srv.stop()
-        t.join(5)
-        srv.close()
 
 
 def test_server_closes_a_client_that_sends_nothing(target):
-    logs = Logs()
-    srv = relay.RelayServer([("127.0.0.1", 0)], target.getsockname(), recv_timeout=0.3, log=logs)
-    t = threading.Thread(target=srv.serve, daemon=True)
-    t.start()
-    try:
+    with serving(target, recv_timeout=0.3) as srv:
         s = tcp_client(srv)
         assert s.recv(10) == b""
-        assert wait_for(lambda: logs.has("closed, nothing received for 0 s"))
+        assert wait_for(lambda: srv.logs.has("closed, nothing received for 0 s"))
         assert srv.clients == {}
         s.close()
-    finally:
-        srv.stop()
-        t.join(5)
-        srv.close()
 
 
 # ---------------------------------------------------------------- client faults

@@ -118,20 +118,25 @@ def test_truncated_answer_retried_over_tcp(dnsmasq):
     assert len(reply["addresses"]) == 60 and "10.1.0.1" in reply["addresses"]
 
 
-def test_timeout_then_next_server(dnsmasq):
-    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+@pytest.fixture
+def silent(dnsmasq):
+    """A server at 127.0.0.2, on dnsmasq's port, that never answers."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        try:
-            silent.bind(("127.0.0.2", dnsmasq))
-        except OSError as e:
-            pytest.skip("cannot bind 127.0.0.2: %s" % e)
-        rc, reply = child(["--server", "127.0.0.2", "--port", str(dnsmasq), "--timeout", "0.3", "a.test"])
-        assert rc == 1 and reply == {"error": "127.0.0.2: timeout"}
-        rc, reply = child(["--server", "127.0.0.2", "--server", "127.0.0.1", "--port", str(dnsmasq),
-                           "--timeout", "0.3", "a.test"])
-        assert (rc, reply) == (0, {"addresses": ["10.0.0.1"], "ttl": 7})
-    finally:
-        silent.close()
+        s.bind(("127.0.0.2", dnsmasq))
+    except OSError as e:
+        s.close()
+        pytest.skip("cannot bind 127.0.0.2: %s" % e)
+    yield s
+    s.close()
+
+
+def test_timeout_then_next_server(dnsmasq, silent):
+    rc, reply = child(["--server", "127.0.0.2", "--port", str(dnsmasq), "--timeout", "0.3", "a.test"])
+    assert rc == 1 and reply == {"error": "127.0.0.2: timeout"}
+    rc, reply = child(["--server", "127.0.0.2", "--server", "127.0.0.1", "--port", str(dnsmasq),
+                       "--timeout", "0.3", "a.test"])
+    assert (rc, reply) == (0, {"addresses": ["10.0.0.1"], "ttl": 7})
 
 
 def test_resolv_conf_fallback(dnsmasq, tmp_path):
@@ -331,21 +336,13 @@ def test_query_in_process_nxdomain(dnsmasq):
     assert [e.kind for e in events] == ["resolve_failed"] and "NXDOMAIN" in events[0].data["error"]
 
 
-def test_query_in_process_silent_server_times_out_other_answers(dnsmasq):
-    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        try:
-            silent.bind(("127.0.0.2", dnsmasq))
-        except OSError as e:
-            pytest.skip("cannot bind 127.0.0.2: %s" % e)
-        only_silent = model.Resolve("a.test", "wan", None, ("127.0.0.2",))
-        events = run_query(resolve.start_query(only_silent, port=dnsmasq, timeout=0.3), timeout=0.5)
-        assert [e.kind for e in events] == ["resolve_failed"]
-        both = model.Resolve("a.test", "wan", None, ("127.0.0.2", "127.0.0.1"))
-        events = run_query(resolve.start_query(both, port=dnsmasq))
-        assert events[0].kind == "resolved" and events[0].data["addresses"] == ["10.0.0.1"]
-    finally:
-        silent.close()
+def test_query_in_process_silent_server_times_out_other_answers(dnsmasq, silent):
+    only_silent = model.Resolve("a.test", "wan", None, ("127.0.0.2",))
+    events = run_query(resolve.start_query(only_silent, port=dnsmasq, timeout=0.3), timeout=0.5)
+    assert [e.kind for e in events] == ["resolve_failed"]
+    both = model.Resolve("a.test", "wan", None, ("127.0.0.2", "127.0.0.1"))
+    events = run_query(resolve.start_query(both, port=dnsmasq))
+    assert events[0].kind == "resolved" and events[0].data["addresses"] == ["10.0.0.1"]
 
 
 AUTO = ("# Interface wan\nnameserver 192.0.2.53\nnameserver 192.0.2.54\nnameserver fe80::1%eth1\nsearch lan\n"

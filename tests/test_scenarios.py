@@ -77,6 +77,16 @@ def tunnel_wan_after(lab, t, timeout=3.0):
     return found[-1] if found else None
 
 
+def moved_off_a_silent_wan(lab):
+    """wan's upstream goes silent: the tunnel is back, on wanb, within the
+    bound; the fault's outcome."""
+    out = scenarios.silent_failure(lab, lab.probes, lab.cap)
+    assert out.recovered, daemon_log(lab)
+    assert out.seconds <= SILENT_BOUND, (out, daemon_log(lab))
+    assert tunnel_wan_after(lab, out.fault_time + out.seconds) == "wanb"
+    return out
+
+
 def host_routes(lab, address):
     r = lab.ip("router", "route", "show", "table", "all", address)
     return [line for line in r.stdout.splitlines() if line.strip()]
@@ -343,11 +353,7 @@ def test_mwan3_silent_failure_moves_the_flow_despite_connmark(wlab):
     """mwan3 keeps a marked flow on its WAN; wgrouter's rule and conntrack
     flush must still move the tunnel when wan dies silently."""
     lab = wlab(lab_kwargs={"mwan3": True}, mwan3=True)
-    out = scenarios.silent_failure(lab, lab.probes, lab.cap)
-    assert out.recovered, daemon_log(lab)
-    assert out.seconds <= SILENT_BOUND, (out, daemon_log(lab))
-    assert tunnel_wan_after(lab, out.fault_time + out.seconds) == "wanb"
-
+    moved_off_a_silent_wan(lab)
 
 
 def test_mwan3_disconnected_event_moves_the_tunnel_before_our_own_check(wlab):
@@ -416,10 +422,7 @@ def test_mwan3_ipv6_endpoint_silent_failure_moves_the_flow_despite_wan6_connmark
     assert "to %s lookup 1" % v6 in rules, rules
     assert "2003:\tfrom all fwmark 0x300/0x3f00 lookup 3" in rules, rules
     assert lab.probes6.wait_reply_after(time.time(), 5 * SCALE) is not None
-    out = scenarios.silent_failure(lab, lab.probes, lab.cap)
-    assert out.recovered, daemon_log(lab)
-    assert out.seconds <= SILENT_BOUND, (out, daemon_log(lab))
-    assert tunnel_wan_after(lab, out.fault_time + out.seconds) == "wanb"
+    out = moved_off_a_silent_wan(lab)
     assert lab.probes6.wait_reply_after(out.fault_time, SILENT_BOUND) is not None
     assert lab.cap.leaks(since=out.fault_time - 1) == []
     ep = scenarios.peer_status(lab)["endpoint"]
@@ -454,10 +457,7 @@ def test_ipv4_only_backup_takes_the_ipv4_candidate_and_fails_back(wlab):
 def test_aaaa_only_name_is_resolved_and_followed_through_a_silent_failure(wlab):
     lab = wlab(lab_kwargs={"ipv6": True}, endpoint_host="vpn6.%s" % topology.DOMAIN, endpoints=[])
     assert scenarios.peer_status(lab)["endpoint"] == "[%s]:%d" % (topology.VPN_ADDRESSES6[0], topology.VPN_PORT)
-    out = scenarios.silent_failure(lab, lab.probes, lab.cap)
-    assert out.recovered, daemon_log(lab)
-    assert out.seconds <= SILENT_BOUND, (out, daemon_log(lab))
-    assert tunnel_wan_after(lab, out.fault_time + out.seconds) == "wanb"
+    moved_off_a_silent_wan(lab)
 
 
 def test_dns_answer_inside_allowed_ips_is_refused_and_logged(wlab):

@@ -6,23 +6,18 @@ failback_holddown 5 (tests/lab/scenarios.py).  WGROUTER_LAB_SCALE stretches
 the bounds (the QEMU tier sets it).
 """
 
-import os
 import time
 
 import pytest
 
-from tests.conftest import require_lab
 from tests.lab import faults
-from tests.lab import observe
 from tests.lab import scenarios
 from tests.lab import topology
+from tests.test_scenarios import CARRIER_BOUND, CHECK, SCALE, daemon_log, wlab  # noqa: F401 (wlab: the fixture)
 
 pytestmark = pytest.mark.lab
 
-SCALE = float(os.environ.get("WGROUTER_LAB_SCALE", "1"))
-CHECK = scenarios.LAB_CHECK_INTERVAL
 HOLD = scenarios.LAB_HOLDDOWN
-CARRIER_BOUND = 2.5 * SCALE
 # The cap the damping tests set: a few hold-downs, so that damping reaches it
 # within a short test.
 LAB_HOLDDOWN_MAX = 12.0
@@ -32,41 +27,6 @@ def holddown_max(value):
     """A `config wgrouter 'main'` line for the lab's config (UCI merges a
     named section given twice, as libuci does)."""
     return "\nconfig wgrouter 'main'\n\toption holddown_max '%s'\n" % value
-
-
-@pytest.fixture
-def hlab():
-    """A fresh lab with wgrouter running, tunnel up on wan, probes and capture."""
-    require_lab()
-    labs = []
-
-    def make(lab_kwargs=None, **config):
-        lab = topology.Lab(**(lab_kwargs or {}))
-        labs.append(lab)
-        lab.__enter__()
-        scenarios.start(lab, "wgrouter", **config)
-        lab.probes = observe.ProbeStream(lab)
-        lab.cap = observe.Capture(lab)
-        return lab
-
-    yield make
-    for lab in labs:
-        for name in ("probes", "cap"):
-            obj = getattr(lab, name, None)
-            if obj is not None:
-                try:
-                    obj.stop()
-                except Exception:
-                    pass
-        lab.__exit__(None, None, None)
-
-
-def daemon_log(lab):
-    try:
-        with open(lab.wgrouter_log) as f:
-            return f.read()
-    except OSError:
-        return ""
 
 
 def wan_status(lab, wan="wan"):
@@ -100,8 +60,8 @@ def holddown_once_usable(lab, timeout):
     return found[-1] if found else None
 
 
-def test_primary_back_with_dead_upstream_is_not_taken_back(hlab):
-    lab = hlab()
+def test_primary_back_with_dead_upstream_is_not_taken_back(wlab):
+    lab = wlab()
     scenarios.steady(lab.probes)
     t0 = faults.carrier_loss(lab, "wan")
     assert lab.probes.wait_reply_after(t0, CARRIER_BOUND) is not None, daemon_log(lab)
@@ -126,8 +86,8 @@ def test_primary_back_with_dead_upstream_is_not_taken_back(hlab):
     assert lab.cap.leaks(since=t0) == []
 
 
-def test_primary_back_after_flapping_fails_back_within_holddown_plus_1s(hlab):
-    lab = hlab(extra=holddown_max(LAB_HOLDDOWN_MAX))
+def test_primary_back_after_flapping_fails_back_within_holddown_plus_1s(wlab):
+    lab = wlab(extra=holddown_max(LAB_HOLDDOWN_MAX))
     scenarios.steady(lab.probes)
     figures = []
     for _ in range(3):  # every run
@@ -150,11 +110,11 @@ def test_primary_back_after_flapping_fails_back_within_holddown_plus_1s(hlab):
     assert max(h for _, h in figures) > HOLD, figures
 
 
-def test_both_flap_then_primary_back_keeps_the_tunnel_on_it(hlab):
+def test_both_flap_then_primary_back_keeps_the_tunnel_on_it(wlab):
     """Both WANs flap, the primary comes back first: the tunnel goes to it at
     once and does not leave it on an echo lost while its neighbour entry
     resolves (issue: 5 of 11 runs left it for an 80 s hold-down)."""
-    lab = hlab()
+    lab = wlab()
     scenarios.steady(lab.probes)
     for _ in range(3):
         faults.both_down(lab)
@@ -174,8 +134,8 @@ def test_both_flap_then_primary_back_keeps_the_tunnel_on_it(hlab):
     assert wan_status(lab)["healthy"]
 
 
-def test_repeated_carrier_losses_hold_down_never_above_the_cap(hlab):
-    lab = hlab(extra=holddown_max(8))
+def test_repeated_carrier_losses_hold_down_never_above_the_cap(wlab):
+    lab = wlab(extra=holddown_max(8))
     scenarios.steady(lab.probes)
     holds = []
     for _ in range(4):
@@ -192,8 +152,8 @@ def test_repeated_carrier_losses_hold_down_never_above_the_cap(hlab):
     assert holds[0] == HOLD and holds[-1] == 8.0, holds  # damped, and capped
 
 
-def test_dns_answer_flipping_does_not_re_pin_a_healthy_peer(hlab):
-    lab = hlab(lab_kwargs={"dns_ttl": 1}, dns_ttl_min=1)
+def test_dns_answer_flipping_does_not_re_pin_a_healthy_peer(wlab):
+    lab = wlab(lab_kwargs={"dns_ttl": 1}, dns_ttl_min=1)
     scenarios.steady(lab.probes)
     first = topology.VPN_ADDRESSES[0]
     assert scenarios.peer_status(lab)["endpoint"] == "%s:%d" % (first, topology.VPN_PORT)

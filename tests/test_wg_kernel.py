@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from tests.fakerunner import REPO
-from tests.test_kernel_wg import GW_A, PORT, SERVER, Pair, _unavailable, sh
+from tests.test_kernel_wg import PORT, SERVER, cached_on_b, pair, sh  # noqa: F401 (pair: the fixture)
 
 pytestmark = pytest.mark.lab
 
@@ -62,19 +62,6 @@ def _dump(pair):
     return {line.split("\t")[0]: line.split("\t") for line in out.splitlines()[1:]}
 
 
-@pytest.fixture
-def pair():
-    reason = _unavailable()
-    if reason:
-        pytest.skip(reason)
-    p = Pair()
-    try:
-        p.build()
-        yield p
-    finally:
-        p.teardown()
-
-
 def _add_many(pair):
     other = subprocess.run(["wg", "pubkey"], input=subprocess.run(
         ["wg", "genkey"], capture_output=True, text=True, check=True).stdout,
@@ -116,14 +103,7 @@ def test_genetlink_set_touches_only_that_peer(pair):
 
 def test_genetlink_same_endpoint_set_clears_cached_source(pair):
     # as tests/test_kernel_wg.py proves for `wg set`, through wgrouter.wg instead
-    pair.ping()
-    a, b = pair.counters()
-    assert a == 0 and b > 0, "initial path should be B, saw A=%d B=%d" % (a, b)
-    pair.reset_counters()
-    sh(pair.cli, "ip", "route", "replace", SERVER, "via", GW_A, "dev", "c1")
-    pair.ping()
-    a, b = pair.counters()
-    assert a == 0 and b > 0, "expected the cached source B, saw A=%d B=%d" % (a, b)
+    cached_on_b(pair)
     used = py(pair.cli, "KEY=%r\nADDRESS=%r\nPORT=%d\nKEEPALIVE=0\n" % (pair.server_key, SERVER, PORT) + SET)
     assert used == {"wgc": "genetlink"}
     # counted from the set on: starting python in a TCG guest takes seconds,

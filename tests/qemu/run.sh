@@ -3,8 +3,8 @@
 # which has WireGuard; the host kernel may not) that sees this checkout, and
 # run the lab tests inside it with in-kernel WireGuard.  Exit code = pytest's.
 #
-#   tests/qemu/run.sh                    # tests/test_kernel_wg.py + tests/test_scenarios.py
-#   tests/qemu/run.sh tests/test_lab.py  # any pytest arguments instead
+#   tests/qemu/run.sh                        # kernel WireGuard's tests + tests/test_scenarios.py
+#   tests/qemu/run.sh tests/lab/test_lab.py  # any pytest arguments instead
 #
 # Environment: PYTHON (host interpreter to use in the VM, default python3),
 # WGROUTER_QEMU_KERNEL (default: newest /boot/vmlinuz-6.1.0-*-amd64),
@@ -56,12 +56,14 @@ py=$("${PYTHON:-python3}" -c 'import sys; print(sys.executable)') || die "no ${P
 
 q() { printf "'%s'" "$(printf %s "$1" | sed "s/'/'\\\\''/g")"; }
 if [ $# -eq 0 ]; then
-    # Kernel WireGuard's own tests, and the scenarios whose outcome depends on
-    # how the kernel picks and caches a peer's source address (failover,
-    # failback, NAT, IPv6, policy routing); the config-only and reload
-    # scenarios behave the same on either backend and stay on the host.
+    # Kernel WireGuard's own tests (the kernel's, wgrouter.wg's and the lab's
+    # probe for it), and the scenarios whose outcome depends on how the kernel
+    # picks and caches a peer's source address (failover, failback, NAT,
+    # IPv6, policy routing); the config-only and reload scenarios behave the
+    # same on either backend and stay on the host.
     s=tests/test_scenarios.py
     set -- tests/test_kernel_wg.py tests/test_wg_kernel.py \
+        tests/lab/test_wgdev.py::test_kernel_has_wireguard_matches_ip_link \
         $s::test_carrier_loss_fails_over_to_backup_without_leak \
         $s::test_carrier_loss_on_a_static_wan_is_acted_on_from_the_kernels_link_state \
         $s::test_silent_upstream_failure_recovered_within_three_checks \

@@ -9,6 +9,7 @@ import tempfile
 import pytest
 
 from tests.lab import wgdev
+from tests.test_kernel_wg import pair, sh  # noqa: F401 (pair: the fixture)
 
 
 @pytest.fixture
@@ -50,6 +51,14 @@ def test_scale(monkeypatch, value, expected):
     else:
         monkeypatch.setenv("WGROUTER_LAB_SCALE", value)
     assert wgdev.scale() == expected
+
+
+@pytest.mark.lab
+def test_kernel_has_wireguard_matches_ip_link(pair):
+    # the fixture built wgc with 'ip link add type wireguard' (in-kernel
+    # WireGuard only: the QEMU tier), so the probe must agree
+    assert wgdev.kernel_has_wireguard() is True
+    assert "wireguard" in sh(pair.cli, "ip", "-d", "link", "show", "wgc")
 
 
 class FakeLab:

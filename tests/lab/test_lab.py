@@ -20,6 +20,13 @@ pytestmark = pytest.mark.lab
 VPN_A, VPN_B = topology.VPN_ADDRESSES
 
 
+def replying(lab):
+    """A probe stream from the LAN host, once the tunnel answers it."""
+    ps = observe.ProbeStream(lab)
+    assert ps.wait_reply_after(time.time(), 10) is not None
+    return ps
+
+
 def _no_reply_for(stream, t, seconds):
     """Sleep, then count replies to probes sent in [t, t+seconds)."""
     time.sleep(max(0.0, t + seconds + 0.3 - time.time()))
@@ -155,12 +162,11 @@ def _events_since(lab, t):
             if e["time"] >= t]
 
 
-def test_carrier_loss_failover_leak_no_failback_nat_reset(lab_factory):
+def test_carrier_loss_failover_leak_no_failback_nat_reset(fresh_lab):
     """force_link 0 (the lab's default, a dhcp or pppoe WAN): netifd takes
     wan down, tears the tunnel down and sets it up again on wanb by itself,
     in the order and with the events the real one sends."""
-    lab = lab_factory()
-    lab.start_baseline(watchdog_interval=1, stale_after=5)
+    lab = fresh_lab
     wg = lab.router_wg
     # at start every interface got its ifup, with its device
     assert _events_since(lab, 0) == [("ifup", "loopback", "lo"), ("ifup", "lan", "lan"),
@@ -169,8 +175,7 @@ def test_carrier_loss_failover_leak_no_failback_nat_reset(lab_factory):
     assert lab.ip("router", "route", "show", VPN_A).stdout.split() == [
         VPN_A, "via", "10.0.1.1", "dev", "wan", "proto", "static", "metric", "10"]
     cap = observe.Capture(lab)
-    ps = observe.ProbeStream(lab)
-    assert ps.wait_reply_after(time.time(), 10) is not None
+    ps = replying(lab)
     t = faults.carrier_loss(lab, "wan")
     assert "NO-CARRIER" in lab.ip("router", "link", "show", "wan").stdout
     assert lab.ip("router", "-4", "addr", "show", "dev", "wan").stdout.strip() == ""
@@ -252,11 +257,9 @@ def test_static_wan_carrier_loss_keeps_stock_on_the_dead_wan(lab_factory):
         cap.stop()
 
 
-def test_flapping(lab_factory):
-    lab = lab_factory()
-    lab.start_baseline(watchdog_interval=1, stale_after=5)
-    ps = observe.ProbeStream(lab)
-    assert ps.wait_reply_after(time.time(), 10) is not None
+def test_flapping(fresh_lab):
+    lab = fresh_lab
+    ps = replying(lab)
     fl = faults.flap(lab, "wan", period=0.7, duration=4)
     fl.join(30)
     kinds = [k for _, k in fl.transitions]
@@ -272,11 +275,9 @@ def test_flapping(lab_factory):
     ps.stop()
 
 
-def test_both_down_then_one_back(lab_factory):
-    lab = lab_factory()
-    lab.start_baseline(watchdog_interval=1, stale_after=5)
-    ps = observe.ProbeStream(lab)
-    assert ps.wait_reply_after(time.time(), 10) is not None
+def test_both_down_then_one_back(fresh_lab):
+    lab = fresh_lab
+    ps = replying(lab)
     t = faults.both_down(lab)
     assert lab.netifd.up == set()
     assert lab.ip("router", "route", "show", "default").stdout.strip() == ""
@@ -352,8 +353,7 @@ def test_stale_source_after_failover_without_hostroute(lab_factory):
                     "this stale source is wireguard-go's")
     lab.start_wgrouter(cmd=["sleep", "60"], hotplug_dir=os.devnull)
     cap = observe.Capture(lab)
-    ps = observe.ProbeStream(lab)
-    assert ps.wait_reply_after(time.time(), 10) is not None
+    ps = replying(lab)
     t = faults.carrier_loss(lab, "wan")
     assert observe.route_device(lab, VPN_A) == "wanb"
     assert _no_reply_for(ps, t, 4) == 0

@@ -1,4 +1,5 @@
-"""The lab's pure helpers, without root: UCI files, pcap parsing, probe math."""
+"""The lab's pure helpers, without root: UCI files, pcap parsing, probe math, the
+netifd stand-in's queue and the idle bench's ubus stand-in."""
 
 import ipaddress
 import struct

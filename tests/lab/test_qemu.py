@@ -13,7 +13,8 @@ import subprocess
 
 import pytest
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.fakerunner import REPO
+
 RUNNER = os.path.join(REPO, "tests", "qemu", "run.sh")
 # The runner has its own timeout (WGROUTER_QEMU_TIMEOUT); this one only
 # guards against the runner itself hanging.
