@@ -45,8 +45,6 @@ def main(argv=None):
     print(json.dumps(res, indent=2, sort_keys=True))
     for line in res["problems"]:
         print("soak seed %d: %s" % (run.seed, line), file=sys.stderr)
-    if res.get("logs"):
-        print("soak seed %d: logs kept in %s" % (run.seed, res["logs"]), file=sys.stderr)
     return 1 if res["problems"] else 0
 
 
