@@ -275,6 +275,36 @@ def test_an_unreadable_spool_is_logged_not_raised(tmp_path):
     assert logs and "not read" in logs[0]
 
 
+def test_a_new_daemon_drops_what_was_spooled_for_a_dead_one(tmp_path, capsys):
+    """Found by the chaos soak (seed 3066579571): a carrier loss on wanb and
+    a SIGKILL at once.  The hotplug script spooled 'ifdown wanb' for the
+    dying daemon; the carrier came back while none ran (the script spools
+    nothing then, so no 'ifup wanb'); the respawned daemon took the stale
+    'ifdown wanb' and held wanb down, with the kernel showing it up, until it
+    was killed again: the next two carrier losses on wan found no WAN up.  A
+    new daemon starts from the kernel's state; the core is then never told
+    wanb went down."""
+    from tests.test_core import Rig, make_config, of
+    from wgrouter import model
+    _spool(tmp_path, b"ifdown wanb\n")
+    pidfile = tmp_path / runfiles.PIDFILE
+    pidfile.write_text("%d\n" % (2 ** 22 + 1))  # the dead daemon's (above any pid_max)
+    d = daemon.Daemon(root=str(tmp_path), cfg=make_config(), use_ubus=False)
+    try:
+        d._setup()
+        taken = list(d.pending)
+    finally:
+        d._abort_setup()
+        d.monitor.close()
+    # what the start feeds the core (the old one: wanb held down, the kernel showing it up)
+    rig = Rig()
+    rig.step(*taken)
+    rig.up["wan"] = False
+    decision = rig.step(dt=1)
+    assert [a.wan for a in of(decision, model.ApplyPath)] == ["wanb"], decision
+    assert not (tmp_path / runfiles.SPOOL).exists()
+    assert "1 event(s) left by an earlier run dropped (ifdown wanb)" in capsys.readouterr().err
+
 @pytest.mark.lab
 def test_a_bad_spool_line_on_a_running_daemon_costs_only_itself(wlab):
     """On a running daemon: "ifup wan\\xff" then "ifdown wan" in the spool,

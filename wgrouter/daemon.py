@@ -133,6 +133,19 @@ class Daemon:
             log(problem)
         now = time.monotonic()
         self.engine = core.Engine(self.config, now, rng=random.Random())
+        # What is spooled before this daemon publishes its interface list and
+        # pid was spooled for an earlier one (the hotplug script spools only
+        # for a live wgrouter named in the pid file) that died before taking
+        # it.  It is an unknown part of what happened since: while no daemon
+        # ran the script spooled nothing, so an 'ifdown' taken now may be one
+        # whose 'ifup' was never spooled, and it would hold down a WAN that
+        # the kernel shows up for the whole run.  A new daemon starts from
+        # the kernel's state, as when the earlier one had taken its events.
+        stale = runfiles.read_spool(self.root, log=lambda msg: None)
+        if stale:
+            log("hotplug spool: %d event(s) left by an earlier run dropped (%s): the kernel's state is read anew"
+                % (len(stale), ", ".join("%s %s" % (e.action, e.interface) for e in stale[:4])
+                   + (", ..." if len(stale) > 4 else "")))
         # published last, once the signal handlers are in place (the hotplug
         # script sends SIGUSR1 to this pid); then take what it spooled meanwhile
         runfiles.write_ifaces(self.root, self.config)

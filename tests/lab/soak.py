@@ -34,6 +34,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
@@ -97,6 +98,11 @@ HARMLESS = {"junk", "clock_step"}
 # the probe stream never stops: a handshake is never much older than that.
 HANDSHAKE_AGE_MAX = 180
 WAN_KINDS = ("carrier_loss", "silent_drop", "silent_udp", "flap")
+# A failing soak's logs are copied here, out of the lab's temp dir: the
+# lab's teardown, and cleanup_dead() when the next lab starts, remove every
+# /tmp/wglab-* dir (tests/lab/cleanup.py), this one they never match.
+KEEP_PREFIX = "wgrouter-soak-"
+assert not KEEP_PREFIX.startswith(topology.TMP_PREFIX)
 
 
 class SoakError(topology.LabError):
@@ -409,6 +415,25 @@ def stale_conntrack(lab, settle=3.0):
     return stale
 
 
+def keep_logs(seed, logdir, daemon_log, base=None):
+    """Copy the lab's ``logdir`` and the daemon's log text to
+    <base>/wgrouter-soak-<seed>/ (base: the temp dir), or -2, -3 ... after it
+    when a run of the same seed kept one there before; returns that path."""
+    base = base or tempfile.gettempdir()
+    path = os.path.join(base, "%s%d" % (KEEP_PREFIX, seed))
+    n = 1
+    while os.path.exists(path):
+        n += 1
+        path = os.path.join(base, "%s%d-%d" % (KEEP_PREFIX, seed, n))
+    if logdir and os.path.isdir(logdir):
+        shutil.copytree(logdir, path)
+    else:
+        os.makedirs(path)
+    with open(os.path.join(path, "daemon.log"), "w") as f:
+        f.write(daemon_log or "")
+    return path
+
+
 # ------------------------------------------------------------ the soak
 
 
@@ -708,10 +733,31 @@ class Soak:
         time.sleep(self.rng.uniform(0.5, 2.0))
 
     def run(self):
+        # the lab's logs (daemon, captures) are kept when a check failed or
+        # the run broke off (_keep copies them out of the lab's temp dir)
+        lab = topology.Lab(ipv6=self.ipv6, keep_tmp=True)
+        try:
+            self._run(lab)
+        except BaseException:
+            if lab.logdir:
+                self._keep(lab)
+                shutil.rmtree(lab.tmp, ignore_errors=True)
+            raise
+        res = self.result()
+        if res["problems"]:
+            res["logs"] = self._keep(lab)
+        shutil.rmtree(lab.tmp, ignore_errors=True)
+        return res
+
+    def _keep(self, lab):
+        path = keep_logs(self.seed, lab.logdir, getattr(self, "daemon_log", None))
+        self.log("soak seed %d: logs kept in %s" % (self.seed, path))
+        return path
+
+    def _run(self, lab):
         if self.ubus:
             from tests.lab import standin_bus
-        # the lab's logs (daemon, captures) are kept when a check failed
-        with topology.Lab(ipv6=self.ipv6, keep_tmp=True) as lab:
+        with lab:
             self.lab = lab
             hookdir = os.path.join(lab.tmp, "soakhook")
             if self.ubus:
@@ -759,13 +805,6 @@ class Soak:
                 if self.bus is not None:
                     self.bus.stop()
                 self.daemon_log = self.daemon.log_text()
-        res = self.result()
-        if res["problems"]:
-            res["logs"] = lab.logdir
-            self.log("soak seed %d: logs kept in %s" % (self.seed, lab.logdir))
-        else:
-            shutil.rmtree(lab.tmp, ignore_errors=True)
-        return res
 
     def _final_stop(self, before):
         lab = self.lab
