@@ -500,6 +500,20 @@ def test_uapi_new_connection_when_the_kept_one_is_gone(uapi_dir, tmp_path):
     u.close()
 
 
+def test_uapi_kept_connection_that_stops_answering_costs_one_timeout(uapi_dir):
+    run_dir, serve = uapi_dir
+    server = serve("wg0")
+    u = wg.Uapi(run_dir, timeout=0.3)
+    assert len(u.get("wg0")) == 2
+    # the process hangs: it reads the request and never ends its reply
+    server.get_reply = "public_key=" + RAW[0].hex() + "\n"
+    with pytest.raises(wg.WgError):
+        u.get("wg0")
+    # not asked again on a new connection: that would wait a second timeout
+    assert server.connections == 1
+    u.close()
+
+
 def test_uapi_drops_a_connection_whose_reply_was_cut(uapi_dir):
     run_dir, serve = uapi_dir
     server = serve("wg0", get_reply="public_key=" + RAW[0].hex() + "\n")  # no errno, no end

@@ -151,26 +151,29 @@ class Uapi:
     def _request(self, ifname, text):
         """Send one operation; returns the reply's lines without errno."""
         sock = self._socks.pop(ifname, None)
-        kept = sock is not None
-        if sock is None:
-            sock = self._connect(ifname)
+        data = b""
         try:
-            try:
-                data = self._exchange(ifname, sock, text)
-            except OSError:
-                if not kept:
-                    raise
-                data = b""
-            if not data and kept:
-                # the kept connection had gone: once more on a new one
-                sock.close()
+            if sock is not None:
+                try:
+                    data = self._exchange(ifname, sock, text)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # it hung up since the last request
+                if not data:
+                    # closed before it answered: once more on a new one (a
+                    # timeout is not retried: a hung process would cost the
+                    # loop twice the timeout)
+                    sock.close()
+                    sock = None
+            if sock is None:
                 sock = self._connect(ifname)
                 data = self._exchange(ifname, sock, text)
         except OSError as e:
-            sock.close()
+            if sock is not None:
+                sock.close()
             raise WgError("%s: UAPI: %s" % (ifname, e)) from None
         except BaseException:
-            sock.close()
+            if sock is not None:
+                sock.close()
             raise
         if data.endswith(b"\n\n"):
             self._socks[ifname] = sock  # read to its end: fit for the next
