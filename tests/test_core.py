@@ -437,6 +437,46 @@ def test_wan_address_change_reapplies_same_path():
     assert ap.wan == "wan" and ap.address == IP1
 
 
+@pytest.mark.parametrize("change", ["down", "address"])
+def test_other_wan_losing_its_address_resets_the_cached_source(change):
+    # The peer is on wan; a packet of its server that came in through wanb
+    # left wanb's address as the source WireGuard sends from.  When that
+    # address goes, the endpoint is set again (same path): the only way to
+    # clear that source in wireguard-go, which otherwise fails every send.
+    rig = Rig()
+    (first,) = of(rig.step(), model.ApplyPath)
+    assert first.wan == "wan"
+    assert not of(rig.step(dt=1), model.ApplyPath)
+    if change == "down":
+        rig.up["wanb"] = False
+    else:
+        rig.addr["wanb"] = "100.64.0.77"
+    (ap,) = of(rig.step(dt=1), model.ApplyPath)
+    assert ap == first
+    assert not of(rig.step(dt=1), model.ApplyPath)  # once per change
+    if change == "down":
+        rig.up["wanb"] = True
+        assert not of(rig.step(dt=1), model.ApplyPath)  # a WAN coming up takes no source away
+        rig.up["wanb"] = False
+        assert not of(rig.step(dt=1), model.ApplyPath)  # never used since: nothing cached there
+
+
+def test_a_failback_leaves_the_backup_as_a_possible_source_a_failover_does_not():
+    rig = Rig(failback_holddown=5.0, live=True)
+    rig.wan_ok = {}
+    rig.step()
+    rig.up["wan"] = False  # failover: wan's address is gone with it
+    assert [a.wan for a in of(rig.step(dt=1), model.ApplyPath)] == ["wanb"]
+    rig.up["wan"] = True
+    back = []
+    for _ in range(12):
+        back += of(rig.step(dt=1), model.ApplyPath)
+    assert [a.wan for a in back] == ["wan"]  # failed back while wanb stayed up
+    rig.up["wanb"] = False
+    (ap,) = of(rig.step(dt=1), model.ApplyPath)
+    assert ap == back[0]
+
+
 def test_tunnel_ifup_reapplies():
     rig = Rig()
     rig.step()

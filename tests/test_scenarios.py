@@ -223,6 +223,40 @@ def test_failback_after_holddown_without_outage(wlab):
     assert "now wan, because" in daemon_log(lab)
 
 
+def test_losing_the_backup_while_its_address_is_the_cached_source_keeps_the_tunnel(wlab):
+    # After a failback the server can still send to our backup's address; a
+    # packet that arrives there makes WireGuard send from that address (its
+    # cached source).  The soak found the tunnel dead for good when the
+    # backup then lost its carrier: wireguard-go kept the gone source and
+    # every send failed (ENETUNREACH), so nothing looked sent and nothing
+    # looked wrong.  wgrouter sets the endpoint again when a WAN goes down.
+    lab = wlab()
+    if lab.wg_backend != "wireguard-go":
+        pytest.skip("kernel WireGuard drops a source whose route goes out elsewhere (socket.c send4)")
+    out = scenarios.failback(lab, lab.probes, lab.cap)
+    assert out.recovered, daemon_log(lab)
+    t = faults.carrier_loss(lab, "wan")  # once more to wanb: note the server's view of it
+    assert lab.probes.wait_reply_after(t, 10 * SCALE) is not None, daemon_log(lab)
+    lab.wait_for(lambda: (lab.vpn_endpoint() or "").startswith(topology.ISPB_PUBLIC[0] + ":"), 5)
+    backup = lab.vpn_endpoint()
+    faults.carrier_return(lab, "wan")
+    scenarios.wait_state(lab, lambda p: p.get("wan") == "wan" and p.get("state") == "up",
+                         (scenarios.LAB_HOLDDOWN + 10) * SCALE)
+    back = time.time()
+    assert tunnel_wan_after(lab, back) == "wan"
+    time.sleep(1.0)  # the failback's own re-set is done
+    # the server sends to our backup once: we answer from there from now on
+    lab.run("vpn", "wg", "set", lab.vpn_wg, "peer", lab.keys["router"]["public"], "endpoint", backup)
+    lab.run("vpn", "ping", "-c", "1", "-W", "1", topology.TUNNEL_ROUTER, check=False)
+    since = time.time()
+    lab.wait_for(lambda: lab.cap.tunnel_wan(since=since) == "wanb", 3)
+    assert lab.cap.tunnel_wan(since=since) == "wanb", "precondition: the tunnel did not take the backup's source"
+    assert observe.route_device(lab, topology.VPN_ADDRESSES[0]) == "wan"
+    t = faults.carrier_loss(lab, "wanb")
+    assert lab.probes.wait_reply_after(t, CARRIER_BOUND) is not None, daemon_log(lab)
+    assert tunnel_wan_after(lab, t) == "wan"
+
+
 def test_flapping_primary_bounded_actions_and_stable_end(wlab):
     lab = wlab()
     scenarios.steady(lab.probes)

@@ -350,6 +350,13 @@ class Paths:
         if ps.last_address is not None and ps.last_address != path.address and ps.last_table == path.table:
             ps.routes.discard((ps.last_address, ps.last_table))  # the shell deletes it
         ps.routes.add((path.address, path.table))
+        tracks = self.ctx.wan_tracks
+        if ps.last_wan is None:  # started: where the last daemon had it is not known
+            ps.left = {w for w, wt in tracks.items() if w != path.wan and wt.up}
+        elif ps.last_wan != path.wan and tracks[ps.last_wan].up:
+            ps.left.add(ps.last_wan)
+        ps.left.discard(path.wan)
+        ps.last_wan = path.wan
         ps.applied, ps.applied_at, ps.failed, ps.force = path, self.ctx.now, None, None
         ps.last_address, ps.last_table = path.address, path.table
         if ps.state == state.DOWN:

@@ -178,6 +178,10 @@ class PeerState:
     apply_retry_at: float = 0.0
     last_address: typing.Optional[str] = None
     last_table: typing.Optional[int] = None
+    last_wan: typing.Optional[str] = None
+    # WANs whose address WireGuard may still send this peer's packets from:
+    # left while up (the server may still send there), or unknown at start
+    left: typing.Set[str] = dataclasses.field(default_factory=set)
     routes: typing.Set[typing.Tuple[str, typing.Optional[int]]] = dataclasses.field(default_factory=set)
     force: typing.Optional[str] = None  # re-apply even when unchanged, and why
     stats: typing.Optional[model.PeerStats] = None

@@ -160,10 +160,13 @@ class Wans:
                     for ps in self.ctx.tunnel_peers(ts):
                         if ps.applied is not None and ps.applied.wan == wan.name:
                             ps.applied = None
+                self._source_gone(wan.name, "%s went down" % wan.name)
             if up:
                 address = (st.address, st.address6)
                 if not wt.up or (wt.address is not None and address != wt.address):
                     wt.link_at = now  # its first probe may find the gateway unresolved
+                if wt.up and wt.address is not None and address != wt.address:
+                    self._source_gone(wan.name, "%s's address changed" % wan.name)
                 wt.address = address
             else:
                 wt.retry.clear()
@@ -188,6 +191,27 @@ class Wans:
                     because = wt.cause or wt.why
                 self.ctx.transition(wan.name, None, wt.label, label, because, "wan")
                 wt.label = label
+
+    def _source_gone(self, wan: str, why: str) -> None:
+        """Peers on other WANs set their endpoint again: a WireGuard peer
+        keeps the local address its last packet arrived on as the source of
+        what it sends, and a packet from the server may have come in through
+        ``wan`` (still sending to our old address there).  The kernel drops
+        such a source once the route goes out elsewhere
+        (drivers/net/wireguard/socket.c, send4); wireguard-go keeps it and
+        the interface it came in on unless sending fails with EINVAL
+        (conn/bind_linux.go, send4), so with that address gone every packet
+        fails with ENETUNREACH and nothing is counted as sent.  Setting the
+        endpoint clears the cached source in both.  Only peers that left
+        ``wan`` while it was up (or were started on another) can have it."""
+        for ts in self.ctx.tunnels.values():
+            for ps in self.ctx.tunnel_peers(ts):
+                if wan not in ps.left:
+                    continue
+                ps.left.discard(wan)
+                a = ps.applied
+                if a is not None and a.wan != wan and a.transport == state.TRANSPORT_UDP:
+                    ps.force = ps.force or "%s: a source address cached on it is gone" % why
 
     def families(self, wan: str) -> typing.List[str]:
         """["ipv4", "ipv6"]: the address families the WAN carries now."""
