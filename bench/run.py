@@ -96,6 +96,11 @@ def bench_scenario(name, runs, baseline_runs, base=None, wgrouter_kwargs=None):
         "limit_s": limit,
         "leaked_packets": leaks,
     }
+    extra = scenarios.WGROUTER_SETUP.get(base)
+    if base == name and extra:  # lab settings of its own (tests/lab/scenarios.py)
+        res["settings"] = {k: v for k, v in extra.items() if k != "relays"}
+        if "relays" in extra:
+            res["settings"]["relay"] = "lab relay-server on %d/TCP" % topology.RELAY_PORT
     if base != name:
         from wgrouter import model
         settings = model.Settings()

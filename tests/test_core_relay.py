@@ -17,21 +17,22 @@ def relay_config(relays=(RELAY,), **kw):
 
 
 def fail_until(rig, done, limit=40):
-    """Checks with traffic out and nothing back, every probe failing, until
-    ``done(decision)``; the decisions of the steps that took a ladder step."""
+    """Checks with traffic out and nothing back, every probe failing (a
+    second after it went out, whether a check or a ladder step sent it),
+    until ``done(decision)``; the decisions of the steps that took a ladder
+    step."""
     steps = []
+    d = rig.check(tx=5000)
     for _ in range(limit):
-        d = rig.check(tx=5000)
         if done(d):
             return steps, d
         if not of(d, model.Probe):
+            d = rig.check(tx=5000)
             continue
         answers = [wan_probe(p.wan, True) for p in of(d, model.ProbeWan)]
         d = rig.step(*answers, probe(False), dt=1)
         steps.append(d)
-        if done(d):
-            return steps, d
-    raise AssertionError("not reached in %d checks" % limit)
+    raise AssertionError("not reached in %d steps" % limit)
 
 
 def on_relay(d):
@@ -102,6 +103,20 @@ def test_the_relay_comes_only_after_every_candidate_on_every_wan_failed():
     st = peer_status(rig)
     assert st["transport"] == "tcp-relay" and st["relay"] == "203.0.113.5:443"
     assert st["endpoint"] == "203.0.113.5:443"
+
+
+def test_on_the_way_to_the_relay_each_path_is_probed_as_soon_as_it_is_out():
+    rig = started(relay_config(backoff_base=1.0, check_interval=10.0, backoff_max=300.0))
+    t0 = rig.t
+    steps, d = fail_until(rig, on_relay, limit=80)
+    moved = [s for s in steps[:-1] if of(s, model.ApplyPath)]
+    assert len(moved) >= 3
+    for s in moved:  # the probe goes out with the path, not at a later check
+        assert of(s, model.Probe), s
+    # one check finds the failure; then a second (the probe's answer) per
+    # step, not a check interval and a backoff each
+    assert rig.t - t0 <= 10.0 + len(steps) * 1.0, rig.t - t0
+    assert not of(d, model.Probe)  # the relay is judged by its own traffic
 
 
 def test_without_a_relay_the_ladder_never_leaves_udp():

@@ -238,6 +238,7 @@ class Health:
         ps.backoff_until = 0.0
         ps.evidence = ""
         ps.tried.clear()
+        ps.verify_at = None
 
     def _ladder(self, ps: state.PeerState) -> typing.List[str]:
         if self.names.on_relay(ps):
@@ -348,6 +349,10 @@ class Health:
                 other.applied = None
         self._ladder_done(ps, detail, ps.evidence)
         ps.last_step = name
+        if direct and name != state.STEP_RESTART and ps.peer.probe:
+            # each direct path is probed once it is out: the relay comes
+            # after every one failed, not after a check and a backoff each
+            ps.verify_at = self.ctx.now
 
     def _ladder_done(self, ps: state.PeerState, step: str, evidence: str) -> None:
         delay = self.ctx.backoff(ps.steps_done)
@@ -366,12 +371,29 @@ class Health:
         base = max(s.failback_holddown, state.UDP_TRY_MIN)
         return min(base * 2.0 ** min(fails, 30), max(s.backoff_max, base))
 
+    def verify(self) -> None:
+        """The probe behind a ladder step on the way to the relay: sent as
+        soon as the step's path is applied (after ``paths.evaluate``)."""
+        for ts in self.ctx.tunnels.values():
+            for ps in self.ctx.tunnel_peers(ts):
+                at = ps.verify_at
+                if at is None or ps.applied is None or ps.applied_at is None or ps.applied_at < at:
+                    continue
+                ps.verify_at = None
+                if ts.wan is None or not ts.present or ps.trial is not None or ps.probe_until is not None \
+                        or ps.probe_failed or self.names.on_relay(ps):
+                    continue
+                ps.probe_wan = ts.wan
+                ps.evidence = "%s on %s" % (ps.peer.endpoints[ps.candidate], ts.wan)
+                self._send_probe(ts, ps)
+
     def trials(self) -> None:
         """Peers on a relay try a direct UDP candidate now and then, and
         peers on a later candidate their preferred one: its path is applied
         with a probe behind it, the relay (or the candidate) is kept to go
         back to.  Only on a WAN usable for its failback hold-down."""
         now = self.ctx.now
+        self.verify()
         for ts in self.ctx.tunnels.values():
             if ts.wan is None or not ts.present:
                 continue

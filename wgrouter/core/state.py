@@ -200,6 +200,9 @@ class PeerState:
     # (wan, candidate) whose direct UDP path failed since the last success:
     # all of them on every usable WAN is what sends the peer to its relay
     tried: typing.Set[typing.Tuple[str, int]] = dataclasses.field(default_factory=set)
+    # on the way to the relay: the time of the ladder step whose path is
+    # probed as soon as it is applied, instead of waiting for a check
+    verify_at: typing.Optional[float] = None
     relay: typing.Optional[int] = None  # index into peer.relays while on a TCP relay
     trial: typing.Optional[int] = None  # candidate tried directly meanwhile, while the try is out
     trial_at: typing.Optional[float] = None  # next direct UDP try
