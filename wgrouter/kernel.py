@@ -115,9 +115,3 @@ def observe_wans(wans, mwan3=False):
     ``mwan3`` changes nothing by itself: the WAN's ``table`` says where its
     default route lives."""
     return wan_states(wans, *dumps(), mwan3=mwan3)
-
-
-def tunnels_present(names) -> frozenset:
-    """The subset of ``names`` that exist as network devices."""
-    present = {link["ifname"] for link in netlink.dump_links()}
-    return frozenset(name for name in names if name in present)
