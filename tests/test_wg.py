@@ -9,6 +9,7 @@ UAPI against a unix socket server speaking wireguard-go's device/uapi.go
 """
 
 import base64
+import dataclasses
 import errno
 import os
 import socket
@@ -198,6 +199,25 @@ def test_dump_spilled_allowed_ips_are_coalesced():
     assert dict(attr_pairs(fake.sent[1][3])) == {2: b"wg0\0"}
     g.get("wg0")
     assert [t for t, *_ in fake.sent].count(0x10) == 1  # the family id is kept
+
+
+def test_same_dump_is_not_parsed_again(monkeypatch):
+    rx = [10]
+
+    def answer(ifname, cmd, attrs, seq, n):
+        body = device_first("wg0", peer_full(RAW[0], sin("198.51.100.7", 51820), 1700000000, rx[0], 20, 25,
+                                             ("10.9.0.0/24",)))
+        return [nlmsg(FAMILY_ID, 2, seq, body) + done(seq)]
+
+    parsed = []
+    real = wg.parse_device_messages
+    monkeypatch.setattr(wg, "parse_device_messages", lambda m: parsed.append(1) or real(m))
+    fake, g = genl_client(answer)
+    first = g.get("wg0")
+    assert g.get("wg0") is first and len(parsed) == 1  # another sequence number, the same payload
+    rx[0] = 11
+    assert g.get("wg0")[0].rx == 11 and len(parsed) == 2
+    assert fake.requests == 3
 
 
 def test_dump_interrupted_is_read_again():
@@ -457,6 +477,21 @@ def test_uapi_get(uapi_dir, chunk):
     ]
 
 
+def test_uapi_same_reply_is_not_parsed_again(uapi_dir, monkeypatch):
+    run_dir, serve = uapi_dir
+    server = serve("wg0")
+    u = wg.Uapi(run_dir)
+    parsed = []
+    real = wg.parse_uapi
+    monkeypatch.setattr(wg, "parse_uapi", lambda lines: parsed.append(1) or real(lines))
+    first = u.get("wg0")
+    assert u.get("wg0") is first and len(parsed) == 1  # byte for byte the same: the same rows
+    server.get_reply = GET_REPLY.replace("rx_bytes=10", "rx_bytes=11")
+    third = u.get("wg0")
+    assert len(parsed) == 2 and third[0].rx == 11 and first[0].rx == 10
+    assert len(server.requests) == 3  # each get still asks
+
+
 def test_uapi_set_one_peer_update_only(uapi_dir):
     run_dir, serve = uapi_dir
     server = serve("wg0")
@@ -632,6 +667,19 @@ def test_steady_state_check_forks_nothing(tmp_path, monkeypatch):
                                                                         10, 20, 25)}
     assert present == frozenset({"wg0"})  # wg1 has no device
     assert fake.calls == [] and fake.spawned == []
+
+
+def test_the_same_rows_give_the_same_stats_without_converting_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(shell.kernel, "observe_wans",
+                        lambda wans, mwan3=False: {w.name: model.WanState(w.name, w.device, True) for w in wans})
+    rows = {"wg0": [ROW]}
+    s = shell.Shell(CONFIG, root=str(tmp_path), wg=wg.Client((Transport(rows),)))
+    _, first, _ = s.observe(False)
+    _, again, _ = s.observe(False)
+    assert again is first
+    rows["wg0"] = [dataclasses.replace(ROW, rx=11)]  # a new list: read anew
+    _, third, _ = s.observe(False)
+    assert third is not first and third[("wg0", KEYS[0])].rx == 11
 
 
 def test_wg_is_asked_only_for_the_device_no_transport_answers(tmp_path, monkeypatch):

@@ -107,6 +107,7 @@ class Shell:
         self.kernel_error = ""
         self.children = []  # running runner.Watched objects (Child, ping.Echo, resolve.Query)
         self._handshakes = {}  # (tunnel, key) -> (kernel's unix time, the same on clock)
+        self._last_read = None  # (rows per tunnel, peers, present) of the last read
         self._selector = selector  # where children's output is watched (the daemon's loop)
         # for tests: where endpoint name queries go
         self.resolve_port = None
@@ -207,7 +208,12 @@ class Shell:
                     self.wans = {w.name: model.WanState(w.name, w.device, False) for w in self.config_wans()}
         dump = self._read_peers()
         if dump is None:
+            self._last_read = None
             return self.wans, {}, None
+        last = self._last_read
+        if last is not None and last[0].keys() == dump.keys() and all(
+                rows is last[0][t] for t, rows in dump.items()):
+            return self.wans, last[1], last[2]  # the same rows as last time (wg's cache)
         peers = {}
         handshakes = {}
         for tunnel, rows in dump.items():
@@ -215,7 +221,9 @@ class Shell:
                 key = (tunnel, row.public_key)
                 peers[key] = self._on_clock(key, row.stats(), handshakes)
         self._handshakes = handshakes
-        return self.wans, peers, frozenset(dump)
+        present = frozenset(dump)
+        self._last_read = (dump, peers, present)
+        return self.wans, peers, present
 
     def _read_peers(self):
         """{tunnel: [wg.PeerInfo]} of the managed tunnels present, or None
