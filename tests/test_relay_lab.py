@@ -22,6 +22,7 @@ pytestmark = pytest.mark.lab
 REPO = topology.REPO
 VPN_A = topology.VPN_ADDRESSES[0]
 RELAY = "%s:%d" % (VPN_A, topology.RELAY_PORT)
+SCALE = scenarios.SCALE  # the QEMU tier's slower handshakes (tests/qemu/run.sh)
 
 
 class RelayClient:
@@ -94,7 +95,7 @@ def test_udp_blocked_everywhere_tunnel_over_the_relay_follows_a_carrier_loss(lab
         client = RelayClient(lab, "wan")
         t_relay = time.time()
         set_endpoint(lab, "127.0.0.1:%d" % client.port)
-        took = ps.wait_reply_after(t_relay, 15)
+        took = ps.wait_reply_after(t_relay, 15 * SCALE)
         assert took is not None, "no reply over the relay"
         st = client.status()
         assert st["transport"] == "tcp-relay" and st["relay"] == RELAY and st["device"] == "wan"
@@ -108,7 +109,7 @@ def test_udp_blocked_everywhere_tunnel_over_the_relay_follows_a_carrier_loss(lab
         # the relay's WAN loses its carrier; a move takes the connection to wanb
         t_cut = faults.carrier_loss(lab, "wan")
         assert client.move("wanb") == {"ok": True}
-        back = ps.wait_reply_after(t_cut, 15)
+        back = ps.wait_reply_after(t_cut, 15 * SCALE)
         assert back is not None, "no reply after the move to wanb"
         st = client.status()
         assert st["device"] == "wanb" and st["connected"] and st["connects"] == 2
@@ -136,15 +137,16 @@ def routes_of_wgrouter(lab):
 def test_wgrouter_takes_the_relay_when_udp_is_blocked_everywhere_and_returns_to_udp(lab_factory):
     lab = lab_factory(relay_server=True)
     # a short backoff: the ladder tries 3 candidates on 2 WANs before the relay
-    scenarios.start(lab, "wgrouter", relays=[RELAY], backoff_base=0.5, backoff_max=60)
+    scenarios.start(lab, "wgrouter", relays=[RELAY], backoff_base=0.5, backoff_max=60,
+                    probe_timeout=scenarios.LAB_PROBE_TIMEOUT * SCALE)
     cap = observe.Capture(lab)
     ps = observe.ProbeStream(lab)
     try:
         assert scenarios.peer_status(lab)["transport"] == "udp"
         t_fault = faults.udp_blocked_everywhere(lab)
-        scenarios.wait_state(lab, lambda p: p.get("transport") == "tcp-relay", 150)
+        scenarios.wait_state(lab, lambda p: p.get("transport") == "tcp-relay", 150 * SCALE)
         t_relay = time.time()
-        took = ps.wait_reply_after(t_relay, 20)
+        took = ps.wait_reply_after(t_relay, 20 * SCALE)
         assert took is not None, "no reply over the relay"
         st = scenarios.peer_status(lab)
         wan = st["wan"]
@@ -172,8 +174,9 @@ def test_wgrouter_takes_the_relay_when_udp_is_blocked_everywhere_and_returns_to_
         other = [w for w in topology.WANS if w != wan][0]
         connects = open(lab.relay_server_log).read().count(": connected, UDP from")
         t_cut = faults.carrier_loss(lab, wan)
-        scenarios.wait_state(lab, lambda p: p.get("wan") == other and p.get("transport") == "tcp-relay", 20)
-        moved = ps.wait_reply_after(t_cut, 20)
+        scenarios.wait_state(lab, lambda p: p.get("wan") == other and p.get("transport") == "tcp-relay",
+                             20 * SCALE)
+        moved = ps.wait_reply_after(t_cut, 20 * SCALE)
         assert moved is not None, "no reply over the relay after the carrier loss"
         assert lab.wait_for(lambda: relay_packets(cap, t_cut + 0.5, topology.WANS[other]["device"]), 3)
         assert [r for r in routes_of_wgrouter(lab)
@@ -185,12 +188,12 @@ def test_wgrouter_takes_the_relay_when_udp_is_blocked_everywhere_and_returns_to_
 
         # UDP passes again: a direct try on a WAN past its hold-down ends the relay
         t_open = faults.udp_unblocked(lab)
-        scenarios.wait_state(lab, lambda p: p.get("transport") == "udp", 60)
+        scenarios.wait_state(lab, lambda p: p.get("transport") == "udp", 60 * SCALE)
         t_back = time.time()
         events = [e for e in scenarios.status(lab)["events"] if e["kind"] == "transport"]
         assert events[-1]["now"] == "udp" and "stopped" in events[-1]["because"]
         assert "relays" not in scenarios.status(lab)
-        assert ps.wait_reply_after(t_back, 10) is not None
+        assert ps.wait_reply_after(t_back, 10 * SCALE) is not None
         assert lab.wait_for(lambda: cap.tunnel_packets(t_back), 5)
         assert not lab.run("router", "wg", "show", lab.router_wg, "endpoints").stdout.split()[-1].startswith(
             "127.0.0.1:")

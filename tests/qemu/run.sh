@@ -59,7 +59,8 @@ if [ $# -eq 0 ]; then
     # Kernel WireGuard's own tests (the kernel's, wgrouter.wg's and the lab's
     # probe for it), and the scenarios whose outcome depends on how the kernel
     # picks and caches a peer's source address (failover, failback, NAT,
-    # IPv6, policy routing); the config-only and reload scenarios behave the
+    # IPv6, policy routing), and the TCP relay's (the kernel's peer pointed
+    # at a local socket); the config-only and reload scenarios behave the
     # same on either backend and stay on the host.
     s=tests/test_scenarios.py
     set -- tests/test_kernel_wg.py tests/test_wg_kernel.py \
@@ -77,7 +78,9 @@ if [ $# -eq 0 ]; then
         $s::test_stop_removes_only_what_it_added_and_restart_adopts \
         $s::test_mwan3_silent_failure_moves_the_flow_despite_connmark \
         $s::test_ipv6_endpoint_fails_over_to_backup_over_ipv6 \
-        $s::test_ipv4_only_backup_takes_the_ipv4_candidate_and_fails_back
+        $s::test_ipv4_only_backup_takes_the_ipv4_candidate_and_fails_back \
+        tests/test_relay_lab.py::test_udp_blocked_everywhere_tunnel_over_the_relay_follows_a_carrier_loss \
+        tests/test_relay_lab.py::test_wgrouter_takes_the_relay_when_udp_is_blocked_everywhere_and_returns_to_udp
 fi
 
 # virtme-ng hands the guest its command base64-encoded on the kernel command
