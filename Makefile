@@ -17,8 +17,8 @@ deps:
 OWRT_VENV = .venv-openwrt-24.10
 
 # make test runs the 3-minute chaos soak (tests/test_soak.py) on one fixed
-# seed, so that its schedule is the same on every run; WGROUTER_SOAK_SEED=N
-# runs another, make test-soak a random one.
+# seed, so that every run draws its faults from the same sequence;
+# WGROUTER_SOAK_SEED=N runs another, make test-soak a random one.
 WGROUTER_SOAK_SEED ?= 1201
 
 test: deps test-openwrt-versions

@@ -83,6 +83,7 @@ class Engine:
             self.health.check()
         for ts in self.ctx.tunnels.values():
             self.paths.evaluate(ts)
+        self.health.verify()
         self.health.trials()
         self.names.resolves()
         return model.Decision(actions=tuple(out), deadline=self._deadline())

@@ -393,7 +393,6 @@ class Health:
         with a probe behind it, the relay (or the candidate) is kept to go
         back to.  Only on a WAN usable for its failback hold-down."""
         now = self.ctx.now
-        self.verify()
         for ts in self.ctx.tunnels.values():
             if ts.wan is None or not ts.present:
                 continue

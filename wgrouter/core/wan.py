@@ -163,9 +163,10 @@ class Wans:
                 self._source_gone(wan.name, "%s went down" % wan.name)
             if up:
                 address = (st.address, st.address6)
-                if not wt.up or (wt.address is not None and address != wt.address):
+                changed = wt.up and wt.address is not None and address != wt.address
+                if not wt.up or changed:
                     wt.link_at = now  # its first probe may find the gateway unresolved
-                if wt.up and wt.address is not None and address != wt.address:
+                if changed:
                     self._source_gone(wan.name, "%s's address changed" % wan.name)
                 wt.address = address
             else:
