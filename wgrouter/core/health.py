@@ -135,14 +135,14 @@ class Health:
             return state.SUSPECT, ps.quiet_failed[1]
         if dtx > allowance:
             return state.SUSPECT, "sent %d B in %s, received nothing" % (dtx, state.fmt(elapsed))
-        if age is not None and age < s.handshake_timeout:
+        if age is not None and now < st.latest_handshake + s.handshake_timeout:
             quiet = self._quiet_for(ps, keepalive)
             if quiet is not None:
                 return QUIET, "nothing received for %s with keepalive %ds" % (state.fmt(quiet), keepalive)
             return state.UP, "handshake %s ago" % state.fmt(age)
         if age is not None and keepalive:
             return state.SUSPECT, "handshake %s old with keepalive %ds" % (state.fmt(age), keepalive)
-        if age is None and ps.applied_at is not None and now - ps.applied_at >= s.handshake_timeout:
+        if age is None and ps.applied_at is not None and now >= ps.applied_at + s.handshake_timeout:
             return state.SUSPECT, "no handshake %s after the path was applied" % state.fmt(now - ps.applied_at)
         return "idle", "no traffic"
 
@@ -150,13 +150,55 @@ class Health:
         """Seconds a peer with a keepalive and a probe target has not been
         heard from, once that is a keepalive interval and its last probe as
         old: at most one probe per interval.  None if none is due."""
-        if not keepalive or not ps.peer.probe:
-            return None
-        heard = max([t for t in (ps.heard_at, ps.applied_at) if t is not None] or [self.ctx.now])
-        since = max(heard, ps.quiet_probe_at if ps.quiet_probe_at is not None else heard)
-        if self.ctx.now - since < keepalive:
+        due, heard = self._quiet_due(ps, keepalive)
+        if due is None or self.ctx.now < due:
             return None
         return self.ctx.now - heard
+
+    def _quiet_due(self, ps: state.PeerState, keepalive: int):
+        """(when the quiet peer's probe falls due, when it was last heard
+        from); (None, None) for a peer that is never probed for quiet."""
+        if not keepalive or not ps.peer.probe:
+            return None, None
+        heard = max([t for t in (ps.heard_at, ps.applied_at) if t is not None] or [self.ctx.now])
+        since = max(heard, ps.quiet_probe_at if ps.quiet_probe_at is not None else heard)
+        return since + keepalive, heard
+
+    def quiet_until(self) -> typing.Optional[float]:
+        """Until when a check of unchanged counters only moves the samples
+        on: every peer is up with nothing out or pending (as ``_recovered``
+        leaves it), and none reaches a verdict that time alone brings (a
+        handshake too old, a quiet peer's probe).  None if that is not so."""
+        s = self.ctx.config.settings
+        until = math.inf
+        for ts in self.ctx.tunnels.values():
+            for ps in self.ctx.tunnel_peers(ts):
+                if ps.state != state.UP or ps.probe_until is not None or ps.quiet_probe or ps.probe_failed \
+                        or ps.quiet_failed is not None or ps.steps_done or ps.ladder or ps.trial is not None \
+                        or ps.verify_at is not None or ps.evidence or ps.tried:
+                    return None
+                st = self.ctx.obs.peers.get(ps.peer.key)
+                if st is None or ts.wan is None or ps.applied is None or not ts.present:
+                    continue  # not judged: only its sample moves on
+                if st.latest_handshake:
+                    until = min(until, st.latest_handshake + s.handshake_timeout)
+                    due, _ = self._quiet_due(ps, ps.applied.keepalive)
+                    if due is not None:
+                        until = min(until, due)
+                elif ps.applied_at is not None:
+                    until = min(until, ps.applied_at + s.handshake_timeout)
+        return until
+
+    def refresh(self, checking: bool) -> None:
+        """What a step of unchanged counters does: the marks and (in a
+        check) the samples move on to now."""
+        now = self.ctx.now
+        for ps in self.ctx.peers.values():
+            st = self.ctx.obs.peers.get(ps.peer.key)
+            if st is not None:
+                ps.rx_mark = (st.rx, st.latest_handshake, now)
+            if checking:
+                ps.sample = None if st is None else (st.rx, st.tx, now)
 
     def _probe_quiet(self, ts: state.TunnelState, ps: state.PeerState, evidence: str) -> None:
         """One echo through the tunnel of a quiet peer; no WAN probe and no

@@ -3,6 +3,7 @@ move), through which WAN, and what its answers mean for the peers using it."""
 
 from __future__ import annotations
 
+import math
 import typing
 
 from wgrouter import model
@@ -233,3 +234,8 @@ class Names:
                 hs = self.ctx.hosts.get(host) if host else None
                 if hs is not None:
                     yield hs.pending_until if hs.pending_until is not None else hs.refresh_at
+
+    def quiet_until(self) -> float:
+        """Until when no name's answer settles by time alone (the end of a flip window)."""
+        ends = [hs.flipped_at + state.DNS_FLIP_WINDOW for hs in self.ctx.hosts.values() if hs.flipped_at is not None]
+        return min([e for e in ends if e > self.ctx.now] or [math.inf])

@@ -3,6 +3,7 @@ address family and their verdicts, the hold-down and its flap damping."""
 
 from __future__ import annotations
 
+import math
 import typing
 
 from wgrouter import model
@@ -290,3 +291,8 @@ class Wans:
         for wt in self.ctx.wan_tracks.values():
             yield from wt.probe_until.values()
             yield from wt.retry.values()
+
+    def quiet_until(self) -> float:
+        """Until when no WAN's hold-down shrinks by time alone (a loss leaving the flap window)."""
+        ends = [at + state.FLAP_WINDOW for wt in self.ctx.wan_tracks.values() for at in wt.changes]
+        return min([e for e in ends if e > self.ctx.now] or [math.inf])
