@@ -66,11 +66,8 @@ def addr(index, address, plen):
 
 def wg_device(endpoint="192.0.2.10:51820", handshake=NOW - 30, keepalive=25,
               allowed=("10.99.0.0/24", "10.200.0.1/32"), key=KEY, extra=()):
-    dev = wgdump.Device(listen_port=51820)
-    dev.peers[key] = wg.PeerInfo(key, endpoint, handshake, 1000, 2000, keepalive, tuple(allowed))
-    for k, info in extra:
-        dev.peers[k] = info
-    return dev
+    peers = [wg.PeerInfo(key, endpoint, handshake, 1000, 2000, keepalive, tuple(allowed))]
+    return wg.Device(51820, 0, peers + [info for _k, info in extra])
 
 
 def healthy_facts(**changes):
@@ -115,11 +112,11 @@ def test_wgdump_devices_keep_allowed_ips_and_fwmark():
     devices = wgdump.parse_devices(text)
     assert devices["wg0"].fwmark == 0xCA6C
     assert devices["wg0"].listen_port == 51820
-    assert devices["wg0"].peers[KEY].allowed_ips == ("10.99.0.0/24", "10.200.0.1/32")
-    assert devices["wg0"].peers[KEY].keepalive == 25
+    assert devices["wg0"].peer(KEY).allowed_ips == ("10.99.0.0/24", "10.200.0.1/32")
+    assert devices["wg0"].peer(KEY).keepalive == 25
     assert devices["wg1"].fwmark == 0
-    assert devices["wg1"].peers[KEY2].allowed_ips == ()
-    assert devices["wg1"].peers[KEY2].endpoint is None
+    assert devices["wg1"].peer(KEY2).allowed_ips == ()
+    assert devices["wg1"].peer(KEY2).endpoint is None
 
 
 @pytest.mark.parametrize("rc,out,err,expect", [
@@ -442,6 +439,8 @@ WG_DUMP = ("wg0\tPRIV\tPUB\t51820\toff\n"
            "wg0\t%s\t(none)\t192.0.2.10:51820\t10.99.0.0/24,10.200.0.1/32\t%d\t5\t6\t25\n"
            "wgother\tPRIV\tPUB\t1\toff\n" % (KEY, NOW - 5))
 
+# no in-process transport: every device comes from the scripted `wg show all dump`
+NO_TRANSPORT = wg.Client(())
 READ_ONLY = (["wg", "show"], ["ip", "route", "get"], ["conntrack", "-L"])
 
 
@@ -474,7 +473,7 @@ def test_gather_reads_only_and_collects_everything(tmp_path):
         return {n: ("1" if n.endswith("ip_forward") else "2") for n in names}
 
     cfg = make_config()
-    facts = diagnose.gather(str(tmp_path), cfg, fake, dumps=fake_dumps, sysctls=sysctls)
+    facts = diagnose.gather(str(tmp_path), cfg, fake, dumps=fake_dumps, sysctls=sysctls, wg=NO_TRANSPORT)
     assert set(facts.wg) == {"wg0"}  # wgother is not in this namespace
     assert facts.routes["192.0.2.10"]["dev"] == "eth1"
     assert facts.conntrack[("192.0.2.10", 51820)]["entries"][0]["src"] == "10.0.1.2"
@@ -504,7 +503,7 @@ def test_gather_with_fwmark_asks_route_with_mark_and_skips_down_wan_dns(tmp_path
     links, addrs, routes = fake_dumps()
     routes = routes[:1]  # wanb has no default route: down
     facts = diagnose.gather(str(tmp_path), make_config(), fake, dumps=lambda: (links, addrs, routes),
-                            sysctls=lambda names: {})
+                            sysctls=lambda names: {}, wg=NO_TRANSPORT)
     assert ["ip", "route", "get", "192.0.2.10", "mark", "0xca6c"] in fake.calls
     assert facts.dns["vpn.example.net"]["wanb"].get("skipped") is True
     assert facts.firewall is None
@@ -513,14 +512,16 @@ def test_gather_with_fwmark_asks_route_with_mark_and_skips_down_wan_dns(tmp_path
 def test_gather_survives_missing_tools(tmp_path):
     fake = FakeRunner()
     fake.on(["wg"], missing=True)
-    facts = diagnose.gather(str(tmp_path), make_config(), fake, dumps=fake_dumps, sysctls=lambda n: {})
+    facts = diagnose.gather(str(tmp_path), make_config(), fake, dumps=fake_dumps,
+                            sysctls=lambda n: {}, wg=NO_TRANSPORT)
     assert "not found" in facts.wg_error
     findings = diagnose.evaluate(make_config(), facts, NOW)
     assert statuses(findings, "wireguard") == ["fail"]
     fake = FakeRunner()
     fake.on(["wg", "show", "all", "dump"], out=WG_DUMP)
     fake.on(["conntrack"], missing=True)
-    facts = diagnose.gather(str(tmp_path), make_config(), fake, dumps=fake_dumps, sysctls=lambda n: {})
+    facts = diagnose.gather(str(tmp_path), make_config(), fake, dumps=fake_dumps,
+                            sysctls=lambda n: {}, wg=NO_TRANSPORT)
     assert "not found" in facts.conntrack[("192.0.2.10", 51820)]["error"]
 
 
@@ -531,7 +532,7 @@ def gather_without_dns_servers(tmp_path, answer):
     fake.on([sys.executable], out='{"addresses": ["%s"], "ttl": 5}\n' % answer)
     cfg = make_config()
     cfg = dataclasses.replace(cfg, wans=tuple(dataclasses.replace(w, dns_servers=()) for w in cfg.wans))
-    facts = diagnose.gather(str(tmp_path), cfg, fake, dumps=fake_dumps, sysctls=lambda n: {})
+    facts = diagnose.gather(str(tmp_path), cfg, fake, dumps=fake_dumps, sysctls=lambda n: {}, wg=NO_TRANSPORT)
     return cfg, facts, [argv for argv in fake.calls if argv[0] == sys.executable]
 
 
@@ -559,12 +560,14 @@ def test_resolver_child_failure_is_reported(tmp_path):
     fake = FakeRunner()
     fake.on(["wg", "show", "all", "dump"], out=WG_DUMP)
     fake.on([sys.executable], rc=1, out='{"error": "NXDOMAIN"}\n')
-    facts = diagnose.gather(str(tmp_path), make_config(), fake, dumps=fake_dumps, sysctls=lambda n: {})
+    facts = diagnose.gather(str(tmp_path), make_config(), fake, dumps=fake_dumps,
+                            sysctls=lambda n: {}, wg=NO_TRANSPORT)
     assert facts.dns["vpn.example.net"]["wan"]["error"] == "NXDOMAIN"
     fake = FakeRunner()
     fake.on(["wg", "show", "all", "dump"], out=WG_DUMP)
     fake.on([sys.executable], rc=1, err="Traceback: boom")
-    facts = diagnose.gather(str(tmp_path), make_config(), fake, dumps=fake_dumps, sysctls=lambda n: {})
+    facts = diagnose.gather(str(tmp_path), make_config(), fake, dumps=fake_dumps,
+                            sysctls=lambda n: {}, wg=NO_TRANSPORT)
     assert "boom" in facts.dns["vpn.example.net"]["wan"]["error"]
 
 
@@ -638,5 +641,98 @@ def test_gather_keeps_the_kernels_routes_for_the_host_route_check(tmp_path):
     pin = host_route("10.0.1.1", 3, 4, metric=10)
     facts = diagnose.gather(str(tmp_path), make_config(), fake,
                             dumps=lambda: (links, addrs, routes + [pin]),
-                            sysctls=lambda names: {})
+                            sysctls=lambda names: {}, wg=NO_TRANSPORT)
     assert pin in facts.kernel_routes
+
+
+# ------------------------------------------------------------------ WireGuard read as the daemon reads it
+
+
+class Transport:
+    """A wg transport answering from {device: wg.Device} (as tests/test_wg.py's):
+    absent is no such device, ``unavailable`` ones it cannot answer for."""
+
+    def __init__(self, name, devices, unavailable=()):
+        self.name = name
+        self.devices = devices
+        self.unavailable = set(unavailable)
+        self.asked = []
+        self.closed = False
+
+    def device(self, ifname):
+        self.asked.append(ifname)
+        if ifname in self.unavailable:
+            raise wg.Unavailable("%s: not here" % ifname)
+        if ifname not in self.devices:
+            raise wg.NoDevice(ifname)
+        return self.devices[ifname]
+
+    def close(self):
+        self.closed = True
+
+
+def wg_links():
+    links, addrs, routes = fake_dumps()
+    # a wireguard-go device (a tun link) and a tun that is no WireGuard (OpenVPN's)
+    return links + [link(6, "wgu", 1420, "tun"), link(7, "tun0", 1500, "tun")], addrs, routes
+
+
+UAPI_DEV = wg.Device(0, 0, [wg.PeerInfo(KEY2, None, 0, 0, 0, 0, ("10.98.0.0/24",))])
+
+
+def test_gather_reads_each_device_in_process_and_forks_no_wg(tmp_path):
+    kernel_dev = dataclasses.replace(wg_device(endpoint="192.0.2.10:51820"), fwmark=0xCA6C)
+    # "wgaway": a UAPI socket of a device in another namespace (they are shared)
+    uapi = Transport("uapi", {"wgu": UAPI_DEV, "wgaway": UAPI_DEV}, unavailable=("wg0",))
+    genl = Transport("genetlink", {"wg0": kernel_dev})
+    fake = FakeRunner()
+    facts = diagnose.gather(str(tmp_path), make_config(), fake, dumps=wg_links, sysctls=lambda n: {},
+                            wg=wg.Client((uapi, genl)))
+    assert [argv for argv in fake.calls if argv[0] == "wg"] == []
+    assert facts.wg == {"wg0": kernel_dev, "wgu": UAPI_DEV} and facts.wg_error is None
+    assert facts.wg_via == {"wg0": "genetlink", "wgu": "uapi"}
+    # only WireGuard-like links of this namespace are asked about; tun0 is none
+    assert sorted(uapi.asked) == ["tun0", "wg0", "wgu"] and "wgaway" not in genl.asked
+    # the device's own field reaches the route lookup
+    assert ["ip", "route", "get", "192.0.2.10", "mark", "0xca6c"] in fake.calls
+
+
+def test_gather_forks_wg_only_for_the_device_no_transport_answers(tmp_path):
+    dump = (WG_DUMP.replace("51820\toff", "51820\t0xca6c", 1)
+            + "wgu\tPRIV\tPUB\t1\toff\nwgu\t%s\t(none)\t192.0.2.99:1\t(none)\t5\t5\t5\toff\n" % KEY2)
+    fake = FakeRunner().on(["wg", "show", "all", "dump"], out=dump)
+    uapi = Transport("uapi", {"wgu": UAPI_DEV}, unavailable=("wg0", "tun0"))
+    facts = diagnose.gather(str(tmp_path), make_config(), fake, dumps=wg_links, sysctls=lambda n: {},
+                            wg=wg.Client((uapi,)))
+    assert [argv for argv in fake.calls if argv[0] == "wg"] == [["wg", "show", "all", "dump"]]
+    assert facts.wg_via == {"wg0": "wg", "wgu": "uapi"}  # tun0 is in no dump: no WireGuard
+    assert facts.wg["wgu"] is UAPI_DEV  # what the transport answered, not the dump's
+    assert facts.wg["wg0"].fwmark == 0xCA6C and facts.peer(make_config().tunnels[0].peers[0]).rx == 5
+    assert ["ip", "route", "get", "192.0.2.10", "mark", "0xca6c"] in fake.calls
+    # and when wg cannot answer either: why, for both ways, and what was read stays
+    fake = FakeRunner().on(["wg"], missing=True)
+    facts = diagnose.gather(str(tmp_path), make_config(), fake, dumps=wg_links, sysctls=lambda n: {},
+                            wg=wg.Client((uapi,)))
+    assert "not found" in facts.wg_error and "wg0: not here" in facts.wg_error
+    assert facts.wg == {"wgu": UAPI_DEV} and facts.wg_via == {"wgu": "uapi"}
+
+
+def test_gather_uses_the_daemons_transports_by_default_and_closes_them(tmp_path, monkeypatch):
+    genl = Transport("genetlink", {"wg0": wg_device()})
+    client = wg.Client
+    monkeypatch.setattr(diagnose_facts.wg_mod, "Client", lambda: client((genl,)))
+    facts = diagnose.gather(str(tmp_path), make_config(), FakeRunner(), dumps=fake_dumps, sysctls=lambda n: {})
+    assert facts.wg_via == {"wg0": "genetlink"} and genl.closed
+    given = client((Transport("genetlink", {"wg0": wg_device()}),))
+    diagnose.gather(str(tmp_path), make_config(), FakeRunner(), dumps=fake_dumps, sysctls=lambda n: {},
+                    wg=given)
+    assert not given.transports[0].closed  # the caller's client stays the caller's
+
+
+def test_report_says_how_each_device_was_read():
+    facts = healthy_facts(wg_via={TUN: "genetlink", "wgu": "wg"})
+    result = diagnose.report(diagnose.evaluate(make_config(), facts, NOW))
+    [f] = by_check(result["findings"], "wireguard")
+    assert f["status"] == "ok" and f["summary"] == "WireGuard read: wg0 through genetlink, wgu through wg"
+    assert "[ok]   wireguard: WireGuard read: wg0 through genetlink, wgu through wg" in diagnose.format_text(result)
+    fakebus.check_reply("diagnose", result)

@@ -146,6 +146,10 @@ def test_healthy_lab_is_ok_and_diagnose_changes_nothing(lab_factory):
     assert "via wan" in route["summary"] and route["tunnel"] == lab.router_wg
     [endpoint] = find(result, "endpoint")
     assert "vpn.lab.test" in endpoint["evidence"] and "via wan" in endpoint["evidence"]
+    # read in process, as the daemon reads it: wireguard-go over UAPI, the kernel's over netlink
+    [read] = find(result, "wireguard")
+    assert "%s through %s" % (lab.router_wg, "uapi" if lab.wg_backend == "wireguard-go" else "genetlink") \
+        in read["summary"], read
     # the readable form: one line per finding, exit code 0
     env = dict(os.environ, PYTHONPATH=REPO)
     r = lab.run("router", sys.executable, "-m", "wgrouter", "diagnose", "--root", lab.root, env=env,

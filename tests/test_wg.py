@@ -86,8 +86,8 @@ def peer_more(raw, ips):
     return nested(0, rta(1, raw), nested(9, *[allowed(p) for p in ips]))
 
 
-def device_first(ifname, *peers):
-    attrs = (rta(6, struct.pack("=H", 51820)) + rta(7, struct.pack("=I", 0)) + rta(1, struct.pack("=I", 7))
+def device_first(ifname, *peers, fwmark=0):
+    attrs = (rta(6, struct.pack("=H", 51820)) + rta(7, struct.pack("=I", fwmark)) + rta(1, struct.pack("=I", 7))
              + rta(2, ifname.encode() + b"\0") + rta(3, b"\x11" * 32) + rta(4, b"\x22" * 32))
     if peers:
         attrs += nested(8, *peers)
@@ -218,6 +218,26 @@ def test_same_dump_is_not_parsed_again(monkeypatch):
     rx[0] = 11
     assert g.get("wg0")[0].rx == 11 and len(parsed) == 2
     assert fake.requests == 3
+
+
+def test_device_fields_come_from_the_first_message_of_the_dump():
+    # netlink.c wg_get_device_dump: LISTEN_PORT and FWMARK only while no
+    # peer has been sent yet; the next message carries peers alone
+    first = device_first("wg0", peer_full(RAW[0], sin("198.51.100.7", 51820), 1700000000, 10, 20, 25),
+                         peer_full(RAW[1], None, 0, 0, 0, 0, ("10.8.0.0/24",)), fwmark=0xCA6C)
+
+    def answer(ifname, cmd, attrs, seq, n):
+        return [nlmsg(FAMILY_ID, 2, seq, first), nlmsg(FAMILY_ID, 2, seq, SPILL[1]) + done(seq)]
+
+    fake, g = genl_client(answer)
+    dev = g.device("wg0")
+    assert (dev.listen_port, dev.fwmark) == (51820, 0xCA6C)
+    assert [p.public_key for p in dev.peers] == KEYS
+    assert dev.peer(KEYS[1]).allowed_ips[-1] == "fd00::/64" and dev.peer("nosuch") is None
+    # the daemon's read: the same rows, and the same Device while the dump stays the same
+    assert g.get("wg0") == dev.peers and g.device("wg0") is g.device("wg0")
+    found, failed = wg.Client((g,)).read_devices(["wg0"])
+    assert failed == {} and found["wg0"].fwmark == 0xCA6C
 
 
 def test_dump_interrupted_is_read_again():
@@ -490,6 +510,22 @@ def test_uapi_same_reply_is_not_parsed_again(uapi_dir, monkeypatch):
     third = u.get("wg0")
     assert len(parsed) == 2 and third[0].rx == 11 and first[0].rx == 10
     assert len(server.requests) == 3  # each get still asks
+
+
+def test_uapi_device_has_listen_port_and_fwmark(uapi_dir):
+    run_dir, serve = uapi_dir
+    server = serve("wg0", get_reply=GET_REPLY.replace("listen_port=51820\n", "listen_port=51820\nfwmark=51820\n"))
+    u = wg.Uapi(run_dir)
+    dev = u.device("wg0")
+    assert (dev.listen_port, dev.fwmark) == (51820, 0xCA6C)
+    assert dev.peers == u.get("wg0") and u.get("wg0") is dev.peers  # one parse serves both
+    assert dev.peer(KEYS[0]).allowed_ips == ("10.9.0.0/24", "fd00::/64")
+    # wireguard-go writes fwmark only when it is set: absent is off
+    server.get_reply = GET_REPLY
+    assert u.device("wg0").fwmark == 0
+    server.get_reply = GET_REPLY.replace("listen_port=51820", "listen_port=x")
+    with pytest.raises(wg.WgError, match="listen_port"):
+        u.device("wg0")
 
 
 def test_uapi_set_one_peer_update_only(uapi_dir):

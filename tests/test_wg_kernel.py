@@ -37,7 +37,8 @@ import json, subprocess
 from wgrouter import wg, wgdump
 def dump():
     out = subprocess.run(["wg", "show", "wgc", "dump"], capture_output=True, text=True, check=True).stdout
-    return {k: list(v.__dict__.values()) for k, v in wgdump.parse_peers(out, interface="wgc")["wgc"].items()}
+    return {p.public_key: list(p.__dict__.values())
+            for p in wgdump.parse_devices(out, interface="wgc")["wgc"].peers}
 c = wg.Client()
 before = dump()
 found, failed = c.read(["wgc", "nosuch0"])
@@ -112,3 +113,35 @@ def test_genetlink_same_endpoint_set_clears_cached_source(pair):
     pair.ping()
     a, b = pair.counters()
     assert a > 0 and b == 0, "expected the new source A, saw A=%d B=%d" % (a, b)
+
+
+DIAGNOSE = r"""
+import json
+from wgrouter import model, runner
+from wgrouter.diagnose import facts
+
+class NoWg(runner.Runner):
+    def run(self, argv, timeout=5.0, input=None):
+        if argv[0] == "wg":
+            raise AssertionError("forked %r" % (argv,))
+        return runner.Runner.run(self, argv, timeout=timeout, input=input)
+
+peer = model.Peer("wgc", "srv", KEY, (), ())
+config = model.Config(model.Settings(), (), (model.Tunnel("wgc", (peer,)),))
+f = facts.gather("/nonexistent", config, NoWg(), sysctls=lambda names: {})
+dev = f.wg["wgc"]
+print(json.dumps({"via": f.wg_via, "error": f.wg_error, "listen_port": dev.listen_port, "fwmark": dev.fwmark,
+                  "endpoint": dev.peer(KEY).endpoint, "route": f.routes.get(SERVER)}))
+"""
+
+
+def test_diagnose_reads_the_kernel_device_through_genetlink(pair):
+    # diagnose reads as the daemon reads, the device's own fields included
+    pair.ping()
+    sh(pair.cli, "wg", "set", "wgc", "fwmark", "0xca6c")
+    line = sh(pair.cli, "wg", "show", "wgc", "dump").splitlines()[0].split("\t")  # priv, pub, port, fwmark
+    out = py(pair.cli, "KEY=%r\nSERVER=%r\n" % (pair.server_key, SERVER) + DIAGNOSE)
+    assert out["via"] == {"wgc": "genetlink"} and out["error"] is None
+    assert out["listen_port"] == int(line[2]) and line[3] == "0xca6c" and out["fwmark"] == 0xCA6C
+    assert out["endpoint"] == "%s:%d" % (SERVER, PORT)
+    assert out["route"]["dev"] == "c2" and out["route"]["error"] is None  # asked with the mark

@@ -25,7 +25,8 @@ from wgrouter import model, runner, shell, wg, wgdump
 
 def dump():
     out = subprocess.run(["wg", "show", DEV, "dump"], capture_output=True, text=True, check=True).stdout
-    return {k: list(v.__dict__.values()) for k, v in wgdump.parse_peers(out, interface=DEV)[DEV].items()}
+    return {p.public_key: list(p.__dict__.values())
+            for p in wgdump.parse_devices(out, interface=DEV)[DEV].peers}
 
 class NoFork(runner.Runner):
     def run(self, argv, timeout=5.0, input=None):

@@ -233,26 +233,11 @@ class Shell:
         self.wg_error = ""
         if not failed:
             return found
-        try:
-            result = self.runner.run(["wg", "show", "all", "dump"])
-        except (runner_mod.CommandMissing, OSError) as e:  # OSError: fork failed (ENOMEM)
-            self.wg_error = "wg show all dump: %s" % e
-        else:
-            if result.rc != 0:
-                self.wg_error = result.err.strip() or "wg exited %d" % result.rc
-            else:
-                try:
-                    dump = wgdump.parse_peers(result.out)
-                except wgdump.BadDump as e:
-                    self.wg_error = str(e)
-                else:
-                    for tunnel in failed:
-                        if tunnel in dump:
-                            found[tunnel] = list(dump[tunnel].values())
-                    return found
-        if self.wg.transports:
-            self.wg_error += " (in process: %s)" % "; ".join(failed[t] for t in sorted(failed))
-        return None
+        dumped, self.wg_error = wgdump.fallback(self.runner, failed, in_process=bool(self.wg.transports))
+        if dumped is None:
+            return None
+        found.update((tunnel, dev.peers) for tunnel, dev in dumped.items())
+        return found
 
     def _on_clock(self, key, stats, handshakes):
         """``stats`` with its handshake time (unix time from the kernel) on

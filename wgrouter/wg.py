@@ -9,7 +9,8 @@ One face, two transports, chosen per device the way wireguard-tools' own
   netlink family ``wireguard``.
 
 ``Client.read(names)`` gives every device's peers as ``PeerInfo`` rows, the
-same rows ``wgdump`` parses out of `wg show all dump`; ``Client.set_peer``
+same rows ``wgdump`` parses out of `wg show all dump`; ``Client.read_devices``
+gives each as a ``Device`` (its listen port and fwmark too); ``Client.set_peer``
 sets one peer's endpoint and persistent keepalive and touches nothing else.
 A device neither transport answers for raises (or is reported as)
 ``Unavailable``: the caller then forks `wg`, the fallback.  Pure stdlib
@@ -22,6 +23,7 @@ import errno
 import os
 import socket
 import struct
+import sys
 import typing
 
 import wgrouter
@@ -57,6 +59,21 @@ class PeerInfo:
         return model.PeerStats(self.endpoint, self.latest_handshake, self.rx, self.tx, self.keepalive)
 
 
+@dataclasses.dataclass(frozen=True)
+class Device:
+    """One device as `wg show IF dump` shows it, without its keys."""
+
+    listen_port: int = 0
+    fwmark: int = 0  # 0 = off
+    peers: list = dataclasses.field(default_factory=list)  # [PeerInfo] in the implementation's order
+
+    def peer(self, public_key):
+        for p in self.peers:
+            if p.public_key == public_key:
+                return p
+        return None
+
+
 KEY_LEN = 32
 # A hung implementation must not stall the daemon's loop for long; `wg`
 # itself was given 5 s by the runner, an in-process answer takes microseconds.
@@ -85,9 +102,10 @@ def _join(host, port):
 # ---------------------------------------------------------------- UAPI
 # The configuration protocol, https://www.wireguard.com/xplatform/ , as
 # WireGuard/wireguard-go device/uapi.go serves it: IpcHandle reads "get=1\n"
-# or "set=1\n"; IpcGetOperation writes key=value lines (keys in hex), device
-# keys first, then per peer public_key, preshared_key, protocol_version,
-# endpoint, last_handshake_time_sec/_nsec, tx_bytes, rx_bytes,
+# or "set=1\n"; IpcGetOperation writes key=value lines (keys in hex), the
+# device's first (private_key, listen_port, fwmark, each only when not 0),
+# then per peer public_key, preshared_key, protocol_version, endpoint,
+# last_handshake_time_sec/_nsec, tx_bytes, rx_bytes,
 # persistent_keepalive_interval and one allowed_ip line each; every reply
 # ends with "errno=N\n\n".  handlePeerLine takes update_only=true (do not
 # create the peer), endpoint= and persistent_keepalive_interval=.
@@ -96,7 +114,13 @@ RUN_DIR = "/var/run/wireguard"  # wireguard-go ipc/uapi_unix.go socketDirectory
 MAX_REPLY = 1 << 20  # thousands of peers; a reply never ending is not one
 
 
-class Uapi:
+class _Transport:
+    def get(self, ifname):
+        """[PeerInfo] of ``ifname``: its Device's peers."""
+        return self.device(ifname).peers
+
+
+class Uapi(_Transport):
     """Userspace WireGuard through its unix socket.
 
     One connection per device is kept open between requests: IpcHandle
@@ -115,7 +139,7 @@ class Uapi:
         self.run_dir = run_dir
         self.timeout = timeout
         self._socks = {}  # device -> the connection kept open to it
-        self._parsed = {}  # device -> (its last get reply, [PeerInfo] of it)
+        self._parsed = {}  # device -> (its last get reply, the Device of it)
 
     def path(self, ifname):
         return os.path.join(self.run_dir, ifname + ".sock")
@@ -198,17 +222,17 @@ class Uapi:
             raise WgError("%s: UAPI errno=%s" % (ifname, code))
         return lines
 
-    def get(self, ifname):
-        """[PeerInfo] of ``ifname``; Unavailable when it has no socket.  A
+    def device(self, ifname):
+        """The Device ``ifname``; Unavailable when it has no socket.  A
         reply byte for byte the last one (an idle tunnel between two
-        keepalives) gives the same list again, not parsed anew."""
+        keepalives) gives the same Device again, not parsed anew."""
         data = self._send(ifname, "get=1\n\n")
         last = self._parsed.get(ifname)
         if last is not None and last[0] == data:
             return last[1]
-        peers = parse_uapi(self._lines(ifname, data))
-        self._parsed[ifname] = (data, peers)
-        return peers
+        device = parse_uapi(self._lines(ifname, data))
+        self._parsed[ifname] = (data, device)
+        return device
 
     def set_peer(self, ifname, public_key, address, port, keepalive):
         if not os.path.exists(self.path(ifname)):
@@ -225,7 +249,8 @@ class Uapi:
 
 
 def parse_uapi(lines):
-    """[PeerInfo] from the key=value lines of a UAPI get reply."""
+    """The Device of the key=value lines of a UAPI get reply."""
+    device = {"listen_port": 0, "fwmark": 0}  # absent: 0, which for fwmark is off
     peers = []
     peer = None
     for line in lines:
@@ -243,10 +268,11 @@ def parse_uapi(lines):
                     "rx": 0, "tx": 0, "keepalive": 0, "allowed_ips": []}
             peers.append(peer)
             continue
-        if peer is None:
-            continue  # a device key: private_key, listen_port, fwmark
         try:
-            if key == "endpoint":
+            if peer is None:
+                if key in device:  # a device key; private_key is never kept
+                    device[key] = int(value)
+            elif key == "endpoint":
                 peer["endpoint"] = value
             elif key == "last_handshake_time_sec":
                 peer["latest_handshake"] = int(value)
@@ -260,7 +286,7 @@ def parse_uapi(lines):
                 peer["allowed_ips"].append(value)
         except ValueError:
             raise WgError("unexpected UAPI value for %s" % key) from None
-    return [_freeze(p) for p in peers]
+    return Device(device["listen_port"], device["fwmark"], [_freeze(p) for p in peers])
 
 
 def _freeze(peer):
@@ -283,6 +309,8 @@ WG_GENL_VERSION = 1
 WG_CMD_GET_DEVICE = 0
 WG_CMD_SET_DEVICE = 1
 WGDEVICE_A_IFNAME = 2
+WGDEVICE_A_LISTEN_PORT = 6
+WGDEVICE_A_FWMARK = 7
 WGDEVICE_A_PEERS = 8
 WGPEER_A_PUBLIC_KEY = 1
 WGPEER_A_FLAGS = 3
@@ -378,14 +406,17 @@ def _allowed_ip(value):
 
 
 def parse_device_messages(payloads):
-    """[PeerInfo] from the WG_CMD_GET_DEVICE payloads of one dump.
+    """The Device of the WG_CMD_GET_DEVICE payloads of one dump.
 
     A peer whose allowed IPs did not fit comes again in the next message
     with only its public key and the rest of them (wireguard.h): coalesced.
     """
+    device = {WGDEVICE_A_LISTEN_PORT: 0, WGDEVICE_A_FWMARK: 0}
     peers = {}  # base64 key -> dict, in the kernel's order
     for payload in payloads:
         for atype, value in attr_list(payload[_GENLMSGHDR.size:]):
+            if atype in device:  # wg_get_device_dump: first message only, u16 / u32, host order
+                device[atype] = int.from_bytes(value, sys.byteorder)
             if atype != WGDEVICE_A_PEERS:
                 continue
             for _index, peer_data in attr_list(value):
@@ -411,7 +442,8 @@ def parse_device_messages(payloads):
                         peer["allowed_ips"].append(_allowed_ip(ip))
                 except (struct.error, KeyError, IndexError, ValueError, OSError):
                     raise WgError("malformed peer %s in the wireguard dump" % key[:8]) from None
-    return [_freeze(p) for p in peers.values()]
+    return Device(device[WGDEVICE_A_LISTEN_PORT], device[WGDEVICE_A_FWMARK],
+                  [_freeze(p) for p in peers.values()])
 
 
 class _Refused(OSError):
@@ -422,7 +454,7 @@ def _error_code(payload):
     return -struct.unpack_from("=i", payload)[0] if len(payload) >= 4 else 0
 
 
-class Genetlink:
+class Genetlink(_Transport):
     """In-kernel WireGuard through generic netlink: one socket, kept open."""
 
     name = "genetlink"
@@ -434,7 +466,7 @@ class Genetlink:
         self._sock = None
         self._family = None
         self._seq = 0
-        self._parsed = {}  # device -> (its last dump's payloads, [PeerInfo] of them)
+        self._parsed = {}  # device -> (its last dump's payloads, the Device of them)
 
     def close(self):
         if self._sock is not None:
@@ -521,8 +553,8 @@ class Genetlink:
                 raise NoDevice("%s: no WireGuard device (%s)" % (ifname, e.strerror)) from None
             raise WgError("%s: wireguard netlink: %s" % (ifname, e.strerror or e)) from None
 
-    def get(self, ifname):
-        """[PeerInfo] of ``ifname`` (a dump: WG_CMD_GET_DEVICE is dumpit only)."""
+    def device(self, ifname):
+        """The Device ``ifname`` (a dump: WG_CMD_GET_DEVICE is dumpit only)."""
         for _attempt in range(DUMP_RETRIES):
             answer = self._device_request(ifname, netlink.NLM_F_REQUEST | netlink.NLM_F_DUMP, WG_CMD_GET_DEVICE)
             if any(flags & NLM_F_DUMP_INTR for flags, _payload in answer):
@@ -533,9 +565,9 @@ class Genetlink:
             last = self._parsed.get(ifname)
             if last is not None and last[0] == payloads:
                 return last[1]
-            peers = parse_device_messages(payloads)
-            self._parsed[ifname] = (payloads, peers)
-            return peers
+            device = parse_device_messages(payloads)
+            self._parsed[ifname] = (payloads, device)
+            return device
         raise Interrupted("%s: the device changed during %d dumps in a row" % (ifname, DUMP_RETRIES))
 
     def set_peer(self, ifname, public_key, address, port, keepalive):
@@ -589,12 +621,19 @@ class Client:
 
         A device that does not exist (or is no WireGuard device) is in
         neither; one no transport could answer for is in the second, and
-        the caller asks `wg` about it.
+        the caller asks `wg` about it (``wgdump.fallback``).
         """
+        return self._read(names, "get")
+
+    def read_devices(self, names):
+        """``read`` with a Device for each device."""
+        return self._read(names, "device")
+
+    def _read(self, names, method):
         found, failed = {}, {}
         for name in names:
             try:
-                found[name] = self._each(name, lambda t: t.get(name))
+                found[name] = self._each(name, lambda t: getattr(t, method)(name))
             except NoDevice:
                 continue
             except WgError as e:

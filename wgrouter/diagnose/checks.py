@@ -584,6 +584,9 @@ def evaluate(config, facts, now):
     if facts.wg_error:
         results.append(finding("wireguard", FAIL, "cannot read WireGuard state", facts.wg_error,
                                "install wireguard-tools and run as root"))
+    if facts.wg_via:
+        results.append(finding("wireguard", OK, "WireGuard read: " + ", ".join(
+            "%s through %s" % item for item in sorted(facts.wg_via.items()))))
     for wan in config.wans:
         state = facts.wans.get(wan.name)
         results.append(finding("wan", OK if state is not None and state.up else WARN,
@@ -602,7 +605,7 @@ def evaluate(config, facts, now):
                     % tunnel.name, tunnel=tunnel.name))
             continue
         for peer in tunnel.peers:
-            info = dev.peers.get(peer.public_key)
+            info = dev.peer(peer.public_key)
             if info is None:
                 results.append(finding(
                     "peer", FAIL, "peer %s is configured but not on %s" % (peer.label, tunnel.name),

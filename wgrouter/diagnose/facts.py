@@ -1,7 +1,9 @@
 """What `wgrouter diagnose` reads from the system, into a ``Facts``.
 
-``gather`` takes the netlink dumps (``kernel``), `wg show all dump`
-(parsed by ``wgdump``), `ip route get` for each endpoint, `conntrack -L` for
+``gather`` takes the netlink dumps (``kernel``), each WireGuard device the
+way the daemon reads it (``wg.Client``: UAPI or generic netlink, `wg show all
+dump` through ``wgdump.fallback`` for a device neither answers for),
+`ip route get` for each endpoint, `conntrack -L` for
 its flow, the sysctls under /proc/sys, DNS through each WAN (the resolver
 child of ``resolve``) and <root>/etc/config/firewall (``uci``).  It only
 reads: no route, rule, wg, conntrack or sysctl change.
@@ -18,6 +20,7 @@ from wgrouter import model
 from wgrouter import resolve
 from wgrouter import runner as runner_mod
 from wgrouter import uci
+from wgrouter import wg as wg_mod
 from wgrouter import wgdump
 
 # Seconds one resolver child may take per server (UDP then TCP) plus start-up.
@@ -27,6 +30,11 @@ FIREWALL = "etc/config/firewall"
 # Key of the DNS answer asked through /etc/resolv.conf (WANs with neither
 # dns_server nor servers learned by netifd).
 SYSTEM_RESOLVER = "(system)"
+# Link kinds a WireGuard device has: the kernel's own, and the tun device a
+# userspace implementation opens (torvalds/linux drivers/net/tun.c: kind "tun").
+WG_KINDS = ("wireguard", "tun")
+# How a device was read when no in-process transport answered for it.
+VIA_WG = "wg"
 
 
 @dataclasses.dataclass
@@ -37,7 +45,8 @@ class Facts:
     links: list = dataclasses.field(default_factory=list)  # netlink.dump_links()
     addrs: list = dataclasses.field(default_factory=list)  # netlink.dump_addrs()
     wans: dict = dataclasses.field(default_factory=dict)  # name -> model.WanState
-    wg: dict = dataclasses.field(default_factory=dict)  # device -> wgdump.Device
+    wg: dict = dataclasses.field(default_factory=dict)  # device -> wg.Device
+    wg_via: dict = dataclasses.field(default_factory=dict)  # device -> "uapi", "genetlink" or VIA_WG
     wg_error: typing.Optional[str] = None
     # endpoint address -> {"dev", "gateway", "prefsrc", "type", "error", "text"}
     routes: dict = dataclasses.field(default_factory=dict)
@@ -54,7 +63,7 @@ class Facts:
     def peer(self, peer):
         """The wg.PeerInfo of the configured ``peer`` (model.Peer), or None."""
         dev = self.wg.get(peer.tunnel)
-        return dev.peers.get(peer.public_key) if dev else None
+        return dev.peer(peer.public_key) if dev else None
 
 
 def parse_route_get(rc, out, err):
@@ -156,28 +165,39 @@ def _resolve(runner, host, wan=None, python=None, servers=None):
             "via": via}
 
 
-def gather(root, config, runner, dumps=None, sysctls=None):
+def read_wireguard(facts, config, runner, client):
+    """``facts.wg``, ``wg_via`` and ``wg_error`` by the daemon's rule
+    (shell.Shell._read_peers), for links of this namespace only:
+    wireguard-go's UAPI sockets are shared by every namespace."""
+    present = {link["ifname"] for link in facts.links}
+    names = {link["ifname"] for link in facts.links if link.get("kind") in WG_KINDS}
+    names |= {t.name for t in config.tunnels} & present
+    facts.wg, failed = client.read_devices(sorted(names))
+    facts.wg_via = {name: client.used[name] for name in facts.wg}
+    if failed:
+        dumped, why = wgdump.fallback(runner, failed, in_process=bool(client.transports))
+        if dumped is None:
+            facts.wg_error = why
+        else:
+            facts.wg.update(dumped)
+            facts.wg_via.update(dict.fromkeys(dumped, VIA_WG))
+
+
+def gather(root, config, runner, dumps=None, sysctls=None, wg=None):
     """Read everything ``evaluate`` needs.  ``dumps()`` -> (links, addrs,
-    routes) and ``sysctls(names)`` -> {name: value} default to netlink and
-    /proc/sys of the namespace we run in."""
+    routes), ``sysctls(names)`` -> {name: value} and ``wg`` (a wg.Client)
+    default to netlink, /proc/sys and the WireGuard transports of the
+    namespace we run in."""
     facts = Facts()
     links, addrs, routes = (dumps or kernel.dumps)()
     facts.links, facts.addrs, facts.kernel_routes = links, addrs, routes
     facts.wans = kernel.wan_states(config.wans, links, addrs, routes, mwan3=config.settings.mwan3)
-    present = {link["ifname"] for link in links}
-
+    client = wg or wg_mod.Client()
     try:
-        r = runner.run(["wg", "show", "all", "dump"])
-        if r.rc == 0:
-            # wireguard-go's UAPI sockets are shared by every namespace:
-            # keep only devices that exist here.
-            facts.wg = {k: v for k, v in wgdump.parse_devices(r.out).items() if k in present}
-        else:
-            facts.wg_error = r.err.strip() or "wg show exited %d" % r.rc
-    except runner_mod.CommandMissing as e:
-        facts.wg_error = str(e)
-    except wgrouter.Error as e:
-        facts.wg_error = str(e)
+        read_wireguard(facts, config, runner, client)
+    finally:
+        if wg is None:
+            client.close()
 
     endpoints = set()
     for peer in config.peers():
