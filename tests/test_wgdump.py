@@ -20,8 +20,14 @@ ALL = "\n".join(
 )
 
 
+def parse(text, interface=None):
+    """{tunnel: {public key: PeerStats}}: what the daemon takes of a dump."""
+    return {name: {p.public_key: p.stats() for p in dev.peers}
+            for name, dev in wgdump.parse_devices(text, interface).items()}
+
+
 def test_parse_all_dump():
-    result = wgdump.parse(ALL)
+    result = parse(ALL)
     assert set(result) == {"wg0", "wg1", "wg2"}
     assert result["wg2"] == {}
     assert result["wg0"][K2] == model.PeerStats("198.51.100.7:51820", 1700000000, 1234, 5678, 25)
@@ -31,11 +37,11 @@ def test_parse_all_dump():
 
 def test_parse_interface_dump():
     text = "%s\t%s\t51820\toff\n%s\t(none)\t192.0.2.1:1\t0.0.0.0/0\t5\t6\t7\toff\n" % (PRIV, K1, K2)
-    assert wgdump.parse(text, interface="wg9") == {"wg9": {K2: model.PeerStats("192.0.2.1:1", 5, 6, 7, 0)}}
+    assert parse(text, interface="wg9") == {"wg9": {K2: model.PeerStats("192.0.2.1:1", 5, 6, 7, 0)}}
 
 
 def test_parse_empty():
-    assert wgdump.parse("") == {}
+    assert parse("") == {}
 
 
 @pytest.mark.parametrize(
@@ -47,4 +53,4 @@ def test_parse_empty():
 )
 def test_parse_rejects_garbage(line):
     with pytest.raises(wgdump.BadDump):
-        wgdump.parse(line)
+        parse(line)

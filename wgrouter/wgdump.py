@@ -17,16 +17,6 @@ class BadDump(wgrouter.Error):
     """unexpected line in wg dump output"""
 
 
-def parse(text, interface=None):
-    """Return {tunnel: {public_key: PeerStats}}.
-
-    With ``interface`` the text is the output of `wg show INTERFACE dump`
-    (no name column).  Every interface appears, even one without peers.
-    """
-    return {name: {p.public_key: p.stats() for p in dev.peers}
-            for name, dev in parse_devices(text, interface).items()}
-
-
 def _number(text, base=10):
     try:
         return int(text, base)
