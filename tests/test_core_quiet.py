@@ -103,3 +103,20 @@ def test_an_idle_tunnel_is_checked_by_quiet_steps(monkeypatch):
     rig.traffic(("wg0", KEY), rx=32, tx=32)
     rig.step(at=rig.engine.next_check)
     assert len(full) == 2  # new counters: a full check
+
+
+def test_a_quiet_peers_echo_goes_out_when_due_not_at_the_next_check():
+    rig = rigs(Rig)
+    d = rig.step()
+    handshake = int(rig.t) + 1
+    rig.traffic(("wg0", KEY), rx=92, tx=148, handshake=handshake)
+    rig.traffic(("wg0", KEY2), rx=92, tx=148, handshake=handshake)
+    probes = []
+    for _ in range(30):  # a step at each deadline, as the loop takes them
+        d = rig.step(at=d.deadline)
+        probes = of(d, model.Probe)
+        if probes:
+            break
+    # heard from at its handshake, keepalive 25 s: the echo at 25 s, not at
+    # the first check after (up to 1.5 s x 1.05 later)
+    assert [p.peer for p in probes] == [KEY] and rig.t == handshake + 25

@@ -45,6 +45,7 @@ class Quiet(typing.NamedTuple):
     tunnels: typing.Any
     until: float
     deadline: typing.Optional[float]  # the parts' earliest deadline, None if they have none
+    due: typing.Optional[float]  # health.quiet_due() of that check
 
 
 class Engine:
@@ -102,9 +103,12 @@ class Engine:
         self.health.verify()
         self.health.trials()
         self.names.resolves()
+        due = self.health.quiet_due()
+        if due is not None and due < self._next_check:
+            self._next_check = due  # a quiet peer's echo on time, not up to a check late
         parts = self._part_deadlines()
         if checked and not out and not obs.events:
-            self._quiet = self._quiet_after(obs, parts)
+            self._quiet = self._quiet_after(obs, parts, due)
         return model.Decision(actions=tuple(out), deadline=self._deadline(parts))
 
     def reconfigure(self, config: model.Config, now: float) -> None:
@@ -261,7 +265,8 @@ class Engine:
     # full step would, at a fraction of its cost: tests/test_core_quiet.py
     # runs both side by side.
 
-    def _quiet_after(self, obs: model.Observation, parts: typing.List[float]) -> typing.Optional["Quiet"]:
+    def _quiet_after(self, obs: model.Observation, parts: typing.List[float],
+                     due: typing.Optional[float]) -> typing.Optional["Quiet"]:
         """The Quiet after a check that decided nothing, or None when the
         next step with the same observation might decide something."""
         if any(t <= self.ctx.now for t in parts):
@@ -271,13 +276,15 @@ class Engine:
             return None
         until = min([until, self.wans.quiet_until(), self.names.quiet_until()] + parts)
         return Quiet(wans=obs.wans, peers=obs.peers, tunnels=obs.tunnels, until=until,
-                     deadline=min(parts, default=None))
+                     deadline=min(parts, default=None), due=due)
 
     def _repeat(self, quiet: "Quiet", obs: model.Observation, now: float) -> model.Decision:
         self.ctx.begin(obs, now)
         checking = now >= self._next_check
         if checking:
             self._next_check = now + self.ctx.check_interval()
+        if quiet.due is not None and now < quiet.due < self._next_check:
+            self._next_check = quiet.due
         self.health.refresh(checking)
         self._quiet = quiet
         deadline = self._next_check if quiet.deadline is None else min(self._next_check, quiet.deadline)

@@ -168,7 +168,7 @@ class Health:
         """Until when a check of unchanged counters only moves the samples
         on: every peer is up with nothing out or pending (as ``_recovered``
         leaves it), and none reaches a verdict that time alone brings (a
-        handshake too old, a quiet peer's probe).  None if that is not so."""
+        handshake too old, a quiet peer's echo).  None if that is not so."""
         s = self.ctx.config.settings
         until = math.inf
         for ts in self.ctx.tunnels.values():
@@ -182,12 +182,31 @@ class Health:
                     continue  # not judged: only its sample moves on
                 if st.latest_handshake:
                     until = min(until, st.latest_handshake + s.handshake_timeout)
-                    due, _ = self._quiet_due(ps, ps.applied.keepalive)
-                    if due is not None:
-                        until = min(until, due)
                 elif ps.applied_at is not None:
                     until = min(until, ps.applied_at + s.handshake_timeout)
+                due = self._echo_due(ts, ps)
+                if due is not None:
+                    until = min(until, due)
         return until
+
+    def quiet_due(self) -> typing.Optional[float]:
+        """The next moment a peer's echo for quiet falls due: the check is
+        taken then rather than at its next turn."""
+        dues = [self._echo_due(ts, ps) for ts in self.ctx.tunnels.values() for ps in self.ctx.tunnel_peers(ts)]
+        return min([d for d in dues if d is not None and d > self.ctx.now], default=None)
+
+    def _echo_due(self, ts: state.TunnelState, ps: state.PeerState) -> typing.Optional[float]:
+        """When a check would send the peer its echo for quiet, counters
+        unchanged: a peer on a path with a keepalive, a probe target, a
+        handshake not too old and nothing out.  None for any other."""
+        st = self.ctx.obs.peers.get(ps.peer.key)
+        if st is None or not st.latest_handshake or ts.wan is None or not ts.present or ps.applied is None \
+                or ps.probe_until is not None or ps.probe_failed or ps.trial is not None \
+                or ps.quiet_failed is not None:
+            return None
+        if self.ctx.now >= st.latest_handshake + self.ctx.config.settings.handshake_timeout:
+            return None
+        return self._quiet_due(ps, ps.applied.keepalive)[0]
 
     def refresh(self, checking: bool) -> None:
         """What a step of unchanged counters does: the marks and (in a
