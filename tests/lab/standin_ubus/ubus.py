@@ -100,7 +100,8 @@ class _Connection:
 
     def _read(self, timeout):
         """The messages that arrive within ``timeout`` s (None: block until
-        some data does); [] on a timeout, and on EOF, which marks the loss."""
+        some data does), {} for a line that is none; [] on a timeout, and on
+        EOF, which marks the loss."""
         if self.lost:
             return []
         r, _, _ = select.select([self.sock], [], [], timeout)
@@ -119,9 +120,8 @@ class _Connection:
             try:
                 msg = json.loads(line)
             except ValueError:
-                continue
-            if isinstance(msg, dict):
-                out.append(msg)
+                msg = None
+            out.append(msg if isinstance(msg, dict) else {})
         return out
 
     def request(self, msg, timeout=CALL_TIMEOUT):
