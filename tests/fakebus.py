@@ -14,6 +14,7 @@ the same module-level API (``connect``, ``disconnect``, ``get_connected``,
   ``RuntimeError("ubus error occured: Invalid argument")``;
 - connecting twice or disconnecting twice raises;
 - ``loop(timeout)`` takes an int of milliseconds;
+- an event reaches the listeners of other connections, not the sender's;
 - object paths and event patterns match as ubusd matches them (a name, or
   a prefix with one trailing ``*``);
 - after ubusd goes away (``Ubusd.stop()``, ``Ubusd.kill()``, ``restart()``),
@@ -349,8 +350,10 @@ class FakeBus:
             return False  # observed: no exception after ubusd went away
         data = json.loads(json.dumps(data))
         self.sent.append((event, data))
-        for pattern, callback, _ in list(self.ubusd.listeners):
-            if ubusrules.matches(pattern, event):
+        for pattern, callback, owner in list(self.ubusd.listeners):
+            # ubusd does not loop an event back to its sender (ubusd_event.c,
+            # ubusd_send_event_msg; observed)
+            if owner is not self and ubusrules.matches(pattern, event):
                 callback(event, data)
         return True
 

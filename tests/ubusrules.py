@@ -99,8 +99,9 @@ def check_reply(data):
 
 
 def check_timeout(timeout):
-    """loop() takes an int of milliseconds."""
-    if not isinstance(timeout, int) or isinstance(timeout, bool):
+    """loop() takes an int of milliseconds (python-ubus ``ubus_python_loop``
+    parses it with "|i": a float is refused, a bool is an int; observed)."""
+    if not isinstance(timeout, int):
         raise TypeError("an integer is required (timeout in ms)")
 
 

@@ -26,8 +26,10 @@ source:
   Here: ``{"op": "hello", "peer": ID}``;
 * an object path or event pattern is a name, or a prefix with one trailing
   ``*`` (tests/ubusrules.py ``matches``); each of a listener's patterns
-  that matches an event gets the event once (ubusd_event.c,
-  ubusd_send_event: one message per registered pattern);
+  that matches an event gets the event once, and the sender gets none of
+  its own (ubusd_event.c, ubusd_send_event_msg: "do not loop back events";
+  observed with python-ubus 0.1.3: two patterns that match, two calls, and
+  none for the process's own send);
 * an event is sent as a request that ubusd answers (libubus.c,
   ubus_send_event -> ubus_complete_request);
 * ubusd unlinks its socket path before it binds a new socket there, and
@@ -161,6 +163,8 @@ class Bus:
         elif op == "send":
             event = msg.get("event") or ""
             for other, patterns in self.listeners.items():
+                if other is conn:
+                    continue  # not looped back
                 for pattern in patterns:
                     if ubusrules.matches(pattern, event):
                         self._send(other, {"op": "event", "pattern": pattern, "event": event,

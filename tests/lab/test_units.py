@@ -412,8 +412,10 @@ def test_standin_ubus_blocks_its_whole_turn_and_serves_calls_meanwhile(tmp_path)
 
 def test_standin_ubus_checks_arguments_and_matches_as_ubusd(tmp_path):
     """The signature is strict (tests/ubusrules.py); paths and event patterns
-    match as ubusd's (a name, or a prefix with a trailing ``*``), and each
-    matching pattern gets the event."""
+    match as ubusd's (a name, or a prefix with a trailing ``*``), each
+    matching pattern gets the event, and the sender gets none of its own
+    (all as seen with the real ubusd and python-ubus 0.1.3)."""
+    import pytest
     path = str(tmp_path / "ubus.sock")
     bus = _StandinBus(path)
     try:
@@ -439,9 +441,13 @@ def test_standin_ubus_checks_arguments_and_matches_as_ubusd(tmp_path):
                     ("wgrouter", lambda e, d: got.append(("name", e))))
         sender = _standin_ubus()
         sender.connect(socket_path=path)
+        assert ubus.send("wgrouter.state", {"a": 0}) is True  # not looped back
         assert sender.send("wgrouter.state", {"a": 1}) is True
         ubus.loop(200)
         assert sorted(got) == [("exact", "wgrouter.state"), ("prefix", "wgrouter.state")]
+        ubus.loop(True)  # the binding parses "|i": a bool is an int, a float is not
+        with pytest.raises(TypeError):
+            ubus.loop(1.5)
         sender.disconnect()
         ubus.disconnect()
     finally:
