@@ -328,9 +328,11 @@ def _memory_and_idle(idle_seconds, site):
 # ---------------------------------------------------- idle at the defaults
 
 IDLE_DEFAULTS = "idle_defaults"  # an --only name beside the scenarios
-# The binding stand-in the daemon imports as `ubus` (tests/lab/idlebus_ubus),
-# served by the stand-in ubusd tests/lab/idlebus.py.
-STANDIN_UBUS = os.path.join(REPO, "tests/lab/idlebus_ubus")
+# The binding stand-in the daemon imports as `ubus` (tests/lab/standin_ubus),
+# served by the stand-in ubusd tests/lab/standin_bus.py.
+STANDIN_UBUS = os.path.join(REPO, "tests/lab/standin_ubus")
+# What luci.wgrouter's methods need besides their own arguments (uhttpd adds it)
+LUCI_ARGS = {"ubus_rpc_session": "bench"}
 
 
 def _voluntary(pid):
@@ -358,14 +360,16 @@ def _idle_at_defaults(site, idle_seconds, with_ubus):
         bus = None
         code = "import sys; sys.path.insert(0, %r); " % site
         if with_ubus:
-            from tests.lab import idlebus
+            from tests.lab import standin_bus
             path = os.path.join(lab.tmp, "ubus.sock")
-            bus = idlebus.BusProcess(lab, path)
+            bus = standin_bus.BusProcess(lab, path)
             bus.start()
             # -I keeps PYTHONPATH out: the stand-in binding goes on the path
-            # here, and the socket ubusobj watches is the stand-in's
-            code += ("sys.path.append(%r); from wgrouter import ubusobj; "
-                     "ubusobj.DEFAULT_SOCKET = %r; " % (STANDIN_UBUS, path))
+            # here, and the repository after the shipped site (the binding
+            # imports tests/ubusrules.py; wgrouter still comes from the site);
+            # the socket ubusobj watches is the stand-in's
+            code += ("sys.path += [%r, %r]; from wgrouter import ubusobj; "
+                     "ubusobj.DEFAULT_SOCKET = %r; " % (STANDIN_UBUS, REPO, path))
         code += "from wgrouter import cli; sys.exit(cli.main())"
         cmd = [sys.executable, "-I", "-c", code, "run", "--root", lab.root]
         lab.start_wgrouter(endpoint_host=topology.VPN_ADDRESSES[0],
@@ -373,7 +377,7 @@ def _idle_at_defaults(site, idle_seconds, with_ubus):
                            **SHIPPED)
         if not lab.wait_for(lab.tunnel_works, 30):
             raise RuntimeError("idle at defaults: the tunnel never came up")
-        if bus is not None and not bus.wait_object("luci.wgrouter", 15):
+        if bus is not None and not bus.wait_object("luci.wgrouter", 15, LUCI_ARGS):
             raise RuntimeError("idle at defaults: the ubus object was never registered")
         time.sleep(12)  # warm-up: first checks, the handshake
         pid = daemon_pid(lab)
@@ -397,8 +401,8 @@ def _idle_at_defaults(site, idle_seconds, with_ubus):
         if bus is not None:
             # still on the bus, and it answers (after the measurement: a
             # call is a wake-up)
-            res["ubus_registered"] = bus.wait_object("luci.wgrouter", 5)
-            answer = bus.request({"op": "call", "obj": "wgrouter", "method": "status", "args": {}})
+            res["ubus_registered"] = bus.wait_object("luci.wgrouter", 5, LUCI_ARGS)
+            answer = bus.call("wgrouter", "status")
             res["ubus_status_answered"] = bool(answer and answer.get("status") == 0
                                                and answer.get("replies"))
             bus.stop()
@@ -417,7 +421,7 @@ def bench_idle_defaults(idle_seconds):
         s = model.Settings()
         res = {"check_interval": s.check_interval, "probe_timeout": s.probe_timeout,
                "ubus_loop_ms": ubusobj.LOOP_MS,
-               "ubus_standin": "tests/lab/idlebus.py + tests/lab/idlebus_ubus/ubus.py "
+               "ubus_standin": "tests/lab/standin_bus.py + tests/lab/standin_ubus/ubus.py "
                                "(loop blocks for its whole timeout, as python-ubus's)"}
         res["no_ubus"] = _idle_at_defaults(site, idle_seconds, False)
         res["ubus"] = _idle_at_defaults(site, idle_seconds, True)

@@ -14,6 +14,9 @@ the same module-level API (``connect``, ``disconnect``, ``get_connected``,
   ``RuntimeError("ubus error occured: Invalid argument")``;
 - connecting twice or disconnecting twice raises;
 - ``loop(timeout)`` takes an int of milliseconds;
+- an event reaches the listeners of other connections, not the sender's;
+- object paths and event patterns match as ubusd matches them (a name, or
+  a prefix with one trailing ``*``);
 - after ubusd goes away (``Ubusd.stop()``, ``Ubusd.kill()``, ``restart()``),
   the connection still held behaves as observed with python-ubus 0.1.3,
   ubus 3cc98db and libubox 1aa36ee (OPENWRT.md, "After ubusd goes away"):
@@ -42,6 +45,9 @@ Without a looping thread a call is served inline.
 
 ``check_reply(method, reply)`` and ``check_event(name, data)`` check data
 against tests/ubus_contract.json; they work on replies of the real daemon too.
+
+The checks of the binding and of ubusd are in tests/ubusrules.py, which the
+lab's binding stand-in (tests/lab/standin_ubus) applies too.
 """
 
 import fnmatch
@@ -55,36 +61,16 @@ import threading
 import time
 import weakref
 
+from tests import ubusrules
+# the status codes and the error, as the tests know them from here
+from tests.ubusrules import (STATUS_INVALID_ARGUMENT, STATUS_INVALID_COMMAND,  # noqa: F401
+                             STATUS_METHOD_NOT_FOUND, STATUS_NOT_FOUND, STATUS_OK, STATUS_TIMEOUT,
+                             STATUS_UNKNOWN_ERROR, UbusStatus)
+
 CONTRACT_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "ubus_contract.json")
-
-# ubus status codes (libubus ubus_msg_status)
-STATUS_OK = 0
-STATUS_INVALID_COMMAND = 1
-STATUS_INVALID_ARGUMENT = 2
-STATUS_METHOD_NOT_FOUND = 3
-STATUS_NOT_FOUND = 4
-STATUS_TIMEOUT = 7
-STATUS_UNKNOWN_ERROR = 9
-
-_MESSAGES = {
-    STATUS_INVALID_ARGUMENT: "Invalid argument",
-    STATUS_METHOD_NOT_FOUND: "Method not found",
-    STATUS_NOT_FOUND: "Not found",
-    STATUS_TIMEOUT: "Request timed out",
-    STATUS_UNKNOWN_ERROR: "Unknown error",
-}
-
 
 _UNSET = object()
 _WAKE = object()
-
-
-class UbusStatus(RuntimeError):
-    """A call failed with a ubus status code (the binding raises RuntimeError)."""
-
-    def __init__(self, status):
-        super().__init__("ubus error occured: %s" % _MESSAGES.get(status, status))
-        self.status = status
 
 
 DEFAULT_SOCKET = "/var/run/ubus/ubus.sock"
@@ -206,8 +192,7 @@ class _Handler:
         self._request = request
 
     def reply(self, data):
-        if not isinstance(data, dict):
-            raise TypeError("reply must be a dict")
+        ubusrules.check_reply(data)
         # the binding turns the dict into blobmsg through JSON
         self._request.replies.append(json.loads(json.dumps(data)))
 
@@ -215,15 +200,7 @@ class _Handler:
 class FakeBus:
     """Stand-in for the ``ubus`` module (one connection, like the binding)."""
 
-    BLOBMSG_TYPE_ARRAY = 1
-    BLOBMSG_TYPE_TABLE = 2
-    BLOBMSG_TYPE_STRING = 3
-    BLOBMSG_TYPE_INT64 = 4
-    BLOBMSG_TYPE_INT32 = 5
-    BLOBMSG_TYPE_INT16 = 6
-    BLOBMSG_TYPE_INT8 = 7
-    BLOBMSG_TYPE_BOOL = 7
-    BLOBMSG_TYPE_DOUBLE = 8
+    # the binding's BLOBMSG_TYPE_* constants: set from tests/ubusrules.py below the class
 
     def __init__(self, ubusd=None, call_timeout=5.0, default_socket=DEFAULT_SOCKET):
         self.ubusd = ubusd if ubusd is not None else Ubusd()
@@ -297,38 +274,11 @@ class FakeBus:
 
     # --------------------------------------------------------- objects
 
-    def _type_ok(self, type_, value):
-        if type_ == self.BLOBMSG_TYPE_STRING:
-            return isinstance(value, str)
-        if type_ == self.BLOBMSG_TYPE_BOOL:
-            return isinstance(value, bool)
-        if type_ in (self.BLOBMSG_TYPE_INT32, self.BLOBMSG_TYPE_INT16, self.BLOBMSG_TYPE_INT64):
-            return isinstance(value, int) and not isinstance(value, bool)
-        if type_ == self.BLOBMSG_TYPE_DOUBLE:
-            return isinstance(value, float)
-        if type_ == self.BLOBMSG_TYPE_TABLE:
-            return isinstance(value, dict)
-        if type_ == self.BLOBMSG_TYPE_ARRAY:
-            return isinstance(value, list)
-        return False
-
     def add(self, name, methods):
         self._require_alive()
         if not isinstance(name, str) or not isinstance(methods, dict):
             raise TypeError("add(name: str, methods: dict)")
-        valid_types = {self.BLOBMSG_TYPE_ARRAY, self.BLOBMSG_TYPE_TABLE, self.BLOBMSG_TYPE_STRING,
-                       self.BLOBMSG_TYPE_INT64, self.BLOBMSG_TYPE_INT32, self.BLOBMSG_TYPE_INT16,
-                       self.BLOBMSG_TYPE_INT8, self.BLOBMSG_TYPE_DOUBLE}
-        table = {}
-        for method, spec in methods.items():
-            if not isinstance(spec, dict) or set(spec) != {"method", "signature"}:
-                raise TypeError("method %r needs exactly 'method' and 'signature'" % method)
-            if not callable(spec["method"]) or not isinstance(spec["signature"], dict):
-                raise TypeError("method %r: bad callback or signature" % method)
-            for arg, type_ in spec["signature"].items():
-                if not isinstance(arg, str) or type_ not in valid_types:
-                    raise TypeError("method %r: bad argument %r" % (method, arg))
-            table[method] = (spec["method"], dict(spec["signature"]))
+        table = ubusrules.method_table(methods)
         if name in self.ubusd.objects:
             raise RuntimeError("ubus error occured: Invalid argument")
         self.ubusd.objects[name] = self
@@ -339,7 +289,7 @@ class FakeBus:
         self._require_alive()
         found = {}
         for name, owner in self.ubusd.objects.items():
-            if fnmatch.fnmatchcase(name, path):
+            if ubusrules.matches(path, name):
                 table = owner._methods.get(name, {}) if owner is not None else {}
                 found[name] = {m: dict(sig) for m, (_, sig) in table.items()}
         return found
@@ -377,8 +327,7 @@ class FakeBus:
                 raise UbusStatus(STATUS_METHOD_NOT_FOUND)
             callback, signature = table[request.method]
             args = request.args
-            if set(args) != set(signature) or not all(
-                    self._type_ok(signature[a], v) for a, v in args.items()):
+            if not ubusrules.args_ok(signature, args):
                 raise UbusStatus(STATUS_INVALID_ARGUMENT)
             self.handler_threads.append(threading.get_ident())
             try:
@@ -401,8 +350,10 @@ class FakeBus:
             return False  # observed: no exception after ubusd went away
         data = json.loads(json.dumps(data))
         self.sent.append((event, data))
-        for pattern, callback, _ in list(self.ubusd.listeners):
-            if fnmatch.fnmatchcase(event, pattern):
+        for pattern, callback, owner in list(self.ubusd.listeners):
+            # ubusd does not loop an event back to its sender (ubusd_event.c,
+            # ubusd_send_event_msg; observed)
+            if owner is not self and ubusrules.matches(pattern, event):
                 callback(event, data)
         return True
 
@@ -422,8 +373,7 @@ class FakeBus:
         ubusd went away during a turn or between two.
         """
         self._require_connected()
-        if not isinstance(timeout, int) or isinstance(timeout, bool):
-            raise TypeError("an integer is required (timeout in ms)")
+        ubusrules.check_timeout(timeout)
         self.loop_calls += 1
         self._looping = threading.get_ident()
         deadline = None if timeout < 0 else time.monotonic() + timeout / 1000.0
@@ -450,6 +400,11 @@ class FakeBus:
     def lose_connection(self):
         """This connection's ubusd went away (see Ubusd.stop, kill, restart)."""
         self.ubusd.kill()
+
+
+for _name in dir(ubusrules):
+    if _name.startswith("BLOBMSG_TYPE_"):
+        setattr(FakeBus, _name, getattr(ubusrules, _name))
 
 
 # ------------------------------------------------------------ uhttpd

@@ -1,26 +1,37 @@
-"""A stand-in ubusd in its own process, so the soak can restart it.
+"""A stand-in ubusd in its own process, for the lab's daemon.
 
     python3 -m tests.lab.standin_bus SOCKET_PATH
 
 FakeBus (tests/fakebus.py) is a bus inside the test process; the lab's
 daemon is a separate process, and a ubusd restart must break a connection
 that lives in that process.  This bus speaks JSON lines over a Unix socket
-with the binding stand-in tests/lab/standin_ubus/ubus.py (which the soak puts
-on the daemon's path through tests/lab/soakhook.py).  What it models, from
-/work/shared/OPENWRT.md (python-ubus 0.1.3 against ubusd of openwrt/ubus
-3cc98db):
+with the binding stand-in tests/lab/standin_ubus/ubus.py, which the chaos
+soak puts on the daemon's path through tests/lab/soakhook.py and the idle
+benchmark through bench/run.py.  What it models, from /work/shared/OPENWRT.md
+(python-ubus 0.1.3 against ubusd of openwrt/ubus 3cc98db) and the ubus
+source:
 
 * an object belongs to the connection that added it, and a second ``add``
   of a name already on the bus fails (``Invalid argument``);
-* a publisher that dies (SIGKILL) loses its object at once: the name can be
-  added again by a new process;
+* a connection that goes away (a publisher SIGKILLed) loses its objects at
+  once: the name can be added again by a new process; a call it had not
+  answered yet fails;
 * a restarted ubusd knows no objects: every client must connect and add
   again (what the binding's connection then does is the module's part);
 * ubusd greets every client it accepts with a HELLO message that carries
   the client's id, before anything else (ubus ubusd_proto.c,
   ubusd_proto_new_client -> ubusd_send_hello); libubus's connect reads it
-  first and gives up on anything else (libubus-io.c, ubus_reconnect).
+  first and gives up on anything else (libubus-io.c, ubus_reconnect), and
+  wgrouter's ubusobj checks for it before it connects.
   Here: ``{"op": "hello", "peer": ID}``;
+* an object path or event pattern is a name, or a prefix with one trailing
+  ``*`` (tests/ubusrules.py ``matches``); each of a listener's patterns
+  that matches an event gets the event once, and the sender gets none of
+  its own (ubusd_event.c, ubusd_send_event_msg: "do not loop back events";
+  observed with python-ubus 0.1.3: two patterns that match, two calls, and
+  none for the process's own send);
+* an event is sent as a request that ubusd answers (libubus.c,
+  ubus_send_event -> ubus_complete_request);
 * ubusd unlinks its socket path before it binds a new socket there, and
   again when its loop ends on SIGTERM or SIGINT (ubus ubusd_main.c, main:
   unlink, usock, uloop_run, unlink); a SIGKILLed ubusd leaves its socket
@@ -28,10 +39,9 @@ on the daemon's path through tests/lab/soakhook.py).  What it models, from
 
 Messages (one JSON object a line): add, objects, call -> invoke -> reply ->
 result, send -> event, listen.  The argument checks of a call are the
-binding's (the module applies FakeBus's), not the bus's.
+binding's (tests/ubusrules.py), not the bus's.
 """
 
-import fnmatch
 import json
 import os
 import selectors
@@ -41,11 +51,9 @@ import subprocess
 import sys
 import time
 
+from tests import ubusrules
 from tests.lab import topology
 
-# ubus status codes (libubus ubus_msg_status), as in tests/fakebus.py
-STATUS_NOT_FOUND = 4
-STATUS_TIMEOUT = 7
 MAX_LINE = 1 << 20
 
 
@@ -119,8 +127,8 @@ class Bus:
         for (owner, rid), (caller, cid) in list(self.pending.items()):
             if owner is conn:
                 del self.pending[(owner, rid)]
-                self._send(caller, {"op": "result", "id": cid, "status": STATUS_NOT_FOUND,
-                                    "replies": []})
+                self._send(caller, {"op": "result", "id": cid,
+                                    "status": ubusrules.STATUS_NOT_FOUND, "replies": []})
         conn.close()
 
     def _handle(self, conn, msg):
@@ -134,13 +142,13 @@ class Bus:
                 self._send(conn, {"op": "done", "id": mid})
         elif op == "objects":
             pattern = msg.get("path") or "*"
-            found = {n: m for n, (_, m) in self.objects.items() if fnmatch.fnmatchcase(n, pattern)}
+            found = {n: m for n, (_, m) in self.objects.items() if ubusrules.matches(pattern, n)}
             self._send(conn, {"op": "done", "id": mid, "objects": found})
         elif op == "call":
             target = self.objects.get(msg.get("obj"))
             if target is None:
-                self._send(conn, {"op": "result", "id": mid, "status": STATUS_NOT_FOUND,
-                                  "replies": []})
+                self._send(conn, {"op": "result", "id": mid,
+                                  "status": ubusrules.STATUS_NOT_FOUND, "replies": []})
                 return
             self.next_id += 1
             self.pending[(target[0], self.next_id)] = (conn, mid)
@@ -153,10 +161,14 @@ class Bus:
                                        "status": msg.get("status", 0),
                                        "replies": msg.get("replies") or []})
         elif op == "send":
+            event = msg.get("event") or ""
             for other, patterns in self.listeners.items():
-                if any(fnmatch.fnmatchcase(msg.get("event", ""), p) for p in patterns):
-                    self._send(other, {"op": "event", "event": msg.get("event"),
-                                       "data": msg.get("data")})
+                if other is conn:
+                    continue  # not looped back
+                for pattern in patterns:
+                    if ubusrules.matches(pattern, event):
+                        self._send(other, {"op": "event", "pattern": pattern, "event": event,
+                                           "data": msg.get("data")})
             self._send(conn, {"op": "done", "id": mid})
         elif op == "listen":
             self.listeners.setdefault(conn, []).extend(msg.get("patterns") or [])
@@ -220,13 +232,14 @@ class BusProcess:
         return self.request({"op": "call", "obj": obj, "method": method, "args": args or {}},
                             timeout)
 
-    def wait_object(self, name, timeout):
-        """True once ``name`` is on the bus and answers ``status``."""
+    def wait_object(self, name, timeout, args=None):
+        """True once ``name`` is on the bus and answers ``status`` (called
+        with ``args``: luci.wgrouter's needs ubus_rpc_session)."""
         deadline = time.monotonic() + timeout
         while True:
             answer = self.request({"op": "objects", "path": name}, 1.0)
             if answer and name in (answer.get("objects") or {}):
-                reply = self.call(name, "status", timeout=2.0)
+                reply = self.call(name, "status", args, timeout=2.0)
                 if reply and reply.get("status") == 0 and reply.get("replies"):
                     return True
             if time.monotonic() >= deadline:

@@ -71,3 +71,17 @@ def test_uhttpd_without_the_daemon_says_object_not_found(ubusd):
     web = uhttpd(ubusd)
     sid = web.login(write=["luci-app-wgrouter"])
     assert rpc_call(web, sid, LUCI, "status", {})["error"]["code"] == fakebus.RPC_OBJECT_NOT_FOUND
+
+
+def test_event_not_looped_back_to_its_sender(bus, ubusd):
+    """ubusd sends an event to every matching listener but the sender's own
+    connection (ubusd_event.c, ubusd_send_event_msg; observed with 0.1.3)."""
+    got = []
+    bus.connect(socket_path=ubusd.path)
+    bus.listen(("x.*", lambda e, d: got.append(("own", e))))
+    other = fakebus.FakeBus(ubusd)
+    other.connect(socket_path=ubusd.path)
+    other.listen(("x.y", lambda e, d: got.append(("other", e))))
+    assert bus.send("x.y", {}) is True
+    assert got == [("other", "x.y")]
+    other.disconnect()

@@ -1,5 +1,5 @@
 """The lab's pure helpers, without root: UCI files, pcap parsing, probe math, the
-netifd stand-in's queue and the idle bench's ubus stand-in."""
+netifd stand-in's queue and the lab's ubus stand-in (bus and binding)."""
 
 import ipaddress
 import struct
@@ -317,57 +317,184 @@ def test_netifd_hotplug_events_run_in_order_device_only_on_ifup(tmp_path):
         s.stop()
 
 
-def _idle_ubus():
+class _StandinBus:
+    """tests/lab/standin_bus.py in a process of its own (no lab needed),
+    which a test can kill as ubusd is killed."""
+
+    def __init__(self, path):
+        import subprocess
+        import sys
+        from tests.lab import standin_bus
+        self.proc = subprocess.Popen([sys.executable, "-m", "tests.lab.standin_bus", path],
+                                     cwd=topology.REPO, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline().strip() == "listening"
+        self.client = standin_bus.BusProcess(None, path)
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+        self.proc.stdout.close()
+
+
+def _standin_ubus():
+    """A fresh copy of the binding stand-in (one connection per module)."""
     import importlib.util
     import os
-    path = os.path.join(topology.REPO, "tests/lab/idlebus_ubus/ubus.py")
-    spec = importlib.util.spec_from_file_location("idlebus_ubus", path)
+    path = os.path.join(topology.REPO, "tests/lab/standin_ubus/ubus.py")
+    spec = importlib.util.spec_from_file_location("standin_ubus", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-def test_idle_ubus_standin_blocks_its_whole_turn_and_serves_calls_meanwhile(tmp_path):
-    """The bench's binding stand-in: loop(timeout) is one blocking wait that
-    a served call does not end (python-ubus ``ubus_python_loop``), the
-    objects of a connection are its own, and the name cannot be added twice."""
+def _selects(module):
+    """Counts the binding's select() calls: a loop turn is one wait."""
+    import select
+    import types
+    calls = []
+
+    def counted(*args):
+        calls.append(args[3])
+        return select.select(*args)
+    module.select = types.SimpleNamespace(select=counted)
+    return calls
+
+
+STATUS = {"status": {"method": lambda h, data: h.reply({"ok": 1}), "signature": {}}}
+
+
+def test_standin_ubus_blocks_its_whole_turn_and_serves_calls_meanwhile(tmp_path):
+    """loop(timeout) is one blocking wait that a served call does not end
+    (python-ubus ``ubus_python_loop``), with no wake-up of its own; the
+    objects of a connection are its own, and a name cannot be added twice."""
     import time
-    from tests.lab import idlebus
     path = str(tmp_path / "ubus.sock")
-    threading.Thread(target=idlebus.Bus(path).serve, daemon=True).start()
-    client = idlebus.BusProcess(None, path)
-    ubus = _idle_ubus()
-    deadline = time.monotonic() + 5
-    while True:  # the socket file exists from bind(), before listen()
-        try:
-            ubus.connect(socket_path=path)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.01)
-    ubus.add("wgrouter", {"status": {"method": lambda h, data: h.reply({"ok": 1}), "signature": {}}})
-    assert "wgrouter" in ubus.objects("wgrouter")
-    answers = []
-    caller = threading.Thread(target=lambda: (time.sleep(0.2), answers.append(
-        client.request({"op": "call", "obj": "wgrouter", "method": "status", "args": {}}))))
-    caller.start()
-    t = time.monotonic()
-    ubus.loop(600)
-    took = time.monotonic() - t
-    caller.join()
-    assert 0.59 <= took < 1.5, took
-    assert answers and answers[0]["status"] == 0 and answers[0]["replies"] == [{"ok": 1}]
-    other = _idle_ubus()
-    other.connect(socket_path=path)
+    bus = _StandinBus(path)
     try:
-        other.add("wgrouter", {})
-        raise AssertionError("a second add of a name on the bus must fail")
-    except RuntimeError as e:
-        assert "Invalid argument" in str(e)
+        ubus = _standin_ubus()
+        ubus.connect(socket_path=path)
+        ubus.add("wgrouter", STATUS)
+        assert "wgrouter" in ubus.objects("wgrouter")
+        selects = _selects(ubus)
+        t = time.monotonic()
+        ubus.loop(800)
+        took = time.monotonic() - t
+        assert 0.79 <= took < 1.3, took
+        assert len(selects) == 1 and 0.7 < selects[0] <= 0.8, selects  # one wait, no tick
+        del selects[:]
+        answers = []
+        caller = threading.Thread(target=lambda: (time.sleep(0.2), answers.append(
+            bus.client.call("wgrouter", "status"))))
+        caller.start()
+        t = time.monotonic()
+        ubus.loop(600)
+        took = time.monotonic() - t
+        caller.join()
+        assert 0.59 <= took < 1.5, took
+        assert answers and answers[0]["status"] == 0 and answers[0]["replies"] == [{"ok": 1}]
+        assert len(selects) <= 3, selects  # the call, then the rest of the turn
+        other = _standin_ubus()
+        other.connect(socket_path=path)
+        try:
+            other.add("wgrouter", {})
+            raise AssertionError("a second add of a name on the bus must fail")
+        except RuntimeError as e:
+            assert "Invalid argument" in str(e)
+        ubus.disconnect()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and "wgrouter" in other.objects("wgrouter"):
+            time.sleep(0.01)
+        assert "wgrouter" not in other.objects("wgrouter")  # gone with its connection
+        other.disconnect()
+    finally:
+        bus.kill()
+
+
+def test_standin_ubus_checks_arguments_and_matches_as_ubusd(tmp_path):
+    """The signature is strict (tests/ubusrules.py); paths and event patterns
+    match as ubusd's (a name, or a prefix with a trailing ``*``), each
+    matching pattern gets the event, and the sender gets none of its own
+    (all as seen with the real ubusd and python-ubus 0.1.3)."""
+    import pytest
+    path = str(tmp_path / "ubus.sock")
+    bus = _StandinBus(path)
+    try:
+        ubus = _standin_ubus()
+        ubus.connect(socket_path=path)
+        called = []
+        ubus.add("wgrouter", {"switch": {"method": lambda h, d: called.append(d),
+                                         "signature": {"wan": ubus.BLOBMSG_TYPE_STRING}}})
+        for args in ({}, {"wan": 5}, {"wan": "wan", "x": 1}):
+            answer = [None]
+            caller = threading.Thread(target=lambda: answer.__setitem__(
+                0, bus.client.call("wgrouter", "switch", args)))
+            caller.start()
+            while caller.is_alive():
+                ubus.loop(50)
+            assert answer[0]["status"] == 2, (args, answer)
+        assert called == []
+        assert list(ubus.objects("wgr*")) == ["wgrouter"]
+        assert ubus.objects("wgr") == {} and ubus.objects("*rou*") == {}
+        got = []
+        ubus.listen(("wgrouter.*", lambda e, d: got.append(("prefix", e))),
+                    ("wgrouter.state", lambda e, d: got.append(("exact", e))),
+                    ("wgrouter", lambda e, d: got.append(("name", e))))
+        sender = _standin_ubus()
+        sender.connect(socket_path=path)
+        assert ubus.send("wgrouter.state", {"a": 0}) is True  # not looped back
+        assert sender.send("wgrouter.state", {"a": 1}) is True
+        ubus.loop(200)
+        assert sorted(got) == [("exact", "wgrouter.state"), ("prefix", "wgrouter.state")]
+        ubus.loop(True)  # the binding parses "|i": a bool is an int, a float is not
+        with pytest.raises(TypeError):
+            ubus.loop(1.5)
+        sender.disconnect()
+        ubus.disconnect()
+    finally:
+        bus.kill()
+
+
+def test_standin_ubus_after_ubusd_went_away(tmp_path):
+    """As observed with python-ubus 0.1.3: loop() still takes its whole
+    timeout, send() gives False, objects() raises, get_connected() stays."""
+    import time
+
+    import pytest
+    path = str(tmp_path / "ubus.sock")
+    bus = _StandinBus(path)
+    ubus = _standin_ubus()
+    ubus.connect(socket_path=path)
+    ubus.add("wgrouter", STATUS)
+    bus.kill()
+    for _ in range(2):  # ubusd went away during the first turn, and between the two
+        t = time.monotonic()
+        ubus.loop(300)
+        assert 0.29 <= time.monotonic() - t < 0.8
+    assert ubus.send("wgrouter.state", {}) is False
+    with pytest.raises(RuntimeError, match="Invalid argument"):
+        ubus.objects("wgrouter")
+    assert ubus.get_connected()
     ubus.disconnect()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and "wgrouter" in other.objects("wgrouter"):
-        time.sleep(0.01)
-    assert "wgrouter" not in other.objects("wgrouter")  # gone with its connection
-    other.disconnect()
+    with pytest.raises(IOError):  # the socket file is left, nobody listens
+        ubus.connect(socket_path=path)
+
+
+def test_standin_ubus_connect_needs_the_hello(tmp_path):
+    """libubus reads ubusd's HELLO first and gives up on anything else
+    (libubus-io.c, ubus_reconnect)."""
+    import socket
+
+    import pytest
+    path = str(tmp_path / "ubus.sock")
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(path)
+    srv.listen(1)
+
+    def not_ubusd():
+        conn, _ = srv.accept()
+        conn.sendall(b'{"op": "done", "id": 1}\n')
+        conn.close()
+    threading.Thread(target=not_ubusd, daemon=True).start()
+    with pytest.raises(IOError):
+        _standin_ubus().connect(socket_path=path)
+    srv.close()

@@ -1,42 +1,60 @@
 """Stand-in for the python3-ubus binding, talking to tests/lab/standin_bus.py.
 
-Put on the lab daemon's path by tests/lab/soakhook.py (never installed).  The
-module-level API is python-ubus's (PyPI ubus 0.1.x; /work/shared/OPENWRT.md):
-one connection per process, ``connect``, ``disconnect``, ``get_connected``,
-``get_socket_path``, ``add``, ``objects``, ``call``, ``send``, ``listen``,
-``loop``, ``BLOBMSG_TYPE_*``.  Argument checks, types and the handler's
-``reply`` follow FakeBus (tests/fakebus.py), whose rules were observed with
-python-ubus 0.1.3 against a real ubusd.
+Put on the lab daemon's path (never installed) by tests/lab/soakhook.py for
+the chaos soak and by bench/run.py for the idle measurement with the object
+registered.  The module-level API is python-ubus's (PyPI ubus 0.1.x;
+/work/shared/OPENWRT.md): one connection per process, ``connect``,
+``disconnect``, ``get_connected``, ``get_socket_path``, ``add``, ``objects``,
+``call``, ``send``, ``listen``, ``loop``, ``BLOBMSG_TYPE_*``.  Argument
+checks, types and the handler's ``reply`` are tests/ubusrules.py's, which
+FakeBus (tests/fakebus.py) applies too.
+
+``loop(timeout)`` is what the idle wake-ups depend on: the real binding runs
+``uloop_run()`` with a uloop timeout that ends the run (python-ubus 0.1.3
+``ubus_python.c``, ``ubus_python_loop``), so the thread blocks in one
+``epoll_wait`` until a message arrives or the timeout is due, serves what
+came and goes on waiting; a served call does not end the turn.  Here: one
+``select`` on the bus socket for the time left.  ``loop(0)`` serves what is
+there without waiting (``ubus_handle_event``).
+
+``connect`` reads ubusd's HELLO with a blocking read, no timeout, and fails
+on anything else or EOF (libubus-io.c, ``ubus_reconnect``): a bus that
+accepts and says nothing blocks it, as the real binding (which holds the
+GIL there) is blocked.  ``send`` waits for ubusd's answer (libubus.c,
+``ubus_send_event`` -> ``ubus_complete_request``) and returns whether it
+went (``ubus_python_send``).
 
 After the bus goes away (ubusd stopped or restarted), on the connection the
 module still holds, as observed with python-ubus 0.1.3 (OPENWRT.md, "After
 ubusd goes away"): ``loop(1000)`` keeps taking the whole timeout every turn
 (it does not return early); ``send()`` returns False instead of raising;
-``objects()`` raises RuntimeError('ubus error occured: Invalid argument');
-``get_connected()`` stays True.  Only ``disconnect()`` and ``connect()``
-make a new connection.
+``objects()`` and ``add()`` raise RuntimeError('ubus error occured: Invalid
+argument'); ``get_connected()`` stays True.  Only ``disconnect()`` and
+``connect()`` make a new connection.
+
+One thread uses the module at a time, as wgrouter's ubusobj does (libubus is
+not thread-safe).  Besides the interpreter's start-up set it imports only
+``json``, ``select``, ``socket`` and tests/ubusrules.py (which imports
+nothing), so that the daemon's memory is not inflated by the stand-in
+beyond what a small binding would cost.
 """
 
-import functools
 import json
 import os
 import select
 import socket
-import threading
 import time
 
-from tests import fakebus
+from tests import ubusrules
 
 # The socket the binding connects to without socket_path: the router's
 # default, or the soak's stand-in bus.
 DEFAULT_SOCKET = os.environ.get("WGROUTER_STANDIN_UBUS") or "/var/run/ubus/ubus.sock"
-CALL_TIMEOUT = 5.0
+CALL_TIMEOUT = 5.0  # s
 
-for _name in dir(fakebus.FakeBus):
+for _name in dir(ubusrules):
     if _name.startswith("BLOBMSG_TYPE_"):
-        globals()[_name] = getattr(fakebus.FakeBus, _name)
-_type_ok = functools.partial(fakebus.FakeBus._type_ok, fakebus.FakeBus)
-_INVALID = "ubus error occured: Invalid argument"
+        globals()[_name] = getattr(ubusrules, _name)
 
 
 class _Handler:
@@ -44,51 +62,32 @@ class _Handler:
         self.replies = []
 
     def reply(self, data):
-        if not isinstance(data, dict):
-            raise TypeError("reply must be a dict")
+        ubusrules.check_reply(data)
         self.replies.append(json.loads(json.dumps(data)))
 
 
 class _Connection:
     def __init__(self, path):
         self.path = path
+        self.buf = b""
+        self.lost = False
+        self.methods = {}  # object -> {method: (callback, signature)}
+        self.listeners = []  # (pattern, callback)
+        self.inbox = []  # what arrived while waiting for an answer: invocations, events
+        self.next_id = 0
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.sock.connect(path)
+            hello = []
+            while not hello and not self.lost:
+                hello = self._read(None)
         except OSError:
+            hello = []
+        if not hello or hello[0].get("op") != "hello":
             self.sock.close()
-            raise IOError("Failed to connect to the ubus socket '%s'" % path)
-        self.buf = b""
-        self.lost = False
-        self._hello()
-        self.methods = {}  # object -> {method: (callback, signature)}
-        self.listeners = []  # (pattern, callback)
-        self.invokes = []  # invocations that arrived while waiting for an answer
-        self.events = []
-        self.next_id = 0
-        self.lock = threading.RLock()
-
-    def _hello(self):
-        """Read ubusd's HELLO as libubus does (libubus-io.c, ubus_reconnect:
-        a blocking read() of the header, no timeout; anything else, or EOF,
-        fails the connect).  A bus that accepts and says nothing blocks
-        here, as the real binding does (holding the GIL there)."""
-        line = b""
-        while not line.endswith(b"\n"):
-            try:
-                data = self.sock.recv(1)
-            except OSError:
-                data = b""
-            if not data:
-                break
-            line += data
-        try:
-            msg = json.loads(line)
-        except ValueError:
-            msg = None
-        if not isinstance(msg, dict) or msg.get("op") != "hello":
-            self.sock.close()
-            raise IOError("Failed to connect to the ubus socket '%s'" % self.path)
+            # the binding's message ends with a newline (ubus_python.c)
+            raise IOError("Failed to connect to the ubus socket '%s'\n" % path)
+        self.inbox.extend(hello[1:])
 
     def close(self):
         self.sock.close()
@@ -99,11 +98,13 @@ class _Connection:
         except OSError:
             self.lost = True
 
-    def _read_some(self, timeout):
-        """Messages that arrive within timeout (s); marks the loss on EOF."""
+    def _read(self, timeout):
+        """The messages that arrive within ``timeout`` s (None: block until
+        some data does), {} for a line that is none; [] on a timeout, and on
+        EOF, which marks the loss."""
         if self.lost:
             return []
-        r, _, _ = select.select([self.sock], [], [], max(0.0, timeout))
+        r, _, _ = select.select([self.sock], [], [], timeout)
         if not r:
             return []
         try:
@@ -117,55 +118,61 @@ class _Connection:
         out = []
         for line in lines:
             try:
-                out.append(json.loads(line))
+                msg = json.loads(line)
             except ValueError:
-                pass
+                msg = None
+            out.append(msg if isinstance(msg, dict) else {})
         return out
 
-    def _take(self, msg):
-        if msg.get("op") == "invoke":
-            self.invokes.append(msg)
-        elif msg.get("op") == "event":
-            self.events.append(msg)
-
     def request(self, msg, timeout=CALL_TIMEOUT):
-        with self.lock:
-            if self.lost:
-                raise RuntimeError(_INVALID)
-            self.next_id += 1
-            mid = self.next_id
-            self._write(dict(msg, id=mid))
-            deadline = time.monotonic() + timeout
-            while not self.lost:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise fakebus.UbusStatus(fakebus.STATUS_TIMEOUT)
-                for answer in self._read_some(left):
-                    if answer.get("id") == mid and answer.get("op") in ("done", "result"):
-                        return answer
-                    self._take(answer)
-            raise RuntimeError(_INVALID)
+        if self.lost:
+            raise RuntimeError(ubusrules.INVALID)
+        self.next_id += 1
+        mid = self.next_id
+        self._write(dict(msg, id=mid))
+        deadline = time.monotonic() + timeout
+        while not self.lost:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ubusrules.UbusStatus(ubusrules.STATUS_TIMEOUT)
+            self.inbox.extend(self._read(left))
+            for answer in self.inbox:
+                if answer.get("id") == mid and answer.get("op") in ("done", "result"):
+                    self.inbox.remove(answer)
+                    return answer
+        raise RuntimeError(ubusrules.INVALID)
 
-    def serve(self, msg):
-        status, handler = 0, _Handler()
+    def dispatch(self):
+        """Serve the invocations that came, and hand the events to their
+        listeners (late answers to requests are dropped)."""
+        inbox, self.inbox = self.inbox, []
+        for msg in inbox:
+            if msg.get("op") == "invoke":
+                self._serve(msg)
+            elif msg.get("op") == "event":
+                for pattern, callback in self.listeners:
+                    if pattern == msg.get("pattern"):
+                        callback(msg.get("event"), msg.get("data"))
+
+    def _serve(self, msg):
+        status, handler = ubusrules.STATUS_OK, _Handler()
         table = self.methods.get(msg.get("obj"))
         args = msg.get("args") or {}
         if table is None:
-            status = fakebus.STATUS_NOT_FOUND
+            status = ubusrules.STATUS_NOT_FOUND
         elif msg.get("method") not in table:
-            status = fakebus.STATUS_METHOD_NOT_FOUND
+            status = ubusrules.STATUS_METHOD_NOT_FOUND
         else:
             callback, signature = table[msg["method"]]
-            if set(args) != set(signature) or not all(
-                    _type_ok(signature[a], v) for a, v in args.items()):
-                status = fakebus.STATUS_INVALID_ARGUMENT
+            if not ubusrules.args_ok(signature, args):
+                status = ubusrules.STATUS_INVALID_ARGUMENT
             else:
                 try:
                     callback(handler, args)
                 except Exception:  # the binding prints it; the caller sees status 9
-                    status = fakebus.STATUS_UNKNOWN_ERROR
+                    status = ubusrules.STATUS_UNKNOWN_ERROR
         self._write({"op": "reply", "id": msg.get("id"), "status": status,
-                     "replies": handler.replies if status == 0 else []})
+                     "replies": handler.replies if status == ubusrules.STATUS_OK else []})
 
 
 _conn = None
@@ -201,11 +208,7 @@ def get_socket_path():
 
 def add(name, methods):
     conn = _require()
-    table = {}
-    for method, spec in methods.items():
-        if not isinstance(spec, dict) or set(spec) != {"method", "signature"}:
-            raise TypeError("method %r needs exactly 'method' and 'signature'" % method)
-        table[method] = (spec["method"], dict(spec["signature"]))
+    table = ubusrules.method_table(methods)
     answer = conn.request({"op": "add", "name": name,
                            "methods": {m: sig for m, (_, sig) in table.items()}})
     if answer.get("error"):
@@ -222,17 +225,18 @@ def call(obj, method, arguments, timeout=0):
     answer = _require().request({"op": "call", "obj": obj, "method": method,
                                  "args": json.loads(json.dumps(arguments))})
     if answer.get("status"):
-        raise fakebus.UbusStatus(answer["status"])
+        raise ubusrules.UbusStatus(answer["status"])
     return answer.get("replies") or []
 
 
 def send(event, data):
     conn = _require()
-    if conn.lost:
+    data = json.loads(json.dumps(data))
+    try:
+        conn.request({"op": "send", "event": event, "data": data})
+    except RuntimeError:  # lost, or no answer: ubus_send_event failed
         return False
-    with conn.lock:
-        conn._write({"op": "send", "event": event, "data": json.loads(json.dumps(data))})
-    return not conn.lost
+    return True
 
 
 def listen(*listeners):
@@ -242,26 +246,21 @@ def listen(*listeners):
 
 
 def loop(timeout=-1):
-    """Serve calls and events for ``timeout`` ms (the whole of it, even
-    after the bus went away, as observed)."""
+    """Serve calls and events for ``timeout`` ms, blocking in between (the
+    whole of it, even after the bus went away, as observed)."""
     conn = _require()
-    if not isinstance(timeout, int) or isinstance(timeout, bool):
-        raise TypeError("an integer is required (timeout in ms)")
+    ubusrules.check_timeout(timeout)
+    if timeout == 0:
+        conn.inbox.extend(conn._read(0))
+        conn.dispatch()
+        return None
     deadline = None if timeout < 0 else time.monotonic() + timeout / 1000.0
     while True:
-        left = 3600.0 if deadline is None else deadline - time.monotonic()
-        if left <= 0:
+        conn.dispatch()
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
             return None
-        with conn.lock:
-            pending, conn.invokes, events, conn.events = conn.invokes, [], conn.events, []
-        for msg in pending:
-            conn.serve(msg)
-        for msg in events:
-            for pattern, callback in conn.listeners:
-                callback(msg.get("event"), msg.get("data"))
         if conn.lost:
-            time.sleep(min(left, 0.5))
-            continue
-        with conn.lock:
-            for msg in conn._read_some(min(left, 0.2)):
-                conn._take(msg)
+            time.sleep(3600.0 if left is None else left)
+        else:
+            conn.inbox.extend(conn._read(left))
