@@ -266,7 +266,7 @@ class Engine:
     # runs both side by side.
 
     def _quiet_after(self, obs: model.Observation, parts: typing.List[float],
-                     due: typing.Optional[float]) -> typing.Optional["Quiet"]:
+                     due: typing.Optional[float]) -> typing.Optional[Quiet]:
         """The Quiet after a check that decided nothing, or None when the
         next step with the same observation might decide something."""
         if any(t <= self.ctx.now for t in parts):
@@ -278,7 +278,7 @@ class Engine:
         return Quiet(wans=obs.wans, peers=obs.peers, tunnels=obs.tunnels, until=until,
                      deadline=min(parts, default=None), due=due)
 
-    def _repeat(self, quiet: "Quiet", obs: model.Observation, now: float) -> model.Decision:
+    def _repeat(self, quiet: Quiet, obs: model.Observation, now: float) -> model.Decision:
         self.ctx.begin(obs, now)
         checking = now >= self._next_check
         if checking:
